@@ -1,0 +1,1 @@
+//! Benchmarks for substation live in this crate's bench targets.

@@ -1,0 +1,51 @@
+//! Live resilience middleware for [Tower](tower): timeouts and circuit breakers whose
+//! every setting can change while the service runs.
+//!
+//! Each dependency an application calls gets a named [`Policy`]. Layers built from the
+//! policy ([`timeout::TimeoutLayer`], [`breaker::CircuitBreakerLayer`]) read its settings
+//! on every call, so a new value — from code, from a test, or pushed by a settings
+//! [`live::Source`] into a [`Substation`] — applies to the next call without rebuilding
+//! the service stack and without losing the breaker's state.
+//!
+//! ```
+//! use substation::{BoxError, Substation, breaker::CircuitBreakerLayer, timeout::TimeoutLayer};
+//! use substation::settings::PolicySettings;
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), BoxError> {
+//! let substation = Substation::builder()
+//!     .policy("recommendations", PolicySettings::default())
+//!     .build()?;
+//! let policy = substation.policy("recommendations");
+//! let client = ServiceBuilder::new()
+//!     .layer(CircuitBreakerLayer::new(&policy))
+//!     .layer(TimeoutLayer::new(&policy))
+//!     .service(service_fn(|user: u64| async move { Ok::<_, BoxError>(format!("picks for {user}")) }));
+//! assert_eq!(client.oneshot(7).await?, "picks for 7");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Module map: [`settings`] (plain data and validation), [`live`] (the snapshot and its
+//! sources), [`policy`] (named live policies), [`breaker`], [`timeout`], [`classify`]
+//! (what counts as a failure), [`metrics`] (names and `describe()`), [`clock`].
+
+#![forbid(unsafe_code)]
+
+pub mod breaker;
+pub mod classify;
+pub mod clock;
+pub mod live;
+pub mod metrics;
+pub mod policy;
+pub mod settings;
+pub mod timeout;
+
+pub use crate::live::Substation;
+pub use crate::policy::Policy;
+
+/// The error type of every substation layer: the inner error, or one of substation's
+/// own ([`timeout::error::Elapsed`], [`breaker::error::OpenCircuit`], …), boxed. Tell
+/// them apart with `err.is::<T>()` or `downcast_ref`.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

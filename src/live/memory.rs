@@ -1,0 +1,140 @@
+//! A source held in memory: for tests, demos and applications without a store.
+
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use super::source::{Change, Key, Layer, Sink, Source, Update};
+use crate::BoxError;
+use crate::settings::{PolicySettings, SettingsError};
+
+/// A [`Source`] whose values are set from code: a test flips a breaker mode or a
+/// timeout, a demo moves a setting. Changes made after the registry is built apply
+/// synchronously — when `put` returns, every layer built from the policy sees the new
+/// value. Cheap to clone; clones share the same values.
+///
+/// ```
+/// use substation::{Substation, live::InMemorySource};
+///
+/// let source = InMemorySource::new();
+/// let substation = Substation::builder().source(source.clone()).build().unwrap();
+/// source.put("policies/search", r#"{"breaker": {"mode": "force_open"}}"#).unwrap();
+/// assert_eq!(substation.snapshot().revision(), 1);
+/// ```
+#[derive(Clone)]
+pub struct InMemorySource {
+    inner: Arc<Mutex<Inner>>,
+}
+
+struct Inner {
+    layer: Layer,
+    sink: Option<Sink>,
+    pending: Vec<Change>,
+    revision: u64,
+}
+
+impl fmt::Debug for InMemorySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inner = self.lock();
+        f.debug_struct("InMemorySource")
+            .field("layer", &inner.layer)
+            .field("revision", &inner.revision)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for InMemorySource {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl InMemorySource {
+    /// A source of the application's own values ([`Layer::App`]).
+    pub fn new() -> Self {
+        Self::for_layer(Layer::App)
+    }
+
+    /// A source of fleet-wide defaults ([`Layer::Shared`]).
+    pub fn shared_defaults() -> Self {
+        Self::for_layer(Layer::Shared)
+    }
+
+    fn for_layer(layer: Layer) -> Self {
+        InMemorySource {
+            inner: Arc::new(Mutex::new(Inner {
+                layer,
+                sink: None,
+                pending: Vec::new(),
+                revision: 0,
+            })),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Stores `json` under `key` (e.g. `policies/recommendations`). Once the registry
+    /// is built, returns the rejection if the value is invalid (the key keeps its last
+    /// good value); before, the value waits and is validated at build time.
+    pub fn put(&self, key: &str, json: &str) -> Result<(), SettingsError> {
+        let key = Key::parse(key)?;
+        self.send(key, Some(json.as_bytes().to_vec()))
+    }
+
+    /// Stores a policy's settings (serialized to JSON).
+    pub fn put_policy(&self, name: &str, settings: &PolicySettings) -> Result<(), SettingsError> {
+        let json = serde_json::to_vec(settings).map_err(|e| SettingsError::new("", e.to_string()))?;
+        self.send(Key::parse(&format!("policies/{name}"))?, Some(json))
+    }
+
+    /// Deletes `key`: the policy falls back to the next layer. Unknown keys are ignored.
+    pub fn delete(&self, key: &str) {
+        if let Ok(key) = Key::parse(key) {
+            let _ = self.send(key, None);
+        }
+    }
+
+    fn send(&self, key: Key, value: Option<Vec<u8>>) -> Result<(), SettingsError> {
+        // The lock is held while applying so that concurrent writers apply in revision
+        // order; applying never blocks on I/O.
+        let mut inner = self.lock();
+        let change = Change {
+            layer: inner.layer,
+            key,
+            value,
+        };
+        let Some(sink) = inner.sink.clone() else {
+            inner.pending.push(change);
+            return Ok(());
+        };
+        inner.revision += 1;
+        let update = Update::Changes {
+            revision: inner.revision,
+            changes: vec![change],
+        };
+        match sink.apply(update) {
+            Ok(mut rejected) => match rejected.pop() {
+                Some(r) => Err(r.error),
+                None => Ok(()),
+            },
+            Err(closed) => Err(SettingsError::new("", closed.to_string())),
+        }
+    }
+}
+
+impl Source for InMemorySource {
+    fn start(self: Box<Self>, sink: Sink) -> Result<(), BoxError> {
+        let mut inner = self.lock();
+        let changes = std::mem::take(&mut inner.pending);
+        if !changes.is_empty() {
+            inner.revision += 1;
+            sink.apply(Update::Changes {
+                revision: inner.revision,
+                changes,
+            })?;
+        }
+        inner.sink = Some(sink);
+        Ok(())
+    }
+}

@@ -1,0 +1,453 @@
+//! Live settings: a registry of named policies fed by sources, published as snapshots.
+//!
+//! A [`Substation`] holds every policy of an application. Its settings come in layers,
+//! each overriding the one before it field by field: the library defaults, the code
+//! defaults given to the [`Builder`], the fleet's [`Layer::Shared`] values, and the
+//! application's own [`Layer::App`] values. [`Source`]s push [`Update`]s into the
+//! registry; each update is applied as **one** atomic swap of the published
+//! [`Snapshot`] (readers load it lock-free), and each policy touched by it gets its new
+//! settings before the swap is visible.
+//!
+//! Every key is validated alone. A malformed or out-of-range value is rejected for that
+//! key only: its last good value stays in force, the reason is logged (`warn`, with key
+//! and revision), counted (`substation_settings_rejected_total`) and readable from
+//! [`Snapshot::rejected`]. A deleted key falls back to the next layer, and says so in the
+//! log.
+//!
+//! ```
+//! use substation::{Substation, live::InMemorySource, settings::PolicySettings};
+//!
+//! let source = InMemorySource::new();
+//! let substation = Substation::builder()
+//!     .policy("recommendations", PolicySettings::default())
+//!     .source(source.clone())
+//!     .build()
+//!     .unwrap();
+//! let policy = substation.policy("recommendations");
+//!
+//! source.put("policies/recommendations", r#"{"timeout": {"ms": 150}}"#).unwrap();
+//! assert_eq!(policy.settings().timeout.ms, Some(150));
+//!
+//! let err = source.put("policies/recommendations", r#"{"timeout": {"ms": 0}}"#).unwrap_err();
+//! assert_eq!(err.to_string(), "timeout.ms: 0 is not in 1..=3600000");
+//! assert_eq!(policy.settings().timeout.ms, Some(150), "last good value kept");
+//! assert_eq!(substation.snapshot().rejected().len(), 1);
+//!
+//! source.delete("policies/recommendations");
+//! assert_eq!(policy.settings().timeout.ms, Some(1000), "back to the code default");
+//! ```
+
+mod memory;
+mod source;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use arc_swap::ArcSwap;
+use serde_json::Value;
+
+use crate::clock::Clock;
+use crate::settings::{PolicySettings, SettingsError};
+use crate::{BoxError, Policy};
+
+pub use self::memory::InMemorySource;
+pub use self::source::{
+    Change, Closed, Health, Key, Layer, Rejection, Sink, Source, Update, valid_name,
+};
+
+/// Builds a [`Substation`]: clock, code defaults and sources.
+#[must_use]
+pub struct Builder {
+    clock: Option<Clock>,
+    defaults: HashMap<String, PolicySettings>,
+    sources: Vec<Box<dyn Source>>,
+}
+
+impl fmt::Debug for Builder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("clock", &self.clock)
+            .field("defaults", &self.defaults.keys())
+            .field("sources", &self.sources.len())
+            .finish()
+    }
+}
+
+impl Builder {
+    /// Reads time from `clock` (default: [`Clock::coarse`]).
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// The code default of policy `name`: what it uses when no source says otherwise.
+    pub fn policy(mut self, name: &str, settings: PolicySettings) -> Self {
+        self.defaults.insert(name.to_owned(), settings);
+        self
+    }
+
+    /// Adds a source of settings; sources are started in order by [`Builder::build`].
+    pub fn source(mut self, source: impl Source) -> Self {
+        self.sources.push(Box::new(source));
+        self
+    }
+
+    /// Validates the code defaults, builds the registry and starts its sources.
+    pub fn build(self) -> Result<Substation, BoxError> {
+        let mut defaults = HashMap::new();
+        for (name, settings) in self.defaults {
+            if !valid_name(&name) {
+                return Err(format!("`{name}` is not a valid policy name").into());
+            }
+            settings
+                .validate()
+                .map_err(|e| format!("code default of policy `{name}`: {e}"))?;
+            defaults.insert(name, serde_json::to_value(settings)?);
+        }
+        let shared = Arc::new(Shared {
+            clock: self.clock.unwrap_or_default(),
+            writer: Mutex::new(Writer {
+                defaults,
+                layers: Default::default(),
+                rejected: BTreeMap::new(),
+                policies: HashMap::new(),
+                health: Health::DefaultsOnly,
+                revision: 0,
+            }),
+            snapshot: ArcSwap::from_pointee(Snapshot::empty()),
+        });
+        shared.publish(&mut shared.lock());
+        for source in self.sources {
+            source.start(Sink {
+                shared: Arc::downgrade(&shared),
+            })?;
+        }
+        Ok(Substation { shared })
+    }
+}
+
+/// The registry of an application's policies; see the [module docs](self).
+#[derive(Clone)]
+pub struct Substation {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Substation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let snapshot = self.snapshot();
+        f.debug_struct("Substation")
+            .field("revision", &snapshot.revision)
+            .field("health", &snapshot.health)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Substation {
+    /// A builder.
+    pub fn builder() -> Builder {
+        Builder {
+            clock: None,
+            defaults: HashMap::new(),
+            sources: Vec::new(),
+        }
+    }
+
+    /// The live policy `name`, created on first use with its effective settings. Cheap
+    /// enough for setup code (it takes the registry's writer lock), not meant for each
+    /// request: keep the handle, or the layers built from it.
+    ///
+    /// # Panics
+    /// If `name` is not a valid name (1 to 128 of `A-Z a-z 0-9 _ . -`): names come from
+    /// code, not from input.
+    pub fn policy(&self, name: &str) -> Policy {
+        assert!(valid_name(name), "`{name}` is not a valid policy name");
+        let mut w = self.shared.lock();
+        if let Some(p) = w.policies.get(name) {
+            return p.clone();
+        }
+        let settings = w.effective(name).unwrap_or_else(|e| {
+            // Every stored layer value was validated in combination when it was
+            // accepted, so this cannot happen; stay on the library defaults if it does.
+            tracing::error!(policy = name, error = %e, "substation: invalid effective settings");
+            PolicySettings::default()
+        });
+        let policy = Policy::with_clock(name, settings, self.shared.clock)
+            .expect("effective settings are validated");
+        w.policies.insert(name.to_owned(), policy.clone());
+        policy
+    }
+
+    /// The settings in force now, as one consistent snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.shared.snapshot.load_full()
+    }
+
+    /// The clock the registry's policies read.
+    pub fn clock(&self) -> Clock {
+        self.shared.clock
+    }
+}
+
+/// One consistent view of the settings in force.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    revision: u64,
+    policies: BTreeMap<String, Arc<PolicySettings>>,
+    rejected: Vec<Rejection>,
+    health: Health,
+}
+
+impl Snapshot {
+    fn empty() -> Self {
+        Snapshot {
+            revision: 0,
+            policies: BTreeMap::new(),
+            rejected: Vec::new(),
+            health: Health::DefaultsOnly,
+        }
+    }
+
+    /// The last revision applied (0 before any source delivered).
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    /// The effective settings of every policy that has a code default or a stored value.
+    pub fn policies(&self) -> &BTreeMap<String, Arc<PolicySettings>> {
+        &self.policies
+    }
+
+    /// The values currently rejected, with the reasons.
+    pub fn rejected(&self) -> &[Rejection] {
+        &self.rejected
+    }
+
+    /// How current the settings are.
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+}
+
+pub(crate) struct Shared {
+    clock: Clock,
+    writer: Mutex<Writer>,
+    snapshot: ArcSwap<Snapshot>,
+}
+
+struct Writer {
+    /// Code defaults, as JSON objects.
+    defaults: HashMap<String, Value>,
+    /// The last good value of every key, per layer.
+    layers: [BTreeMap<Key, Value>; 2],
+    rejected: BTreeMap<(Layer, Key), Rejection>,
+    policies: HashMap<String, Policy>,
+    health: Health,
+    revision: u64,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Writer> {
+        self.writer.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn apply(&self, update: Update) -> Vec<Rejection> {
+        let mut w = self.lock();
+        let mut rejections = Vec::new();
+        let (revision, changes) = match update {
+            Update::Changes { revision, changes } => (revision, changes),
+            Update::Replace {
+                layer,
+                revision,
+                entries,
+            } => {
+                let mut changes: Vec<Change> = w.layers[layer.index()]
+                    .keys()
+                    .filter(|k| !entries.iter().any(|(e, _)| e == *k))
+                    .map(|key| Change {
+                        layer,
+                        key: key.clone(),
+                        value: None,
+                    })
+                    .collect();
+                changes.extend(entries.into_iter().map(|(key, value)| Change {
+                    layer,
+                    key,
+                    value: Some(value),
+                }));
+                (revision, changes)
+            }
+        };
+        let mut touched = Vec::new();
+        for change in changes {
+            if let Some(r) = w.change(change, revision, &mut touched) {
+                rejections.push(r);
+            }
+        }
+        w.revision = revision;
+        if let Health::Live { .. } | Health::DefaultsOnly = w.health {
+            w.health = Health::Live { revision };
+        }
+        for name in touched {
+            let Some(policy) = w.policies.get(&name) else {
+                continue;
+            };
+            match w.effective(&name) {
+                Ok(settings) if *policy.settings() != settings => {
+                    if let Err(e) = policy.update(settings) {
+                        tracing::error!(policy = %name, error = %e, "substation: invalid effective settings");
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(policy = %name, error = %e, "substation: invalid effective settings")
+                }
+            }
+        }
+        self.publish(&mut w);
+        rejections
+    }
+
+    fn set_health(&self, health: Health) {
+        let mut w = self.lock();
+        w.health = health;
+        self.publish(&mut w);
+    }
+
+    fn publish(&self, w: &mut Writer) {
+        let mut names: Vec<&String> = w.defaults.keys().collect();
+        for layer in &w.layers {
+            names.extend(layer.keys().map(|Key::Policy(name)| name));
+        }
+        let policies = names
+            .into_iter()
+            .filter_map(|name| Some((name.clone(), Arc::new(w.effective(name).ok()?))))
+            .collect();
+        self.snapshot.store(Arc::new(Snapshot {
+            revision: w.revision,
+            policies,
+            rejected: w.rejected.values().cloned().collect(),
+            health: w.health.clone(),
+        }));
+    }
+}
+
+impl Writer {
+    /// The effective settings of policy `name`: library defaults ← code default ←
+    /// shared ← app, merged field by field.
+    fn effective(&self, name: &str) -> Result<PolicySettings, SettingsError> {
+        self.effective_with(name, None)
+    }
+
+    /// As [`Writer::effective`], with `candidate` in place of one layer's value.
+    fn effective_with(
+        &self,
+        name: &str,
+        candidate: Option<(Layer, &Value)>,
+    ) -> Result<PolicySettings, SettingsError> {
+        let key = Key::Policy(name.to_owned());
+        let mut merged = match self.defaults.get(name) {
+            Some(v) => v.clone(),
+            None => Value::Object(Default::default()),
+        };
+        for layer in [Layer::Shared, Layer::App] {
+            let value = match candidate {
+                Some((l, v)) if l == layer => Some(v),
+                _ => self.layers[layer.index()].get(&key),
+            };
+            if let Some(value) = value {
+                merge(&mut merged, value);
+            }
+        }
+        PolicySettings::from_value(merged)
+    }
+
+    fn change(&mut self, change: Change, revision: u64, touched: &mut Vec<String>) -> Option<Rejection> {
+        let Change { layer, key, value } = change;
+        let name = key.name().to_owned();
+        let slot = (layer, key.clone());
+        match value {
+            None => {
+                if self.layers[layer.index()].remove(&key).is_some() {
+                    let next = match layer {
+                        Layer::App if self.layers[Layer::Shared.index()].contains_key(&key) => {
+                            "the shared default"
+                        }
+                        _ if self.defaults.contains_key(&name) => "the code default",
+                        _ => "the library defaults",
+                    };
+                    tracing::info!(%key, ?layer, revision, "settings key deleted; falling back to {next}");
+                    touched.push(name);
+                }
+                self.rejected.remove(&slot);
+                None
+            }
+            Some(bytes) => {
+                let parsed = serde_json::from_slice::<Value>(&bytes)
+                    .map_err(|e| SettingsError::new("", format!("malformed JSON: {e}")))
+                    .and_then(|v| match v {
+                        Value::Object(_) => Ok(v),
+                        other => Err(SettingsError::new(
+                            "",
+                            format!("expected a JSON object, found `{other}`"),
+                        )),
+                    })
+                    .and_then(|v| {
+                        self.effective_with(&name, Some((layer, &v)))?;
+                        Ok(v)
+                    });
+                match parsed {
+                    Ok(value) => {
+                        self.rejected.remove(&slot);
+                        let old = self.layers[layer.index()].insert(key, value.clone());
+                        if old.as_ref() != Some(&value) {
+                            touched.push(name);
+                        }
+                        None
+                    }
+                    Err(error) => {
+                        tracing::warn!(%key, ?layer, revision, %error, "settings value rejected; keeping the last good value");
+                        metrics::counter!(crate::metrics::SETTINGS_REJECTED, "key" => key.to_string())
+                            .increment(1);
+                        let r = Rejection {
+                            layer,
+                            key,
+                            revision,
+                            error,
+                        };
+                        self.rejected.insert(slot, r.clone());
+                        Some(r)
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Overrides `base` with `over`, recursing into objects (a JSON merge patch, except
+/// that `null` is a value, not a deletion: `"ms": null` turns a timeout off).
+fn merge(base: &mut Value, over: &Value) {
+    match (base, over) {
+        (Value::Object(b), Value::Object(o)) => {
+            for (k, v) in o {
+                merge(b.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+        (b, o) => *b = o.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_overrides_field_by_field() {
+        let mut base = serde_json::json!({"timeout": {"ms": 1000}, "breaker": {"min_calls": 20, "error_rate": 50.0}});
+        merge(&mut base, &serde_json::json!({"breaker": {"error_rate": 10}, "timeout": {"ms": null}}));
+        assert_eq!(
+            base,
+            serde_json::json!({"timeout": {"ms": null}, "breaker": {"min_calls": 20, "error_rate": 10}})
+        );
+    }
+}

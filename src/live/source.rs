@@ -1,0 +1,232 @@
+//! The seam between the registry and whatever feeds it settings.
+
+use std::fmt;
+use std::sync::{Arc, Weak};
+use std::time::SystemTime;
+
+use super::Shared;
+use crate::BoxError;
+use crate::settings::SettingsError;
+
+/// Which layer of the lookup a value belongs to. A policy's effective settings are the
+/// library defaults, overridden by the code defaults given to the builder, then by the
+/// [`Layer::Shared`] value, then by the [`Layer::App`] value — field by field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Layer {
+    /// Fleet-wide defaults shared by many applications.
+    Shared,
+    /// This application's own values; they win.
+    App,
+}
+
+impl Layer {
+    pub(crate) fn index(self) -> usize {
+        match self {
+            Layer::Shared => 0,
+            Layer::App => 1,
+        }
+    }
+}
+
+/// A settings key: what one stored value configures.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub enum Key {
+    /// `policies/<name>`: the [`PolicySettings`](crate::settings::PolicySettings) of one
+    /// dependency.
+    Policy(String),
+}
+
+impl Key {
+    /// Parses a key relative to a prefix, e.g. `policies/recommendations`.
+    pub fn parse(key: &str) -> Result<Key, SettingsError> {
+        let invalid = || {
+            SettingsError::new(
+                "",
+                format!("`{key}` is not a known key (expected `policies/<name>`)"),
+            )
+        };
+        let (kind, name) = key.split_once('/').ok_or_else(invalid)?;
+        if !valid_name(name) {
+            return Err(SettingsError::new(
+                "",
+                format!("`{name}` is not a valid name (1 to 128 of A-Z a-z 0-9 _ . -)"),
+            ));
+        }
+        match kind {
+            "policies" => Ok(Key::Policy(name.to_owned())),
+            _ => Err(invalid()),
+        }
+    }
+
+    /// The name of the policy (or switch) this key configures.
+    pub fn name(&self) -> &str {
+        match self {
+            Key::Policy(name) => name,
+        }
+    }
+}
+
+/// Whether `name` is a valid policy or switch name.
+pub fn valid_name(name: &str) -> bool {
+    (1..=128).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Key::Policy(name) => write!(f, "policies/{name}"),
+        }
+    }
+}
+
+/// One change to one key of one layer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    /// The layer the key lives in.
+    pub layer: Layer,
+    /// The key.
+    pub key: Key,
+    /// The new value (JSON), or `None` when the key was deleted.
+    pub value: Option<Vec<u8>>,
+}
+
+/// A batch of changes that the registry applies as one atomic snapshot swap.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Update {
+    /// Some keys changed at `revision` (for etcd: every event of one revision).
+    Changes {
+        /// The source's revision after these changes.
+        revision: u64,
+        /// The changes, applied in order.
+        changes: Vec<Change>,
+    },
+    /// The complete contents of `layer` at `revision` (a fresh listing): keys not in
+    /// `entries` are deleted, the others put; unchanged values change nothing.
+    Replace {
+        /// The layer being replaced.
+        layer: Layer,
+        /// The source's revision of this listing.
+        revision: u64,
+        /// Every key of the layer, with its value (JSON).
+        entries: Vec<(Key, Vec<u8>)>,
+    },
+}
+
+/// How current the settings in force are, as the sources report it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Health {
+    /// No source has delivered anything: code defaults only.
+    DefaultsOnly,
+    /// A source is connected and settings are current as of `revision`.
+    Live {
+        /// The last revision applied.
+        revision: u64,
+    },
+    /// The source lost its store; settings are those of `revision`, kept since `since`.
+    Stale {
+        /// The last revision applied.
+        revision: u64,
+        /// When the source noticed.
+        since: SystemTime,
+        /// Why.
+        reason: String,
+    },
+    /// Settings come from a disk snapshot written at `written` (the store is unreachable).
+    FromDisk {
+        /// The snapshot's revision.
+        revision: u64,
+        /// When the snapshot was written.
+        written: SystemTime,
+    },
+}
+
+/// A value the registry refused; the key's last good value stays in force.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    /// The layer of the refused value.
+    pub layer: Layer,
+    /// The key of the refused value.
+    pub key: Key,
+    /// The source's revision of the refused value.
+    pub revision: u64,
+    /// Why: the field and the rule it broke.
+    pub error: SettingsError,
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} ({:?} layer, revision {}): {}",
+            self.key, self.layer, self.revision, self.error
+        )
+    }
+}
+
+/// Something that feeds settings into a [`Substation`](crate::Substation).
+///
+/// A source is started once, by [`Builder::build`](super::Builder::build), with a
+/// [`Sink`]. It must return promptly: a source that talks to a remote store spawns its
+/// own task (or thread) and pushes [`Update`]s into the sink as they come, reporting
+/// outages with [`Sink::set_health`]. Applying an update is synchronous and never
+/// blocks on I/O; it validates each key on its own.
+pub trait Source: Send + 'static {
+    /// Starts feeding `sink`.
+    fn start(self: Box<Self>, sink: Sink) -> Result<(), BoxError>;
+}
+
+/// Where a [`Source`] pushes updates. Cheap to clone; does not keep the registry alive.
+#[derive(Clone)]
+pub struct Sink {
+    pub(super) shared: Weak<Shared>,
+}
+
+impl Sink {
+    /// Applies one update as one atomic snapshot swap; returns the values it rejected
+    /// (each for its key alone), or `Err(Closed)` once the registry is gone — the
+    /// source should stop then.
+    pub fn apply(&self, update: Update) -> Result<Vec<Rejection>, Closed> {
+        let shared = self.shared()?;
+        Ok(shared.apply(update))
+    }
+
+    /// Reports how current the settings are.
+    pub fn set_health(&self, health: Health) -> Result<(), Closed> {
+        let shared = self.shared()?;
+        shared.set_health(health);
+        Ok(())
+    }
+
+    /// Whether the registry is gone.
+    pub fn is_closed(&self) -> bool {
+        self.shared.strong_count() == 0
+    }
+
+    fn shared(&self) -> Result<Arc<Shared>, Closed> {
+        self.shared.upgrade().ok_or(Closed(()))
+    }
+}
+
+impl fmt::Debug for Sink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sink")
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+/// The registry a [`Sink`] feeds has been dropped.
+#[derive(Debug)]
+pub struct Closed(());
+
+impl fmt::Display for Closed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the substation registry has been dropped")
+    }
+}
+
+impl std::error::Error for Closed {}

@@ -1,0 +1,106 @@
+//! Metric names, their descriptions, and the handles a policy records into.
+//!
+//! substation emits through the [`metrics`] facade and never installs a recorder: the
+//! application installs one (Prometheus, StatsD, …) **before** it builds its
+//! [`Substation`](crate::Substation) or policies, because handles are registered once,
+//! when a policy is created, never per call. Call [`describe`] after installing the
+//! recorder to attach units and help texts.
+//!
+//! Every metric carries the label `policy` (the dependency's name).
+//!
+//! ```
+//! // In the application, after installing a recorder:
+//! substation::metrics::describe();
+//! assert_eq!(substation::metrics::CALLS, "substation_calls_total");
+//! ```
+
+use metrics::{Counter, Gauge, Histogram, Unit};
+
+/// Counter of completed or rejected calls, labelled `policy` and `outcome`
+/// (see the `OUTCOME_*` constants).
+pub const CALLS: &str = "substation_calls_total";
+/// Histogram of call durations in seconds (at the clock's resolution, one millisecond
+/// with the default coarse clock), labelled `policy`. Rejected calls are not recorded.
+pub const CALL_DURATION: &str = "substation_call_duration_seconds";
+/// Gauge of a breaker's state, labelled `policy`: 0 closed, 1 open, 2 half-open.
+pub const BREAKER_STATE: &str = "substation_breaker_state";
+/// Counter of breaker transitions, labelled `policy` and `to` (`open`, `half_open`,
+/// `closed`).
+pub const BREAKER_TRANSITIONS: &str = "substation_breaker_transitions_total";
+/// Counter of settings values rejected by validation, labelled `key`.
+pub const SETTINGS_REJECTED: &str = "substation_settings_rejected_total";
+
+/// `outcome` label: the call succeeded (as classified).
+pub const OUTCOME_SUCCESS: &str = "success";
+/// `outcome` label: the call failed (as classified), other than by timing out.
+pub const OUTCOME_FAILURE: &str = "failure";
+/// `outcome` label: the call timed out.
+pub const OUTCOME_TIMEOUT: &str = "timeout";
+/// `outcome` label: the call was rejected by an open circuit breaker.
+pub const OUTCOME_REJECTED: &str = "rejected";
+
+/// Describes every metric to the installed recorder (units and help texts).
+pub fn describe() {
+    metrics::describe_counter!(
+        CALLS,
+        Unit::Count,
+        "Calls through a substation policy, by outcome."
+    );
+    metrics::describe_histogram!(
+        CALL_DURATION,
+        Unit::Seconds,
+        "Duration of calls that reached the protected service."
+    );
+    metrics::describe_gauge!(
+        BREAKER_STATE,
+        Unit::Count,
+        "Circuit breaker state: 0 closed, 1 open, 2 half-open."
+    );
+    metrics::describe_counter!(
+        BREAKER_TRANSITIONS,
+        Unit::Count,
+        "Circuit breaker state transitions, by target state."
+    );
+    metrics::describe_counter!(
+        SETTINGS_REJECTED,
+        Unit::Count,
+        "Settings values rejected by validation; the last good value stays in force."
+    );
+}
+
+/// The handles of one policy, registered once when the policy is created.
+#[derive(Debug)]
+pub(crate) struct PolicyMetrics {
+    pub(crate) success: Counter,
+    pub(crate) failure: Counter,
+    pub(crate) timeout: Counter,
+    pub(crate) rejected: Counter,
+    pub(crate) duration: Histogram,
+    pub(crate) state: Gauge,
+    pub(crate) to_open: Counter,
+    pub(crate) to_half_open: Counter,
+    pub(crate) to_closed: Counter,
+}
+
+impl PolicyMetrics {
+    pub(crate) fn new(policy: &str) -> Self {
+        let p = policy.to_owned();
+        let calls = |outcome: &'static str| {
+            metrics::counter!(CALLS, "policy" => p.clone(), "outcome" => outcome)
+        };
+        let to = |state: &'static str| {
+            metrics::counter!(BREAKER_TRANSITIONS, "policy" => p.clone(), "to" => state)
+        };
+        PolicyMetrics {
+            success: calls(OUTCOME_SUCCESS),
+            failure: calls(OUTCOME_FAILURE),
+            timeout: calls(OUTCOME_TIMEOUT),
+            rejected: calls(OUTCOME_REJECTED),
+            duration: metrics::histogram!(CALL_DURATION, "policy" => p.clone()),
+            state: metrics::gauge!(BREAKER_STATE, "policy" => p.clone()),
+            to_open: to("open"),
+            to_half_open: to("half_open"),
+            to_closed: to("closed"),
+        }
+    }
+}
