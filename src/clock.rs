@@ -23,8 +23,8 @@
 //! ```
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Milliseconds since the coarse clock started, advanced by the ticker thread.
@@ -58,49 +58,48 @@ fn coarse_start() -> Instant {
 }
 
 /// A source of monotonic time in milliseconds; see the [module docs](self).
+///
+/// A `Clock` is one pointer, `Copy`, so response futures carry it without a reference
+/// count. Tokio and manual clocks leak a few bytes each when created (tests create
+/// them; applications use the coarse clock).
 #[derive(Clone, Copy)]
 pub struct Clock {
-    kind: Kind,
+    kind: &'static Kind,
 }
 
-#[derive(Clone, Copy)]
 enum Kind {
     Coarse,
     Tokio(tokio::time::Instant),
-    Manual(&'static AtomicU64),
+    Manual(AtomicU64),
 }
+
+static COARSE: Kind = Kind::Coarse;
 
 impl Clock {
     /// The process-wide coarse clock (one millisecond resolution, one atomic load to read).
     pub fn coarse() -> Self {
         coarse_start();
-        Clock { kind: Kind::Coarse }
+        Clock { kind: &COARSE }
     }
 
     /// A clock that reads tokio's time, so that it follows `tokio::time::pause`.
     pub fn tokio() -> Self {
         Clock {
-            kind: Kind::Tokio(tokio::time::Instant::now()),
+            kind: Box::leak(Box::new(Kind::Tokio(tokio::time::Instant::now()))),
         }
     }
 
     /// A clock that only moves when the returned handle says so.
     pub fn manual() -> (Self, ManualClock) {
-        // Leaked (8 bytes) so that `Clock` is `Copy` and response futures can carry it
-        // without a reference count; manual clocks are for tests.
-        let ms: &'static AtomicU64 = Box::leak(Box::new(AtomicU64::new(EPOCH_OFFSET_MS)));
-        (
-            Clock {
-                kind: Kind::Manual(ms),
-            },
-            ManualClock { ms },
-        )
+        let kind: &'static Kind =
+            Box::leak(Box::new(Kind::Manual(AtomicU64::new(EPOCH_OFFSET_MS))));
+        (Clock { kind }, ManualClock { kind })
     }
 
     /// Milliseconds since an arbitrary fixed point; never zero.
     #[inline]
     pub fn now_ms(&self) -> u64 {
-        match &self.kind {
+        match self.kind {
             Kind::Coarse => COARSE_MS.load(Ordering::Relaxed),
             Kind::Tokio(start) => start.elapsed().as_millis() as u64 + EPOCH_OFFSET_MS,
             Kind::Manual(ms) => ms.load(Ordering::Relaxed),
@@ -129,15 +128,23 @@ impl fmt::Debug for Clock {
 }
 
 /// The handle that moves a [`Clock::manual()`] clock.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy)]
 pub struct ManualClock {
-    ms: &'static AtomicU64,
+    kind: &'static Kind,
+}
+
+impl fmt::Debug for ManualClock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ManualClock").finish_non_exhaustive()
+    }
 }
 
 impl ManualClock {
     /// Moves the clock forward.
     pub fn advance(&self, by: Duration) {
-        self.ms.fetch_add(by.as_millis() as u64, Ordering::Relaxed);
+        if let Kind::Manual(ms) = self.kind {
+            ms.fetch_add(by.as_millis() as u64, Ordering::Relaxed);
+        }
     }
 }
 

@@ -85,12 +85,8 @@ pub(crate) struct PolicyMetrics {
 impl PolicyMetrics {
     pub(crate) fn new(policy: &str) -> Self {
         let p = policy.to_owned();
-        let calls = |outcome: &'static str| {
-            metrics::counter!(CALLS, "policy" => p.clone(), "outcome" => outcome)
-        };
-        let to = |state: &'static str| {
-            metrics::counter!(BREAKER_TRANSITIONS, "policy" => p.clone(), "to" => state)
-        };
+        let calls = |outcome: &'static str| metrics::counter!(CALLS, "policy" => p.clone(), "outcome" => outcome);
+        let to = |state: &'static str| metrics::counter!(BREAKER_TRANSITIONS, "policy" => p.clone(), "to" => state);
         PolicyMetrics {
             success: calls(OUTCOME_SUCCESS),
             failure: calls(OUTCOME_FAILURE),

@@ -28,7 +28,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwap;
@@ -43,7 +43,7 @@ use crate::settings::{BreakerMode, PolicySettings, SettingsError};
 #[derive(Debug)]
 pub(crate) struct PolicyCore {
     pub(crate) name: Box<str>,
-    pub(crate) generation: AtomicU64,
+    pub(crate) generation: AtomicU32,
     pub(crate) settings: ArcSwap<PolicySettings>,
     pub(crate) breaker: BreakerCore,
     pub(crate) metrics: PolicyMetrics,
@@ -60,7 +60,7 @@ impl PolicyCore {
 
 static POOL: Mutex<Option<HashMap<Box<str>, Vec<&'static PolicyCore>>>> = Mutex::new(None);
 
-fn acquire(name: &str, settings: PolicySettings) -> (&'static PolicyCore, u64) {
+fn acquire(name: &str, settings: PolicySettings) -> (&'static PolicyCore, u32) {
     let recycled = POOL
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
@@ -74,7 +74,7 @@ fn acquire(name: &str, settings: PolicySettings) -> (&'static PolicyCore, u64) {
         }
         None => Box::leak(Box::new(PolicyCore {
             name: name.into(),
-            generation: AtomicU64::new(0),
+            generation: AtomicU32::new(0),
             settings: ArcSwap::from_pointee(settings),
             breaker: BreakerCore::new(),
             metrics: PolicyMetrics::new(name),
@@ -96,7 +96,7 @@ fn release(core: &'static PolicyCore) {
 
 struct Owner {
     core: &'static PolicyCore,
-    generation: u64,
+    generation: u32,
     clock: Clock,
 }
 
@@ -161,7 +161,9 @@ impl Policy {
         if !old.breaker.same_window(&new.breaker) {
             core.breaker.window.reset();
         }
-        if new.breaker.mode == BreakerMode::ForceClosed && old.breaker.mode != BreakerMode::ForceClosed {
+        if new.breaker.mode == BreakerMode::ForceClosed
+            && old.breaker.mode != BreakerMode::ForceClosed
+        {
             core.breaker.close(&core.ctx());
         }
         Ok(())
@@ -191,7 +193,7 @@ impl Policy {
         self.owner.core
     }
 
-    pub(crate) fn generation(&self) -> u64 {
+    pub(crate) fn generation(&self) -> u32 {
         self.owner.generation
     }
 }
@@ -217,7 +219,11 @@ mod tests {
         assert_eq!(err.to_string(), "breaker.error_rate: 150 is not in 0..=100");
         let p = Policy::new("p", PolicySettings::default()).unwrap();
         assert!(p.update(s).is_err());
-        assert_eq!(p.settings().breaker.error_rate, 50.0, "last good value kept");
+        assert_eq!(
+            p.settings().breaker.error_rate,
+            50.0,
+            "last good value kept"
+        );
     }
 
     #[test]
@@ -230,6 +236,10 @@ mod tests {
         assert_eq!(b.core() as *const PolicyCore, core_a);
         assert_ne!(b.generation(), gen_a);
         let c = Policy::new("recycled-policy", PolicySettings::default()).unwrap();
-        assert_ne!(c.core() as *const PolicyCore, core_a, "live policies never share");
+        assert_ne!(
+            c.core() as *const PolicyCore,
+            core_a,
+            "live policies never share"
+        );
     }
 }

@@ -72,47 +72,50 @@ use tower::Service;
 use crate::classify::{Classify, ErrorsAsFailures};
 use crate::clock::Clock;
 use crate::policy::PolicyCore;
-use crate::settings::{BreakerMode, PolicySettings};
+use crate::settings::PolicySettings;
 use crate::{BoxError, Policy};
 
 pub use self::layer::CircuitBreakerLayer;
+use self::state::Admission;
 pub use self::state::BreakerState;
 pub use self::window::WindowCounts;
-use self::state::Admission;
 
 type SettingsCache = Cache<&'static ArcSwap<PolicySettings>, std::sync::Arc<PolicySettings>>;
 
-/// A half-open trial permit; returned to the breaker if dropped unused.
+/// The episode value that means "no trial".
+pub(crate) const NO_TRIAL: u32 = u32::MAX;
+
+/// A half-open trial permit held between `poll_ready` and `call`; returned to the
+/// breaker if the service is dropped (or cloned) before it calls.
 #[derive(Debug)]
-pub(crate) struct TrialPermit {
+struct Permit {
     core: &'static PolicyCore,
-    generation: u64,
-    episode: Option<u64>,
+    generation: u32,
+    episode: u32,
 }
 
-impl TrialPermit {
-    /// The permit is used: the call finished and its outcome decides.
-    fn finish(mut self) -> Option<u64> {
-        self.episode.take()
+impl Drop for Permit {
+    fn drop(&mut self) {
+        release_trial(self.core, self.generation, self.episode);
     }
 }
 
-impl Drop for TrialPermit {
-    fn drop(&mut self) {
-        if let Some(episode) = self.episode {
-            if self.core.generation.load(std::sync::atomic::Ordering::Acquire) == self.generation {
-                self.core.breaker.release_trial(episode);
-            }
-        }
+/// Gives a trial permit back, unless it is none or belongs to a recycled core.
+pub(crate) fn release_trial(core: &PolicyCore, generation: u32, episode: u32) {
+    if episode != NO_TRIAL
+        && core.generation.load(std::sync::atomic::Ordering::Acquire) == generation
+    {
+        core.breaker.release_trial(u64::from(episode));
     }
 }
 
 /// What `poll_ready` decided for the next `call`.
-#[derive(Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Decision {
     Unpolled,
     Admit,
-    Trial(TrialPermit),
+    /// Admit as a trial; the permit is in `CircuitBreaker::permit`.
+    Trial,
     Reject,
 }
 
@@ -122,9 +125,10 @@ pub struct CircuitBreaker<S, C = ErrorsAsFailures> {
     classify: C,
     settings: SettingsCache,
     core: &'static PolicyCore,
-    generation: u64,
+    generation: u32,
     clock: Clock,
     decision: Decision,
+    permit: Permit,
     _policy: Policy,
 }
 
@@ -132,14 +136,20 @@ impl<S, C> CircuitBreaker<S, C> {
     /// Wraps `inner` with `policy`'s breaker, classifying outcomes with `classify`.
     pub fn new(inner: S, policy: &Policy, classify: C) -> Self {
         let core = policy.core();
+        let generation = policy.generation();
         CircuitBreaker {
             inner,
             classify,
             settings: Cache::new(&core.settings),
             core,
-            generation: policy.generation(),
+            generation,
             clock: *policy.clock(),
             decision: Decision::Unpolled,
+            permit: Permit {
+                core,
+                generation,
+                episode: NO_TRIAL,
+            },
             _policy: policy.clone(),
         }
     }
@@ -154,7 +164,7 @@ impl<S, C> CircuitBreaker<S, C> {
         &mut self.inner
     }
 
-    /// Unwraps the inner service.
+    /// Unwraps the inner service (a trial permit it held goes back to the breaker).
     pub fn into_inner(self) -> S {
         self.inner
     }
@@ -171,6 +181,11 @@ impl<S: Clone, C: Clone> Clone for CircuitBreaker<S, C> {
             generation: self.generation,
             clock: self.clock,
             decision: Decision::Unpolled,
+            permit: Permit {
+                core: self.core,
+                generation: self.generation,
+                episode: NO_TRIAL,
+            },
             _policy: self._policy.clone(),
         }
     }
@@ -189,7 +204,7 @@ impl<S: fmt::Debug, C> fmt::Debug for CircuitBreaker<S, C> {
 impl<S, C, Req> Service<Req> for CircuitBreaker<S, C>
 where
     S: Service<Req>,
-    S::Error: Into<BoxError> + 'static,
+    S::Error: Into<BoxError>,
     C: Classify<S::Response, S::Error> + Clone,
 {
     type Response = S::Response;
@@ -199,15 +214,13 @@ where
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         if matches!(self.decision, Decision::Unpolled | Decision::Reject) {
-            let settings = self.settings.load();
-            let breaker = &settings.breaker;
-            self.decision = if breaker.mode == BreakerMode::Normal && self.core.breaker.is_closed()
-            {
-                Decision::Admit
-            } else {
-                self.decide()
+            let mode = self.settings.load().breaker.mode;
+            self.decision = match self.core.breaker.quick_admit(mode, &self.clock) {
+                Some(true) => Decision::Admit,
+                Some(false) => Decision::Reject,
+                None => self.decide(),
             };
-            if let Decision::Reject = self.decision {
+            if self.decision == Decision::Reject {
                 return Poll::Ready(Ok(()));
             }
         }
@@ -217,29 +230,27 @@ where
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
         let trial = match std::mem::replace(&mut self.decision, Decision::Unpolled) {
-            Decision::Admit => None,
-            Decision::Trial(permit) => Some(permit),
+            Decision::Admit => NO_TRIAL,
+            Decision::Trial => std::mem::replace(&mut self.permit.episode, NO_TRIAL),
             Decision::Reject => {
                 self.core.metrics.rejected.increment(1);
-                return future::ResponseFuture::rejected();
+                return future::ResponseFuture::rejected(self.core, self.clock);
             }
             Decision::Unpolled => panic!("poll_ready must be called first"),
         };
         let settings = self.settings.load();
-        let start = self.clock.now_ms();
-        future::ResponseFuture::called(
-            self.inner.call(req),
-            self.classify.clone(),
-            future::Recorder {
-                core: self.core,
-                generation: self.generation,
-                clock: self.clock,
-                start,
-                slow_ms: settings.breaker.slow_call_ms.unwrap_or(0),
-                shape: state::shape(&settings.breaker),
-                trial,
-            },
-        )
+        let b = &settings.breaker;
+        let fields = future::Fields {
+            core: self.core,
+            clock: self.clock,
+            start: self.clock.now_ms(),
+            slow_ms: b
+                .slow_call_ms
+                .map_or(0, |ms| ms.min(u64::from(u32::MAX)) as u32),
+            generation: self.generation,
+            trial,
+        };
+        future::ResponseFuture::called(self.inner.call(req), self.classify.clone(), fields)
     }
 }
 
@@ -254,11 +265,10 @@ impl<S, C> CircuitBreaker<S, C> {
         {
             Admission::Admit => Decision::Admit,
             Admission::Reject => Decision::Reject,
-            Admission::Trial(episode) => Decision::Trial(TrialPermit {
-                core,
-                generation: self.generation,
-                episode: Some(episode),
-            }),
+            Admission::Trial(episode) => {
+                self.permit.episode = episode as u32;
+                Decision::Trial
+            }
         }
     }
 }

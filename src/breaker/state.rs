@@ -13,6 +13,7 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
 
 use crate::breaker::window::{Record, Shape, Window, WindowCounts};
+use crate::clock::Clock;
 use crate::metrics::PolicyMetrics;
 use crate::settings::{BreakerMode, BreakerSettings};
 
@@ -131,6 +132,21 @@ impl BreakerCore {
         self.word.load(Acquire) & STATE_MASK == CLOSED
     }
 
+    /// The common decisions without leaving the caller's code: `Some(true)` admit (closed),
+    /// `Some(false)` reject (open and not yet due for a trial), `None` ask [`Self::admit`].
+    #[inline]
+    pub(crate) fn quick_admit(&self, mode: BreakerMode, clock: &Clock) -> Option<bool> {
+        if mode != BreakerMode::Normal {
+            return None;
+        }
+        let w = self.word.load(Acquire);
+        match w & STATE_MASK {
+            CLOSED => Some(true),
+            OPEN if clock.now_ms() < w >> PAYLOAD_SHIFT => Some(false),
+            _ => None,
+        }
+    }
+
     /// Decides whether a call may go through.
     pub(crate) fn admit(&self, now: u64, s: &BreakerSettings, ctx: &Ctx<'_>) -> Admission {
         match s.mode {
@@ -159,7 +175,10 @@ impl BreakerCore {
                     Admission::Trial(w.episode()),
                 ),
             };
-            match self.word.compare_exchange_weak(w.0, next.0, AcqRel, Acquire) {
+            match self
+                .word
+                .compare_exchange_weak(w.0, next.0, AcqRel, Acquire)
+            {
                 Ok(_) => {
                     if w.state() == OPEN {
                         transitioned(ctx, BreakerState::HalfOpen, None);
@@ -198,7 +217,7 @@ impl BreakerCore {
             return;
         }
         let shape = shape(s);
-        self.window.record(now, shape, rec);
+        self.window.record(now, || shape, rec);
         if (rec.failed || rec.slow) && s.mode != BreakerMode::ForceClosed {
             let counts = self.window.counts(now, shape);
             if should_trip(&counts, s) {
@@ -207,7 +226,14 @@ impl BreakerCore {
         }
     }
 
-    fn on_trial_result(&self, episode: u64, rec: Record, now: u64, s: &BreakerSettings, ctx: &Ctx<'_>) {
+    fn on_trial_result(
+        &self,
+        episode: u64,
+        rec: Record,
+        now: u64,
+        s: &BreakerSettings,
+        ctx: &Ctx<'_>,
+    ) {
         let failed = rec.failed || (rec.slow && s.slow_call_ms.is_some());
         let mut w = Word(self.word.load(Acquire));
         loop {
@@ -222,7 +248,10 @@ impl BreakerCore {
             } else {
                 Word(w.0 + (1 << (PAYLOAD_SHIFT + FIELD_BITS)))
             };
-            match self.word.compare_exchange_weak(w.0, next.0, AcqRel, Acquire) {
+            match self
+                .word
+                .compare_exchange_weak(w.0, next.0, AcqRel, Acquire)
+            {
                 Ok(_) => {
                     match next.state() {
                         OPEN => {
@@ -243,7 +272,13 @@ impl BreakerCore {
         }
     }
 
-    fn trip_from_closed(&self, now: u64, s: &BreakerSettings, ctx: &Ctx<'_>, counts: &WindowCounts) {
+    fn trip_from_closed(
+        &self,
+        now: u64,
+        s: &BreakerSettings,
+        ctx: &Ctx<'_>,
+        counts: &WindowCounts,
+    ) {
         let w = Word(self.word.load(Acquire));
         if w.state() != CLOSED {
             return;
@@ -290,6 +325,7 @@ impl BreakerCore {
     }
 }
 
+#[inline]
 pub(crate) fn shape(s: &BreakerSettings) -> Shape {
     Shape {
         bucket_ms: s.bucket_ms().max(1),
@@ -339,13 +375,19 @@ fn transitioned(ctx: &Ctx<'_>, to: BreakerState, counts: Option<&WindowCounts>) 
                     slow = c.slow,
                     "circuit breaker opened"
                 ),
-                None => tracing::warn!(policy = ctx.policy, "circuit breaker re-opened: a trial call failed"),
+                None => tracing::warn!(
+                    policy = ctx.policy,
+                    "circuit breaker re-opened: a trial call failed"
+                ),
             }
         }
         BreakerState::HalfOpen => {
             m.to_half_open.increment(1);
             m.state.set(2.0);
-            tracing::info!(policy = ctx.policy, "circuit breaker half-open: admitting trial calls");
+            tracing::info!(
+                policy = ctx.policy,
+                "circuit breaker half-open: admitting trial calls"
+            );
         }
         BreakerState::Closed => {
             m.to_closed.increment(1);
@@ -360,16 +402,29 @@ mod tests {
     use super::*;
 
     fn ctx(m: &PolicyMetrics) -> Ctx<'_> {
-        Ctx { policy: "t", metrics: m }
+        Ctx {
+            policy: "t",
+            metrics: m,
+        }
     }
-    const OK: Record = Record { failed: false, slow: false };
-    const FAIL: Record = Record { failed: true, slow: false };
+    const OK: Record = Record {
+        failed: false,
+        slow: false,
+    };
+    const FAIL: Record = Record {
+        failed: true,
+        slow: false,
+    };
 
     #[test]
     fn trips_reopens_and_closes() {
         let m = PolicyMetrics::new("t");
         let c = BreakerCore::new();
-        let s = BreakerSettings { min_calls: 4, half_open_calls: 2, ..Default::default() };
+        let s = BreakerSettings {
+            min_calls: 4,
+            half_open_calls: 2,
+            ..Default::default()
+        };
         let now = 10_000;
         for _ in 0..2 {
             c.on_result(None, OK, now, &s, &ctx(&m));
@@ -378,26 +433,46 @@ mod tests {
         assert_eq!(c.state(), BreakerState::Closed, "3 calls < min_calls");
         c.on_result(None, FAIL, now, &s, &ctx(&m));
         assert_eq!(c.state(), BreakerState::Open, "2 of 4 failed = 50 %");
-        assert!(matches!(c.admit(now + 4_999, &s, &ctx(&m)), Admission::Reject));
+        assert!(matches!(
+            c.admit(now + 4_999, &s, &ctx(&m)),
+            Admission::Reject
+        ));
         // Half-open: exactly two permits.
-        let Admission::Trial(e1) = c.admit(now + 5_000, &s, &ctx(&m)) else { panic!() };
-        let Admission::Trial(e2) = c.admit(now + 5_000, &s, &ctx(&m)) else { panic!() };
-        assert!(matches!(c.admit(now + 5_000, &s, &ctx(&m)), Admission::Reject));
+        let Admission::Trial(e1) = c.admit(now + 5_000, &s, &ctx(&m)) else {
+            panic!()
+        };
+        let Admission::Trial(e2) = c.admit(now + 5_000, &s, &ctx(&m)) else {
+            panic!()
+        };
+        assert!(matches!(
+            c.admit(now + 5_000, &s, &ctx(&m)),
+            Admission::Reject
+        ));
         assert_eq!(e1, e2);
         // A dropped trial gives its permit back.
         c.release_trial(e2);
-        let Admission::Trial(e3) = c.admit(now + 5_001, &s, &ctx(&m)) else { panic!() };
+        let Admission::Trial(e3) = c.admit(now + 5_001, &s, &ctx(&m)) else {
+            panic!()
+        };
         c.on_result(Some(e1), OK, now + 5_010, &s, &ctx(&m));
         assert_eq!(c.state(), BreakerState::HalfOpen);
         c.on_result(Some(e3), FAIL, now + 5_010, &s, &ctx(&m));
         assert_eq!(c.state(), BreakerState::Open, "a failed trial re-opens");
-        let Admission::Trial(e4) = c.admit(now + 10_010, &s, &ctx(&m)) else { panic!() };
-        let Admission::Trial(e5) = c.admit(now + 10_010, &s, &ctx(&m)) else { panic!() };
+        let Admission::Trial(e4) = c.admit(now + 10_010, &s, &ctx(&m)) else {
+            panic!()
+        };
+        let Admission::Trial(e5) = c.admit(now + 10_010, &s, &ctx(&m)) else {
+            panic!()
+        };
         c.on_result(Some(e4), OK, now + 10_020, &s, &ctx(&m));
         c.on_result(Some(e3), FAIL, now + 10_020, &s, &ctx(&m)); // stale trial: ignored
         c.on_result(Some(e5), OK, now + 10_020, &s, &ctx(&m));
         assert_eq!(c.state(), BreakerState::Closed);
-        assert_eq!(c.counts(now + 10_020, &s), WindowCounts::default(), "closing clears the window");
+        assert_eq!(
+            c.counts(now + 10_020, &s),
+            WindowCounts::default(),
+            "closing clears the window"
+        );
     }
 
     #[test]
@@ -413,7 +488,10 @@ mod tests {
         assert_eq!(open_duration(&s, 2), 4_000);
         assert_eq!(open_duration(&s, 3), 5_000);
         assert_eq!(open_duration(&s, 1000), 5_000);
-        let j = BreakerSettings { open_jitter: 0.1, ..s };
+        let j = BreakerSettings {
+            open_jitter: 0.1,
+            ..s
+        };
         for _ in 0..1000 {
             let d = open_duration(&j, 0);
             assert!((900..=1_100).contains(&d), "{d}");
@@ -424,12 +502,26 @@ mod tests {
     fn slow_calls_trip_when_enabled() {
         let m = PolicyMetrics::new("t");
         let c = BreakerCore::new();
-        let slow = Record { failed: false, slow: true };
-        let off = BreakerSettings { min_calls: 2, ..Default::default() };
+        let slow = Record {
+            failed: false,
+            slow: true,
+        };
+        let off = BreakerSettings {
+            min_calls: 2,
+            ..Default::default()
+        };
         c.on_result(None, slow, 1_000, &off, &ctx(&m));
         c.on_result(None, slow, 1_000, &off, &ctx(&m));
-        assert_eq!(c.state(), BreakerState::Closed, "slow-call tracking is off by default");
-        let on = BreakerSettings { slow_call_ms: Some(100), slow_call_rate: 100.0, ..off };
+        assert_eq!(
+            c.state(),
+            BreakerState::Closed,
+            "slow-call tracking is off by default"
+        );
+        let on = BreakerSettings {
+            slow_call_ms: Some(100),
+            slow_call_rate: 100.0,
+            ..off
+        };
         c.on_result(None, slow, 1_000, &on, &ctx(&m));
         assert_eq!(c.state(), BreakerState::Open);
     }
@@ -438,7 +530,10 @@ mod tests {
     fn modes() {
         let m = PolicyMetrics::new("t");
         let c = BreakerCore::new();
-        let mut s = BreakerSettings { min_calls: 1, ..Default::default() };
+        let mut s = BreakerSettings {
+            min_calls: 1,
+            ..Default::default()
+        };
         s.mode = BreakerMode::ForceOpen;
         assert!(matches!(c.admit(1, &s, &ctx(&m)), Admission::Reject));
         s.mode = BreakerMode::ForceClosed;
@@ -446,8 +541,15 @@ mod tests {
         assert_eq!(c.state(), BreakerState::Closed, "force-closed never trips");
         s.mode = BreakerMode::MetricsOnly;
         c.on_result(None, FAIL, 1, &s, &ctx(&m));
-        assert_eq!(c.state(), BreakerState::Open, "metrics-only runs the state machine");
-        assert!(matches!(c.admit(2, &s, &ctx(&m)), Admission::Admit), "but never rejects");
+        assert_eq!(
+            c.state(),
+            BreakerState::Open,
+            "metrics-only runs the state machine"
+        );
+        assert!(
+            matches!(c.admit(2, &s, &ctx(&m)), Admission::Admit),
+            "but never rejects"
+        );
         s.mode = BreakerMode::Normal;
         assert!(matches!(c.admit(2, &s, &ctx(&m)), Admission::Reject));
     }

@@ -144,13 +144,13 @@ impl Window {
     }
 
     #[inline]
-    pub(crate) fn record(&self, now_ms: u64, shape: Shape, rec: Record) {
+    pub(crate) fn record(&self, now_ms: u64, shape: impl FnOnce() -> Shape, rec: Record) {
         let stripe = &self.stripes[thread_index() & self.mask];
         let head = stripe.head.load(Relaxed);
         let slot = if now_ms < head >> SLOT_BITS {
             (head & SLOT_MASK) as usize
         } else {
-            rotate(stripe, now_ms, shape)
+            rotate(stripe, now_ms, shape())
         };
         // A stale head after a shape change may point past the new shape; such a count
         // is simply not read.
@@ -260,28 +260,49 @@ mod tests {
     fn counts_what_is_recorded() {
         let w = Window::new();
         for _ in 0..7 {
-            w.record(5_000, SHAPE, OK);
+            w.record(5_000, || SHAPE, OK);
         }
         for _ in 0..3 {
-            w.record(5_500, SHAPE, FAIL);
+            w.record(5_500, || SHAPE, FAIL);
         }
-        w.record(6_000, SHAPE, Record { failed: false, slow: true });
+        w.record(
+            6_000,
+            || SHAPE,
+            Record {
+                failed: false,
+                slow: true,
+            },
+        );
         let c = w.counts(6_000, SHAPE);
-        assert_eq!(c, WindowCounts { calls: 11, failures: 3, slow: 1 });
+        assert_eq!(
+            c,
+            WindowCounts {
+                calls: 11,
+                failures: 3,
+                slow: 1
+            }
+        );
         assert!((c.error_rate() - 300.0 / 11.0).abs() < 1e-9);
     }
 
     #[test]
     fn old_buckets_fall_out_of_the_window() {
         let w = Window::new();
-        w.record(1_000, SHAPE, FAIL);
-        w.record(5_000, SHAPE, OK);
+        w.record(1_000, || SHAPE, FAIL);
+        w.record(5_000, || SHAPE, OK);
         assert_eq!(w.counts(10_999, SHAPE).calls, 2);
         assert_eq!(w.counts(11_000, SHAPE).calls, 1, "bucket 1 left the window");
         assert_eq!(w.counts(15_000, SHAPE).calls, 0);
         // A bucket slot that is reused starts from zero.
-        w.record(11_000, SHAPE, OK);
-        assert_eq!(w.counts(11_000, SHAPE), WindowCounts { calls: 2, failures: 0, slow: 0 });
+        w.record(11_000, || SHAPE, OK);
+        assert_eq!(
+            w.counts(11_000, SHAPE),
+            WindowCounts {
+                calls: 2,
+                failures: 0,
+                slow: 0
+            }
+        );
     }
 
     #[test]
@@ -291,7 +312,7 @@ mod tests {
             for _ in 0..4 {
                 s.spawn(|| {
                     for _ in 0..10_000 {
-                        w.record(2_000, SHAPE, OK);
+                        w.record(2_000, || SHAPE, OK);
                     }
                 });
             }
@@ -302,10 +323,10 @@ mod tests {
     #[test]
     fn reset_forgets() {
         let w = Window::new();
-        w.record(2_000, SHAPE, FAIL);
+        w.record(2_000, || SHAPE, FAIL);
         w.reset();
         assert_eq!(w.counts(2_000, SHAPE), WindowCounts::default());
-        w.record(2_001, SHAPE, FAIL);
+        w.record(2_001, || SHAPE, FAIL);
         assert_eq!(w.counts(2_001, SHAPE).failures, 1);
     }
 }

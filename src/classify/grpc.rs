@@ -152,7 +152,11 @@ mod tests {
         ];
         for code in (0..=16).map(Code::from_i32) {
             let r: Result<tonic::Response<()>, Status> = Err(Status::new(code, "x"));
-            let expect = if failures.contains(&code) { Outcome::Failure } else { Outcome::Success };
+            let expect = if failures.contains(&code) {
+                Outcome::Failure
+            } else {
+                Outcome::Success
+            };
             assert_eq!(c.classify(&r), expect, "{code:?}");
             let h = http(200, Some(&(code as i32).to_string()));
             assert_eq!(c.classify(&h), expect, "{code:?} in a header");

@@ -84,7 +84,8 @@ impl InMemorySource {
 
     /// Stores a policy's settings (serialized to JSON).
     pub fn put_policy(&self, name: &str, settings: &PolicySettings) -> Result<(), SettingsError> {
-        let json = serde_json::to_vec(settings).map_err(|e| SettingsError::new("", e.to_string()))?;
+        let json =
+            serde_json::to_vec(settings).map_err(|e| SettingsError::new("", e.to_string()))?;
         self.send(Key::parse(&format!("policies/{name}"))?, Some(json))
     }
 

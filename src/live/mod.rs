@@ -261,9 +261,20 @@ impl Shared {
                 revision,
                 entries,
             } => {
-                let mut changes: Vec<Change> = w.layers[layer.index()]
+                let listed: std::collections::BTreeSet<&Key> =
+                    entries.iter().map(|(k, _)| k).collect();
+                let stored = w.layers[layer.index()].keys();
+                let rejected = w
+                    .rejected
                     .keys()
-                    .filter(|k| !entries.iter().any(|(e, _)| e == *k))
+                    .filter(|(l, _)| *l == layer)
+                    .map(|(_, k)| k);
+                let gone: std::collections::BTreeSet<&Key> = stored
+                    .chain(rejected)
+                    .filter(|k| !listed.contains(k))
+                    .collect();
+                let mut changes: Vec<Change> = gone
+                    .into_iter()
                     .map(|key| Change {
                         layer,
                         key: key.clone(),
@@ -362,7 +373,12 @@ impl Writer {
         PolicySettings::from_value(merged)
     }
 
-    fn change(&mut self, change: Change, revision: u64, touched: &mut Vec<String>) -> Option<Rejection> {
+    fn change(
+        &mut self,
+        change: Change,
+        revision: u64,
+        touched: &mut Vec<String>,
+    ) -> Option<Rejection> {
         let Change { layer, key, value } = change;
         let name = key.name().to_owned();
         let slot = (layer, key.clone());
@@ -444,7 +460,10 @@ mod tests {
     #[test]
     fn merge_overrides_field_by_field() {
         let mut base = serde_json::json!({"timeout": {"ms": 1000}, "breaker": {"min_calls": 20, "error_rate": 50.0}});
-        merge(&mut base, &serde_json::json!({"breaker": {"error_rate": 10}, "timeout": {"ms": null}}));
+        merge(
+            &mut base,
+            &serde_json::json!({"breaker": {"error_rate": 10}, "timeout": {"ms": null}}),
+        );
         assert_eq!(
             base,
             serde_json::json!({"timeout": {"ms": null}, "breaker": {"min_calls": 20, "error_rate": 10}})

@@ -161,6 +161,7 @@ impl Default for BreakerSettings {
 
 impl BreakerSettings {
     /// Milliseconds per bucket.
+    #[inline]
     pub fn bucket_ms(&self) -> u64 {
         self.window_ms / u64::from(self.buckets.max(1))
     }
@@ -206,7 +207,7 @@ impl PolicySettings {
             1,
             u64::from(MAX_BUCKETS),
         )?;
-        if b.window_ms % u64::from(b.buckets) != 0 {
+        if !b.window_ms.is_multiple_of(u64::from(b.buckets)) {
             return Err(SettingsError::new(
                 "breaker.buckets",
                 format!(
@@ -220,9 +221,21 @@ impl PolicySettings {
         if let Some(ms) = b.slow_call_ms {
             range_u64("breaker.slow_call_ms", ms, 1, 3_600_000)?;
         }
-        range_f64("breaker.slow_call_rate", b.slow_call_rate, 0.0, 100.0, "0..=100")?;
+        range_f64(
+            "breaker.slow_call_rate",
+            b.slow_call_rate,
+            0.0,
+            100.0,
+            "0..=100",
+        )?;
         range_u64("breaker.open_ms", b.open_ms, 1, 86_400_000)?;
-        range_f64("breaker.open_backoff", b.open_backoff, 1.0, 100.0, "1.0..=100.0")?;
+        range_f64(
+            "breaker.open_backoff",
+            b.open_backoff,
+            1.0,
+            100.0,
+            "1.0..=100.0",
+        )?;
         range_u64("breaker.open_max_ms", b.open_max_ms, b.open_ms, 86_400_000)?;
         range_f64("breaker.open_jitter", b.open_jitter, 0.0, 1.0, "0.0..=1.0")?;
         range_u64(
@@ -318,20 +331,65 @@ mod tests {
             "breaker.open_max_ms: 100 is not in 9000..=86400000"
         );
         let unknown = err(r#"{"breaker":{"eror_rate":5}}"#);
-        assert!(unknown.starts_with("breaker.eror_rate: unknown field `eror_rate`, expected one of"), "{unknown}");
+        assert!(
+            unknown.starts_with("breaker.eror_rate: unknown field `eror_rate`, expected one of"),
+            "{unknown}"
+        );
         let wrong_type = err(r#"{"breaker":{"min_calls":"many"}}"#);
-        assert!(wrong_type.starts_with("breaker.min_calls: invalid type"), "{wrong_type}");
+        assert!(
+            wrong_type.starts_with("breaker.min_calls: invalid type"),
+            "{wrong_type}"
+        );
         let mode = err(r#"{"breaker":{"mode":"sideways"}}"#);
-        assert!(mode.starts_with("breaker.mode: unknown variant `sideways`"), "{mode}");
+        assert!(
+            mode.starts_with("breaker.mode: unknown variant `sideways`"),
+            "{mode}"
+        );
+    }
+
+    #[test]
+    fn mutated_input_never_panics() {
+        // A cheap fuzz: corrupt a valid value byte by byte; every result is a value or a
+        // clear error, never a panic.
+        let valid = br#"{"timeout":{"ms":250},"breaker":{"mode":"force_open","window_ms":10000,"buckets":10,"min_calls":20,"error_rate":50.5,"slow_call_ms":300,"open_ms":5000,"open_backoff":2.0,"open_jitter":0.1,"half_open_calls":3}}"#;
+        let mut rng = fastrand::Rng::with_seed(7);
+        let alphabet = b"{}[]\":,-.0123456789eE+ntrufalsx\\ \x00";
+        for _ in 0..20_000 {
+            let mut v = valid.to_vec();
+            for _ in 0..rng.usize(1..4) {
+                let i = rng.usize(..v.len());
+                match rng.u8(..3) {
+                    0 => v[i] = alphabet[rng.usize(..alphabet.len())],
+                    1 => {
+                        v.remove(i);
+                    }
+                    _ => v.insert(i, alphabet[rng.usize(..alphabet.len())]),
+                }
+            }
+            if let Ok(s) = PolicySettings::from_json(&v) {
+                s.validate().expect("accepted values are valid");
+            }
+        }
     }
 
     #[test]
     fn malformed_input_never_panics() {
         for json in [
-            "", "{", "null", "[]", "1e999", "{\"breaker\":null}", "{\"timeout\":{\"ms\":-1}}",
-            "{\"breaker\":{\"error_rate\":1e400}}", "{} trailing", "\u{0}",
+            "",
+            "{",
+            "null",
+            "[]",
+            "1e999",
+            "{\"breaker\":null}",
+            "{\"timeout\":{\"ms\":-1}}",
+            "{\"breaker\":{\"error_rate\":1e400}}",
+            "{} trailing",
+            "\u{0}",
         ] {
-            assert!(PolicySettings::from_json(json.as_bytes()).is_err(), "{json:?}");
+            assert!(
+                PolicySettings::from_json(json.as_bytes()).is_err(),
+                "{json:?}"
+            );
         }
     }
 }

@@ -1,0 +1,159 @@
+//! Zero allocations on the hot paths, and flat memory across breaker cycles, proven
+//! with a counting global allocator (counts are per thread, so tests running in
+//! parallel do not disturb each other).
+#![allow(unsafe_code)] // a `GlobalAlloc` impl is unsafe by definition
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::future::Future;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use substation::breaker::{BreakerState, CircuitBreakerLayer};
+use substation::clock::Clock;
+use substation::settings::PolicySettings;
+use substation::timeout::TimeoutLayer;
+use substation::{BoxError, Policy};
+use tower::{Layer, Service, service_fn};
+
+struct Counting;
+
+thread_local! {
+    static ALLOCS: Cell<u64> = const { Cell::new(0) };
+    static LIVE_BYTES: Cell<i64> = const { Cell::new(0) };
+}
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+        let _ = LIVE_BYTES.try_with(|c| c.set(c.get() + layout.size() as i64));
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        let _ = LIVE_BYTES.try_with(|c| c.set(c.get() - layout.size() as i64));
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocs() -> u64 {
+    ALLOCS.with(Cell::get)
+}
+
+fn live_bytes() -> i64 {
+    LIVE_BYTES.with(Cell::get)
+}
+
+fn call_now<S: Service<u32>>(svc: &mut S, req: u32) -> Result<S::Response, S::Error> {
+    let mut cx = Context::from_waker(Waker::noop());
+    assert!(matches!(svc.poll_ready(&mut cx), Poll::Ready(Ok(()))));
+    match pin!(svc.call(req)).poll(&mut cx) {
+        Poll::Ready(r) => r,
+        Poll::Pending => panic!("not ready"),
+    }
+}
+
+fn ok_service() -> impl Service<
+    u32,
+    Response = u32,
+    Error = BoxError,
+    Future = std::future::Ready<Result<u32, BoxError>>,
+> + Clone {
+    service_fn(|x: u32| std::future::ready(Ok(x)))
+}
+
+fn failing_service() -> impl Service<
+    u32,
+    Response = u32,
+    Error = BoxError,
+    Future = std::future::Ready<Result<u32, BoxError>>,
+> + Clone {
+    // A zero-sized error boxes without allocating, so the count below is ours alone.
+    #[derive(Debug)]
+    struct Failed;
+    impl std::fmt::Display for Failed {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("failed")
+        }
+    }
+    impl std::error::Error for Failed {}
+    service_fn(|_: u32| std::future::ready(Err::<u32, BoxError>(Box::new(Failed))))
+}
+
+#[test]
+fn closed_breaker_and_timeout_allocate_nothing_per_call() {
+    let policy = Policy::new("alloc-closed", PolicySettings::default()).unwrap();
+    let mut svc =
+        CircuitBreakerLayer::new(&policy).layer(TimeoutLayer::new(&policy).layer(ok_service()));
+    for i in 0..100 {
+        call_now(&mut svc, i).unwrap(); // warm up (thread-local stripe index)
+    }
+    let before = allocs();
+    for i in 0..10_000 {
+        assert_eq!(call_now(&mut svc, i).unwrap(), i);
+    }
+    assert_eq!(allocs() - before, 0);
+}
+
+#[test]
+fn open_breaker_allocates_nothing_per_rejection() {
+    let policy = Policy::new("alloc-open", PolicySettings::default()).unwrap();
+    let mut failing = CircuitBreakerLayer::new(&policy).layer(failing_service());
+    for i in 0..20 {
+        let _ = call_now(&mut failing, i);
+    }
+    assert_eq!(policy.breaker_state(), BreakerState::Open);
+    let mut svc = CircuitBreakerLayer::new(&policy).layer(ok_service());
+    let _ = call_now(&mut svc, 0);
+    let before = allocs();
+    for i in 0..10_000 {
+        assert!(call_now(&mut svc, i).is_err());
+    }
+    assert_eq!(allocs() - before, 0);
+}
+
+#[test]
+fn timeout_alone_allocates_nothing_on_a_ready_future() {
+    let policy = Policy::new("alloc-timeout", PolicySettings::default()).unwrap();
+    let mut svc = TimeoutLayer::new(&policy).layer(ok_service());
+    let _ = call_now(&mut svc, 0);
+    let before = allocs();
+    for i in 0..10_000 {
+        call_now(&mut svc, i).unwrap();
+    }
+    assert_eq!(allocs() - before, 0);
+}
+
+#[test]
+fn memory_stays_flat_across_a_million_breaker_cycles() {
+    let (clock, time) = Clock::manual();
+    let mut s = PolicySettings::default();
+    s.breaker.min_calls = 1;
+    s.breaker.open_ms = 10;
+    let policy = Policy::with_clock("alloc-cycles", s, clock).unwrap();
+    let mut failing = CircuitBreakerLayer::new(&policy).layer(failing_service());
+    let mut ok = CircuitBreakerLayer::new(&policy).layer(ok_service());
+    let mut cycle = |i: u32| {
+        let _ = call_now(&mut failing, i); // trips: closed → open
+        time.advance(Duration::from_millis(10));
+        call_now(&mut ok, i).unwrap(); // the trial: open → half-open → closed
+    };
+    for i in 0..1_000 {
+        cycle(i);
+    }
+    assert_eq!(policy.breaker_state(), BreakerState::Closed);
+    let (bytes, count) = (live_bytes(), allocs());
+    for i in 0..1_000_000 {
+        cycle(i);
+    }
+    assert_eq!(policy.breaker_state(), BreakerState::Closed);
+    assert_eq!(
+        live_bytes() - bytes,
+        0,
+        "bytes still allocated after 1,000,000 cycles"
+    );
+    assert_eq!(allocs() - count, 0, "allocations during 1,000,000 cycles");
+}

@@ -1,0 +1,285 @@
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use substation::breaker::error::OpenCircuit;
+use substation::breaker::{BreakerState, CircuitBreakerLayer};
+use substation::clock::Clock;
+use substation::live::{Change, Health, InMemorySource, Key, Layer, Source, Update};
+use substation::settings::PolicySettings;
+use substation::{BoxError, Substation};
+use tower::Layer as _;
+
+use crate::support::{Flaky, call_now};
+
+fn code_default() -> PolicySettings {
+    let mut s = PolicySettings::default();
+    s.timeout.ms = Some(300);
+    s.breaker.min_calls = 5;
+    s
+}
+
+fn registry() -> (Substation, InMemorySource, InMemorySource) {
+    let app = InMemorySource::new();
+    let fleet = InMemorySource::shared_defaults();
+    let sub = Substation::builder()
+        .clock(Clock::manual().0)
+        .policy("recs", code_default())
+        .source(fleet.clone())
+        .source(app.clone())
+        .build()
+        .unwrap();
+    (sub, app, fleet)
+}
+
+#[test]
+fn layers_override_field_by_field_and_deletes_fall_back() {
+    let (sub, app, fleet) = registry();
+    let recs = sub.policy("recs");
+    assert_eq!(recs.settings().timeout.ms, Some(300), "code default");
+    assert_eq!(*sub.snapshot().health(), Health::DefaultsOnly);
+
+    fleet
+        .put(
+            "policies/recs",
+            r#"{"timeout": {"ms": 200}, "breaker": {"error_rate": 20}}"#,
+        )
+        .unwrap();
+    assert_eq!(recs.settings().timeout.ms, Some(200));
+    assert_eq!(recs.settings().breaker.min_calls, 5, "code default kept");
+
+    app.put("policies/recs", r#"{"timeout": {"ms": 100}}"#)
+        .unwrap();
+    let s = recs.settings();
+    assert_eq!(
+        (s.timeout.ms, s.breaker.error_rate, s.breaker.min_calls),
+        (Some(100), 20.0, 5)
+    );
+
+    app.delete("policies/recs");
+    assert_eq!(
+        recs.settings().timeout.ms,
+        Some(200),
+        "back to the shared default"
+    );
+    fleet.delete("policies/recs");
+    assert_eq!(*recs.settings(), code_default(), "back to the code default");
+
+    // A policy without a code default takes library defaults, then stored values.
+    app.put("policies/other", r#"{"breaker": {"min_calls": 7}}"#)
+        .unwrap();
+    assert_eq!(sub.policy("other").settings().breaker.min_calls, 7);
+    assert_eq!(sub.snapshot().policies().len(), 2);
+}
+
+#[test]
+fn a_bad_value_is_rejected_for_its_key_alone() {
+    let (sub, app, _fleet) = registry();
+    let recs = sub.policy("recs");
+    let other = sub.policy("other");
+    app.put("policies/recs", r#"{"timeout": {"ms": 50}}"#)
+        .unwrap();
+    for (bad, reason) in [
+        (r#"{"timeout": {"ms": 50"#, "malformed JSON"),
+        (
+            r#"{"breaker": {"error_rate": 150}}"#,
+            "breaker.error_rate: 150 is not in 0..=100",
+        ),
+        (
+            r#"{"breaker": {"colour": "red"}}"#,
+            "breaker.colour: unknown field `colour`",
+        ),
+        (r#"[1, 2]"#, "expected a JSON object"),
+        (r#""#, "malformed JSON"),
+    ] {
+        let err = app.put("policies/recs", bad).unwrap_err();
+        assert!(err.to_string().starts_with(reason), "{bad}: {err}");
+        assert_eq!(
+            recs.settings().timeout.ms,
+            Some(50),
+            "last good value kept after {bad}"
+        );
+        let snap = sub.snapshot();
+        assert_eq!(snap.rejected().len(), 1);
+        assert_eq!(snap.rejected()[0].key, Key::Policy("recs".into()));
+        assert_eq!(snap.rejected()[0].revision, snap.revision());
+    }
+    // Other keys are unaffected, in the same batch too.
+    let source: Box<dyn Source> = Box::new(InMemorySource::new());
+    drop(source);
+    app.put("policies/other", r#"{"timeout": {"ms": 75}}"#)
+        .unwrap();
+    assert_eq!(other.settings().timeout.ms, Some(75));
+    assert_eq!(sub.snapshot().rejected().len(), 1, "recs is still rejected");
+    // A good value clears the rejection.
+    app.put("policies/recs", r#"{"timeout": {"ms": 60}}"#)
+        .unwrap();
+    assert!(sub.snapshot().rejected().is_empty());
+    assert_eq!(recs.settings().timeout.ms, Some(60));
+    // Unknown keys are refused with a clear error.
+    let err = app.put("switches/x", "{}").unwrap_err();
+    assert!(err.to_string().contains("not a known key"), "{err}");
+    let err = app.put("policies/bad name!", "{}").unwrap_err();
+    assert!(err.to_string().contains("not a valid name"), "{err}");
+}
+
+/// A source that hands its sink to the test, like a store that pushes asynchronously.
+struct Manual(Arc<std::sync::Mutex<Option<substation::live::Sink>>>);
+
+impl Source for Manual {
+    fn start(self: Box<Self>, sink: substation::live::Sink) -> Result<(), BoxError> {
+        *self.0.lock().unwrap() = Some(sink);
+        Ok(())
+    }
+}
+
+#[test]
+fn an_update_is_one_atomic_snapshot_and_replace_diffs() {
+    let slot = Arc::new(std::sync::Mutex::new(None));
+    let sub = Substation::builder()
+        .source(Manual(slot.clone()))
+        .build()
+        .unwrap();
+    let sink = slot.lock().unwrap().clone().unwrap();
+    let put = |name: &str, json: &str| Change {
+        layer: Layer::App,
+        key: Key::Policy(name.into()),
+        value: Some(json.as_bytes().to_vec()),
+    };
+    let rejected = sink
+        .apply(Update::Changes {
+            revision: 7,
+            changes: vec![
+                put("a", r#"{"timeout": {"ms": 1}}"#),
+                put("b", r#"{"timeout": {"ms": 0}}"#),
+                put("c", r#"{"timeout": {"ms": 3}}"#),
+            ],
+        })
+        .unwrap();
+    assert_eq!(rejected.len(), 1);
+    let snap = sub.snapshot();
+    assert_eq!(snap.revision(), 7);
+    assert_eq!(*snap.health(), Health::Live { revision: 7 });
+    assert_eq!(snap.policies().keys().collect::<Vec<_>>(), ["a", "c"]);
+
+    // A fresh listing: `a` is gone, `c` changes, `d` appears.
+    let a = sub.policy("a");
+    sink.apply(Update::Replace {
+        layer: Layer::App,
+        revision: 9,
+        entries: vec![
+            (
+                Key::Policy("c".into()),
+                br#"{"timeout": {"ms": 30}}"#.to_vec(),
+            ),
+            (Key::Policy("d".into()), br#"{}"#.to_vec()),
+        ],
+    })
+    .unwrap();
+    let snap = sub.snapshot();
+    assert_eq!(snap.revision(), 9);
+    assert_eq!(snap.policies().keys().collect::<Vec<_>>(), ["c", "d"]);
+    assert_eq!(
+        a.settings().timeout.ms,
+        Some(1000),
+        "deleted: library default"
+    );
+    assert_eq!(snap.policies()["c"].timeout.ms, Some(30));
+    assert!(
+        snap.rejected().is_empty(),
+        "b was not listed: its rejection is gone"
+    );
+
+    sink.set_health(Health::Stale {
+        revision: 9,
+        since: std::time::SystemTime::now(),
+        reason: "connection refused".into(),
+    })
+    .unwrap();
+    assert!(matches!(sub.snapshot().health(), Health::Stale { .. }));
+    drop(sub);
+    assert!(sink.is_closed());
+    assert!(
+        sink.apply(Update::Changes {
+            revision: 10,
+            changes: vec![]
+        })
+        .is_err()
+    );
+}
+
+#[test]
+fn settings_changes_keep_the_breaker_state_and_apply_to_running_services() {
+    let (sub, app, _fleet) = registry();
+    let recs = sub.policy("recs");
+    let flaky = Flaky::default();
+    let mut svc = CircuitBreakerLayer::new(&recs).layer(flaky.clone());
+    flaky.fail(true);
+    for _ in 0..5 {
+        let _ = call_now(&mut svc, 1);
+    }
+    assert_eq!(recs.breaker_state(), BreakerState::Open);
+    app.put("policies/recs", r#"{"breaker": {"error_rate": 90}}"#)
+        .unwrap();
+    assert_eq!(
+        recs.breaker_state(),
+        BreakerState::Open,
+        "a threshold change keeps state"
+    );
+    assert!(call_now(&mut svc, 1).unwrap_err().is::<OpenCircuit>());
+    app.put("policies/recs", r#"{"breaker": {"mode": "force_closed"}}"#)
+        .unwrap();
+    flaky.fail(false);
+    assert_eq!(
+        call_now(&mut svc, 3).unwrap(),
+        3,
+        "the operator's override applies at once"
+    );
+    // The same handle from the registry is the same policy.
+    assert_eq!(sub.policy("recs").breaker_state(), BreakerState::Closed);
+}
+
+#[test]
+fn flips_under_concurrent_load_are_seen_by_every_thread() {
+    let (sub, app, _fleet) = registry();
+    let recs = sub.policy("recs");
+    let stop = Arc::new(AtomicBool::new(false));
+    let svc = CircuitBreakerLayer::new(&recs).layer(Flaky::default());
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..2)
+            .map(|_| {
+                let mut svc = svc.clone();
+                let stop = stop.clone();
+                s.spawn(move || {
+                    let (mut ok, mut rejected) = (0u64, 0u64);
+                    while !stop.load(Ordering::Relaxed) {
+                        match call_now(&mut svc, 1) {
+                            Ok(_) => ok += 1,
+                            Err(e) if e.is::<OpenCircuit>() => rejected += 1,
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                    (ok, rejected)
+                })
+            })
+            .collect();
+        for i in 0..200 {
+            let mode = if i % 2 == 0 { "force_open" } else { "normal" };
+            app.put(
+                "policies/recs",
+                &format!(r#"{{"breaker": {{"mode": "{mode}"}}}}"#),
+            )
+            .unwrap();
+            std::thread::yield_now();
+        }
+        app.put("policies/recs", r#"{"breaker": {"mode": "force_open"}}"#)
+            .unwrap();
+        // Once the flip is published, no thread gets through any more.
+        let mut check = svc.clone();
+        assert!(call_now(&mut check, 1).unwrap_err().is::<OpenCircuit>());
+        stop.store(true, Ordering::Relaxed);
+        for w in workers {
+            let (ok, rejected) = w.join().unwrap();
+            assert!(ok + rejected > 0);
+        }
+    });
+}

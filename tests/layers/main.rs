@@ -1,0 +1,8 @@
+//! Behaviour of the layers as a user meets it: real tower services, live settings.
+
+mod breaker;
+mod live;
+mod metrics;
+mod readiness;
+mod support;
+mod timeout;

@@ -1,0 +1,75 @@
+use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+use substation::breaker::CircuitBreakerLayer;
+use substation::clock::Clock;
+use substation::settings::PolicySettings;
+use substation::{Policy, metrics as names};
+use tower::Layer;
+
+use crate::support::{Flaky, call_now};
+
+#[test]
+fn calls_transitions_and_state_are_emitted() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let mut s = PolicySettings::default();
+    s.breaker.min_calls = 4;
+    // Handles are registered when the policy is created: under the recorder.
+    let policy = metrics::with_local_recorder(&recorder, || {
+        names::describe();
+        Policy::with_clock("metrics-test", s, Clock::manual().0).unwrap()
+    });
+    let flaky = Flaky::default();
+    let mut svc = CircuitBreakerLayer::new(&policy).layer(flaky.clone());
+    for _ in 0..3 {
+        call_now(&mut svc, 1).unwrap();
+    }
+    flaky.fail(true);
+    for _ in 0..3 {
+        let _ = call_now(&mut svc, 1);
+    }
+    for _ in 0..2 {
+        let _ = call_now(&mut svc, 1); // rejected
+    }
+
+    let mut seen = std::collections::HashMap::new();
+    for (key, _unit, _desc, value) in snapshotter.snapshot().into_vec() {
+        let key = key.key();
+        let labels: Vec<String> = key
+            .labels()
+            .map(|l| format!("{}={}", l.key(), l.value()))
+            .collect();
+        seen.insert(format!("{}{{{}}}", key.name(), labels.join(",")), value);
+    }
+    let counter = |k: &str| match seen.get(k) {
+        Some(DebugValue::Counter(n)) => *n,
+        other => panic!("{k}: {other:?} in {:?}", seen.keys()),
+    };
+    assert_eq!(
+        counter("substation_calls_total{policy=metrics-test,outcome=success}"),
+        3
+    );
+    assert_eq!(
+        counter("substation_calls_total{policy=metrics-test,outcome=failure}"),
+        3
+    );
+    assert_eq!(
+        counter("substation_calls_total{policy=metrics-test,outcome=rejected}"),
+        2
+    );
+    assert_eq!(
+        counter("substation_calls_total{policy=metrics-test,outcome=timeout}"),
+        0
+    );
+    assert_eq!(
+        counter("substation_breaker_transitions_total{policy=metrics-test,to=open}"),
+        1
+    );
+    match seen.get("substation_breaker_state{policy=metrics-test}") {
+        Some(DebugValue::Gauge(v)) => assert_eq!(v.into_inner(), 1.0),
+        other => panic!("state gauge: {other:?}"),
+    }
+    match seen.get("substation_call_duration_seconds{policy=metrics-test}") {
+        Some(DebugValue::Histogram(v)) => assert_eq!(v.len(), 6),
+        other => panic!("duration: {other:?}"),
+    }
+}
