@@ -49,3 +49,8 @@ pub use crate::policy::Policy;
 /// own ([`timeout::error::Elapsed`], [`breaker::error::OpenCircuit`], …), boxed. Tell
 /// them apart with `err.is::<T>()` or `downcast_ref`.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// README.md's examples, compiled and run as doc tests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

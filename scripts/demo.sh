@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Runs substation's demo. Needs only the Rust toolchain.
+# Usage: scripts/demo.sh [--duration <secs>]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+exec cargo run --quiet --example demo -- "$@"

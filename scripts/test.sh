@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs substation's whole test suite: formatting, lints, unit and integration tests,
+# doc tests and the examples' self-checking quick modes. Installs what a fresh Debian
+# machine with only the Rust toolchain lacks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "formatting"
+cargo fmt --all -- --check
+
+step "lints (clippy, all targets, all features, warnings are errors)"
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+
+step "the library builds without optional features"
+cargo check --quiet -p substation --no-default-features --lib
+
+step "tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run -p substation --all-features --no-fail-fast
+else
+  cargo test -p substation --all-features --no-fail-fast --lib --tests
+fi
+
+step "doc tests"
+cargo test -p substation --all-features --doc
+
+step "the demo tells its story (it fails if the breaker does not open and close)"
+cargo run --quiet --example demo -- --duration 4
