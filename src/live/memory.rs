@@ -78,25 +78,25 @@ impl InMemorySource {
     /// is built, returns the rejection if the value is invalid (the key keeps its last
     /// good value); before, the value waits and is validated at build time.
     pub fn put(&self, key: &str, json: &str) -> Result<(), SettingsError> {
-        let key = Key::parse(key)?;
-        self.send(key, Some(json.as_bytes().to_vec()))
+        Key::parse(key)?;
+        self.send(key.to_owned(), Some(json.as_bytes().to_vec()))
     }
 
     /// Stores a policy's settings (serialized to JSON).
     pub fn put_policy(&self, name: &str, settings: &PolicySettings) -> Result<(), SettingsError> {
         let json =
             serde_json::to_vec(settings).map_err(|e| SettingsError::new("", e.to_string()))?;
-        self.send(Key::parse(&format!("policies/{name}"))?, Some(json))
+        let key = format!("policies/{name}");
+        Key::parse(&key)?;
+        self.send(key, Some(json))
     }
 
     /// Deletes `key`: the policy falls back to the next layer. Unknown keys are ignored.
     pub fn delete(&self, key: &str) {
-        if let Ok(key) = Key::parse(key) {
-            let _ = self.send(key, None);
-        }
+        let _ = self.send(key.to_owned(), None);
     }
 
-    fn send(&self, key: Key, value: Option<Vec<u8>>) -> Result<(), SettingsError> {
+    fn send(&self, key: String, value: Option<Vec<u8>>) -> Result<(), SettingsError> {
         // The lock is held while applying so that concurrent writers apply in revision
         // order; applying never blocks on I/O.
         let mut inner = self.lock();
@@ -135,6 +135,7 @@ impl Source for InMemorySource {
                 changes,
             })?;
         }
+        sink.initialized();
         inner.sink = Some(sink);
         Ok(())
     }

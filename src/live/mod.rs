@@ -31,7 +31,7 @@
 //! let err = source.put("policies/recommendations", r#"{"timeout": {"ms": 0}}"#).unwrap_err();
 //! assert_eq!(err.to_string(), "timeout.ms: 0 is not in 1..=3600000");
 //! assert_eq!(policy.settings().timeout.ms, Some(150), "last good value kept");
-//! assert_eq!(substation.snapshot().rejected().len(), 1);
+//! assert_eq!(substation.snapshot().rejected().count(), 1);
 //!
 //! source.delete("policies/recommendations");
 //! assert_eq!(policy.settings().timeout.ms, Some(1000), "back to the code default");
@@ -45,6 +45,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwap;
+use imbl::OrdMap;
 use serde_json::Value;
 
 use crate::clock::Clock;
@@ -93,7 +94,8 @@ impl Builder {
         self
     }
 
-    /// Validates the code defaults, builds the registry and starts its sources.
+    /// Validates the code defaults, builds the registry and starts its sources. Returns
+    /// at once; [`Substation::initialized`] waits for the sources' first loads.
     pub fn build(self) -> Result<Substation, BoxError> {
         let mut defaults = HashMap::new();
         for (name, settings) in self.defaults {
@@ -105,26 +107,50 @@ impl Builder {
                 .map_err(|e| format!("code default of policy `{name}`: {e}"))?;
             defaults.insert(name, serde_json::to_value(settings)?);
         }
+        let (pending_tx, _) = tokio::sync::watch::channel(self.sources.len());
+        let (changes, _) = tokio::sync::broadcast::channel(CHANGES_CAPACITY);
+        let mut writer = Writer {
+            defaults,
+            layers: Default::default(),
+            rejected: BTreeMap::new(),
+            policies: HashMap::new(),
+            effective: OrdMap::new(),
+            rejected_view: OrdMap::new(),
+            health: Health::DefaultsOnly,
+            revision: 0,
+        };
+        let names: Vec<String> = writer.defaults.keys().cloned().collect();
+        for name in names {
+            writer.refresh(&name);
+        }
         let shared = Arc::new(Shared {
             clock: self.clock.unwrap_or_default(),
-            writer: Mutex::new(Writer {
-                defaults,
-                layers: Default::default(),
-                rejected: BTreeMap::new(),
-                policies: HashMap::new(),
-                health: Health::DefaultsOnly,
-                revision: 0,
-            }),
-            snapshot: ArcSwap::from_pointee(Snapshot::empty()),
+            snapshot: ArcSwap::from_pointee(writer.snapshot()),
+            writer: Mutex::new(writer),
+            pending: pending_tx,
+            changes,
         });
-        shared.publish(&mut shared.lock());
         for source in self.sources {
             source.start(Sink {
                 shared: Arc::downgrade(&shared),
+                initialized: Default::default(),
             })?;
         }
         Ok(Substation { shared })
     }
+}
+
+/// How many change notices a slow subscriber may fall behind before it misses some.
+const CHANGES_CAPACITY: usize = 1024;
+
+/// A notice that settings changed: which keys, at which revision. See
+/// [`Substation::subscribe`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Changed {
+    /// The revision after the change.
+    pub revision: u64,
+    /// The keys whose effective value changed (e.g. `policies/recommendations`).
+    pub keys: Arc<[String]>,
 }
 
 /// The registry of an application's policies; see the [module docs](self).
@@ -166,12 +192,10 @@ impl Substation {
         if let Some(p) = w.policies.get(name) {
             return p.clone();
         }
-        let settings = w.effective(name).unwrap_or_else(|e| {
-            // Every stored layer value was validated in combination when it was
-            // accepted, so this cannot happen; stay on the library defaults if it does.
-            tracing::error!(policy = name, error = %e, "substation: invalid effective settings");
-            PolicySettings::default()
-        });
+        let settings = match w.effective.get(name) {
+            Some(s) => (**s).clone(),
+            None => PolicySettings::default(),
+        };
         let policy = Policy::with_clock(name, settings, self.shared.clock)
             .expect("effective settings are validated");
         w.policies.insert(name.to_owned(), policy.clone());
@@ -183,44 +207,58 @@ impl Substation {
         self.shared.snapshot.load_full()
     }
 
+    /// Notices of every later change (which keys, at which revision). A subscriber that
+    /// falls more than 1024 notices behind gets `Lagged` and should re-read
+    /// [`Substation::snapshot`].
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Changed> {
+        self.shared.changes.subscribe()
+    }
+
+    /// Resolves once every source has done its first load or passed its deadline (the
+    /// etcd source's connect deadline is 500 ms by default). Never needed for
+    /// correctness — layers work from code defaults meanwhile — but lets an application
+    /// start serving with its stored settings in force.
+    pub async fn initialized(&self) {
+        let mut pending = self.shared.pending.subscribe();
+        let _ = pending.wait_for(|n| *n == 0).await;
+    }
+
     /// The clock the registry's policies read.
     pub fn clock(&self) -> Clock {
         self.shared.clock
     }
 }
 
-/// One consistent view of the settings in force.
+/// One consistent view of the settings in force. Cheap to keep: taking one is a
+/// reference-count increment, and its maps share structure with the next one.
 #[derive(Clone, Debug)]
 pub struct Snapshot {
     revision: u64,
-    policies: BTreeMap<String, Arc<PolicySettings>>,
-    rejected: Vec<Rejection>,
+    policies: OrdMap<String, Arc<PolicySettings>>,
+    rejected: OrdMap<(Layer, String), Rejection>,
     health: Health,
 }
 
 impl Snapshot {
-    fn empty() -> Self {
-        Snapshot {
-            revision: 0,
-            policies: BTreeMap::new(),
-            rejected: Vec::new(),
-            health: Health::DefaultsOnly,
-        }
-    }
-
     /// The last revision applied (0 before any source delivered).
     pub fn revision(&self) -> u64 {
         self.revision
     }
 
-    /// The effective settings of every policy that has a code default or a stored value.
-    pub fn policies(&self) -> &BTreeMap<String, Arc<PolicySettings>> {
-        &self.policies
+    /// The effective settings of policy `name`, if it has a code default or a stored
+    /// value.
+    pub fn policy(&self, name: &str) -> Option<&Arc<PolicySettings>> {
+        self.policies.get(name)
+    }
+
+    /// Every policy that has a code default or a stored value, by name.
+    pub fn policies(&self) -> impl ExactSizeIterator<Item = (&str, &Arc<PolicySettings>)> {
+        self.policies.iter().map(|(k, v)| (k.as_str(), v))
     }
 
     /// The values currently rejected, with the reasons.
-    pub fn rejected(&self) -> &[Rejection] {
-        &self.rejected
+    pub fn rejected(&self) -> impl ExactSizeIterator<Item = &Rejection> {
+        self.rejected.values()
     }
 
     /// How current the settings are.
@@ -233,6 +271,9 @@ pub(crate) struct Shared {
     clock: Clock,
     writer: Mutex<Writer>,
     snapshot: ArcSwap<Snapshot>,
+    /// Sources that have not yet said `initialized`.
+    pending: tokio::sync::watch::Sender<usize>,
+    changes: tokio::sync::broadcast::Sender<Changed>,
 }
 
 struct Writer {
@@ -240,8 +281,12 @@ struct Writer {
     defaults: HashMap<String, Value>,
     /// The last good value of every key, per layer.
     layers: [BTreeMap<Key, Value>; 2],
-    rejected: BTreeMap<(Layer, Key), Rejection>,
+    rejected: BTreeMap<(Layer, String), Rejection>,
     policies: HashMap<String, Policy>,
+    /// Effective settings of every policy with a default or a stored value; updated
+    /// key by key (a persistent map: publishing a snapshot does not copy it).
+    effective: OrdMap<String, Arc<PolicySettings>>,
+    rejected_view: OrdMap<(Layer, String), Rejection>,
     health: Health,
     revision: u64,
 }
@@ -256,36 +301,32 @@ impl Shared {
         let mut rejections = Vec::new();
         let (revision, changes) = match update {
             Update::Changes { revision, changes } => (revision, changes),
-            Update::Replace {
-                layer,
-                revision,
-                entries,
-            } => {
-                let listed: std::collections::BTreeSet<&Key> =
-                    entries.iter().map(|(k, _)| k).collect();
-                let stored = w.layers[layer.index()].keys();
-                let rejected = w
-                    .rejected
-                    .keys()
-                    .filter(|(l, _)| *l == layer)
-                    .map(|(_, k)| k);
-                let gone: std::collections::BTreeSet<&Key> = stored
-                    .chain(rejected)
-                    .filter(|k| !listed.contains(k))
-                    .collect();
-                let mut changes: Vec<Change> = gone
-                    .into_iter()
-                    .map(|key| Change {
+            Update::Replace { revision, layers } => {
+                let mut changes = Vec::new();
+                for (layer, entries) in layers {
+                    let listed: std::collections::BTreeSet<&str> =
+                        entries.iter().map(|(k, _)| k.as_str()).collect();
+                    let stored = w.layers[layer.index()].keys().map(|k| k.to_string());
+                    let rejected = w
+                        .rejected
+                        .keys()
+                        .filter(|(l, _)| *l == layer)
+                        .map(|(_, k)| k.clone());
+                    let gone: std::collections::BTreeSet<String> = stored
+                        .chain(rejected)
+                        .filter(|k| !listed.contains(k.as_str()))
+                        .collect();
+                    changes.extend(gone.into_iter().map(|key| Change {
                         layer,
-                        key: key.clone(),
+                        key,
                         value: None,
-                    })
-                    .collect();
-                changes.extend(entries.into_iter().map(|(key, value)| Change {
-                    layer,
-                    key,
-                    value: Some(value),
-                }));
+                    }));
+                    changes.extend(entries.into_iter().map(|(key, value)| Change {
+                        layer,
+                        key,
+                        value: Some(value),
+                    }));
+                }
                 (revision, changes)
             }
         };
@@ -295,62 +336,85 @@ impl Shared {
                 rejections.push(r);
             }
         }
+        touched.sort_unstable();
+        touched.dedup();
+        let mut changed = Vec::new();
+        for name in &touched {
+            if w.refresh(name) {
+                changed.push(Key::Policy(name.clone()).to_string());
+            }
+        }
         w.revision = revision;
         if let Health::Live { .. } | Health::DefaultsOnly = w.health {
             w.health = Health::Live { revision };
         }
-        for name in touched {
-            let Some(policy) = w.policies.get(&name) else {
-                continue;
-            };
-            match w.effective(&name) {
-                Ok(settings) if *policy.settings() != settings => {
-                    if let Err(e) = policy.update(settings) {
-                        tracing::error!(policy = %name, error = %e, "substation: invalid effective settings");
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::error!(policy = %name, error = %e, "substation: invalid effective settings")
-                }
-            }
+        self.snapshot.store(Arc::new(w.snapshot()));
+        drop(w);
+        if !changed.is_empty() {
+            let _ = self.changes.send(Changed {
+                revision,
+                keys: changed.into(),
+            });
         }
-        self.publish(&mut w);
         rejections
     }
 
     fn set_health(&self, health: Health) {
         let mut w = self.lock();
         w.health = health;
-        self.publish(&mut w);
+        self.snapshot.store(Arc::new(w.snapshot()));
     }
 
-    fn publish(&self, w: &mut Writer) {
-        let mut names: Vec<&String> = w.defaults.keys().collect();
-        for layer in &w.layers {
-            names.extend(layer.keys().map(|Key::Policy(name)| name));
-        }
-        let policies = names
-            .into_iter()
-            .filter_map(|name| Some((name.clone(), Arc::new(w.effective(name).ok()?))))
-            .collect();
-        self.snapshot.store(Arc::new(Snapshot {
-            revision: w.revision,
-            policies,
-            rejected: w.rejected.values().cloned().collect(),
-            health: w.health.clone(),
-        }));
+    pub(crate) fn source_initialized(&self) {
+        self.pending.send_modify(|n| *n = n.saturating_sub(1));
     }
 }
 
 impl Writer {
-    /// The effective settings of policy `name`: library defaults ← code default ←
-    /// shared ← app, merged field by field.
-    fn effective(&self, name: &str) -> Result<PolicySettings, SettingsError> {
-        self.effective_with(name, None)
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            revision: self.revision,
+            policies: self.effective.clone(),
+            rejected: self.rejected_view.clone(),
+            health: self.health.clone(),
+        }
     }
 
-    /// As [`Writer::effective`], with `candidate` in place of one layer's value.
+    /// Recomputes policy `name`'s effective settings; updates its live policy and the
+    /// published map. Returns whether they changed.
+    fn refresh(&mut self, name: &str) -> bool {
+        let settings = match self.effective_with(name, None) {
+            Ok(s) => s,
+            Err(e) => {
+                // Every stored value was validated with the layers below it when it was
+                // accepted; a combination can still break a cross-field rule. Keep
+                // what is in force.
+                tracing::error!(policy = name, error = %e, "substation: effective settings invalid; keeping the previous ones");
+                return false;
+            }
+        };
+        if let Some(policy) = self.policies.get(name) {
+            if *policy.settings() != settings {
+                if let Err(e) = policy.update(settings.clone()) {
+                    tracing::error!(policy = name, error = %e, "substation: invalid effective settings");
+                }
+            }
+        }
+        let key = Key::Policy(name.to_owned());
+        let stored = self.defaults.contains_key(name)
+            || self.layers.iter().any(|layer| layer.contains_key(&key));
+        if !stored {
+            return self.effective.remove(name).is_some();
+        }
+        if self.effective.get(name).is_some_and(|old| **old == settings) {
+            return false;
+        }
+        self.effective.insert(name.to_owned(), Arc::new(settings));
+        true
+    }
+
+    /// The effective settings of policy `name`, with `candidate` in place of one
+    /// layer's value: library defaults ← code default ← shared ← app, field by field.
     fn effective_with(
         &self,
         name: &str,
@@ -373,17 +437,45 @@ impl Writer {
         PolicySettings::from_value(merged)
     }
 
-    fn change(
-        &mut self,
-        change: Change,
-        revision: u64,
-        touched: &mut Vec<String>,
-    ) -> Option<Rejection> {
-        let Change { layer, key, value } = change;
+    fn reject(&mut self, layer: Layer, key: String, revision: u64, error: SettingsError) -> Rejection {
+        tracing::warn!(%key, ?layer, revision, %error, "settings value rejected; keeping the last good value");
+        metrics::counter!(crate::metrics::SETTINGS_REJECTED, "key" => key.clone()).increment(1);
+        let r = Rejection {
+            layer,
+            key: key.clone(),
+            revision,
+            error,
+        };
+        self.rejected.insert((layer, key.clone()), r.clone());
+        self.rejected_view.insert((layer, key), r.clone());
+        r
+    }
+
+    fn clear_rejection(&mut self, layer: Layer, key: &str) {
+        let slot = (layer, key.to_owned());
+        if self.rejected.remove(&slot).is_some() {
+            self.rejected_view.remove(&slot);
+        }
+    }
+
+    fn change(&mut self, change: Change, revision: u64, touched: &mut Vec<String>) -> Option<Rejection> {
+        let Change { layer, key: raw, value } = change;
+        let key = match Key::parse(&raw) {
+            Ok(key) => key,
+            Err(error) => {
+                return match value {
+                    Some(_) => Some(self.reject(layer, raw, revision, error)),
+                    None => {
+                        self.clear_rejection(layer, &raw);
+                        None
+                    }
+                };
+            }
+        };
         let name = key.name().to_owned();
-        let slot = (layer, key.clone());
         match value {
             None => {
+                self.clear_rejection(layer, &raw);
                 if self.layers[layer.index()].remove(&key).is_some() {
                     let next = match layer {
                         Layer::App if self.layers[Layer::Shared.index()].contains_key(&key) => {
@@ -395,7 +487,6 @@ impl Writer {
                     tracing::info!(%key, ?layer, revision, "settings key deleted; falling back to {next}");
                     touched.push(name);
                 }
-                self.rejected.remove(&slot);
                 None
             }
             Some(bytes) => {
@@ -414,26 +505,14 @@ impl Writer {
                     });
                 match parsed {
                     Ok(value) => {
-                        self.rejected.remove(&slot);
+                        self.clear_rejection(layer, &raw);
                         let old = self.layers[layer.index()].insert(key, value.clone());
                         if old.as_ref() != Some(&value) {
                             touched.push(name);
                         }
                         None
                     }
-                    Err(error) => {
-                        tracing::warn!(%key, ?layer, revision, %error, "settings value rejected; keeping the last good value");
-                        metrics::counter!(crate::metrics::SETTINGS_REJECTED, "key" => key.to_string())
-                            .increment(1);
-                        let r = Rejection {
-                            layer,
-                            key,
-                            revision,
-                            error,
-                        };
-                        self.rejected.insert(slot, r.clone());
-                        Some(r)
-                    }
+                    Err(error) => Some(self.reject(layer, raw, revision, error)),
                 }
             }
         }

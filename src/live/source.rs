@@ -88,8 +88,9 @@ impl fmt::Display for Key {
 pub struct Change {
     /// The layer the key lives in.
     pub layer: Layer,
-    /// The key.
-    pub key: Key,
+    /// The key, relative to the layer's prefix (e.g. `policies/recommendations`); one
+    /// that is not a known key is rejected like a bad value.
+    pub key: String,
     /// The new value (JSON), or `None` when the key was deleted.
     pub value: Option<Vec<u8>>,
 }
@@ -104,15 +105,14 @@ pub enum Update {
         /// The changes, applied in order.
         changes: Vec<Change>,
     },
-    /// The complete contents of `layer` at `revision` (a fresh listing): keys not in
-    /// `entries` are deleted, the others put; unchanged values change nothing.
+    /// The complete contents of some layers at `revision` (a fresh listing): keys of
+    /// those layers not in their entries are deleted, the others put; unchanged values
+    /// change nothing.
     Replace {
-        /// The layer being replaced.
-        layer: Layer,
         /// The source's revision of this listing.
         revision: u64,
-        /// Every key of the layer, with its value (JSON).
-        entries: Vec<(Key, Vec<u8>)>,
+        /// Each listed layer with every key it holds and its value (JSON).
+        layers: Vec<(Layer, Vec<(String, Vec<u8>)>)>,
     },
 }
 
@@ -149,8 +149,8 @@ pub enum Health {
 pub struct Rejection {
     /// The layer of the refused value.
     pub layer: Layer,
-    /// The key of the refused value.
-    pub key: Key,
+    /// The key of the refused value, relative to its layer's prefix.
+    pub key: String,
     /// The source's revision of the refused value.
     pub revision: u64,
     /// Why: the field and the rule it broke.
@@ -172,7 +172,8 @@ impl fmt::Display for Rejection {
 /// A source is started once, by [`Builder::build`](super::Builder::build), with a
 /// [`Sink`]. It must return promptly: a source that talks to a remote store spawns its
 /// own task (or thread) and pushes [`Update`]s into the sink as they come, reporting
-/// outages with [`Sink::set_health`]. Applying an update is synchronous and never
+/// outages with [`Sink::set_health`], and calls [`Sink::initialized`] once its first
+/// load is done or its deadline passed. Applying an update is synchronous and never
 /// blocks on I/O; it validates each key on its own.
 pub trait Source: Send + 'static {
     /// Starts feeding `sink`.
@@ -183,6 +184,7 @@ pub trait Source: Send + 'static {
 #[derive(Clone)]
 pub struct Sink {
     pub(super) shared: Weak<Shared>,
+    pub(super) initialized: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Sink {
@@ -192,6 +194,17 @@ impl Sink {
     pub fn apply(&self, update: Update) -> Result<Vec<Rejection>, Closed> {
         let shared = self.shared()?;
         Ok(shared.apply(update))
+    }
+
+    /// Says that this source has done its first load (or given up on it within its
+    /// deadline and fallen back): [`Substation::initialized`](crate::Substation::initialized)
+    /// waits for every source to say so. Saying it again does nothing.
+    pub fn initialized(&self) {
+        if let Some(shared) = self.shared.upgrade() {
+            if !self.initialized.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                shared.source_initialized();
+            }
+        }
     }
 
     /// Reports how current the settings are.

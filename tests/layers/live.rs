@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use substation::breaker::error::OpenCircuit;
 use substation::breaker::{BreakerState, CircuitBreakerLayer};
 use substation::clock::Clock;
-use substation::live::{Change, Health, InMemorySource, Key, Layer, Source, Update};
+use substation::live::{Change, Health, InMemorySource, Layer, Source, Update};
 use substation::settings::PolicySettings;
 use substation::{BoxError, Substation};
 use tower::Layer as _;
@@ -69,6 +69,7 @@ fn layers_override_field_by_field_and_deletes_fall_back() {
         .unwrap();
     assert_eq!(sub.policy("other").settings().breaker.min_calls, 7);
     assert_eq!(sub.snapshot().policies().len(), 2);
+    assert_eq!(sub.snapshot().policy("other").unwrap().breaker.min_calls, 7);
 }
 
 #[test]
@@ -99,9 +100,10 @@ fn a_bad_value_is_rejected_for_its_key_alone() {
             "last good value kept after {bad}"
         );
         let snap = sub.snapshot();
-        assert_eq!(snap.rejected().len(), 1);
-        assert_eq!(snap.rejected()[0].key, Key::Policy("recs".into()));
-        assert_eq!(snap.rejected()[0].revision, snap.revision());
+        let rejected: Vec<_> = snap.rejected().collect();
+        assert_eq!(rejected.len(), 1);
+        assert_eq!(rejected[0].key, "policies/recs");
+        assert_eq!(rejected[0].revision, snap.revision());
     }
     // Other keys are unaffected, in the same batch too.
     let source: Box<dyn Source> = Box::new(InMemorySource::new());
@@ -109,11 +111,11 @@ fn a_bad_value_is_rejected_for_its_key_alone() {
     app.put("policies/other", r#"{"timeout": {"ms": 75}}"#)
         .unwrap();
     assert_eq!(other.settings().timeout.ms, Some(75));
-    assert_eq!(sub.snapshot().rejected().len(), 1, "recs is still rejected");
+    assert_eq!(sub.snapshot().rejected().count(), 1, "recs is still rejected");
     // A good value clears the rejection.
     app.put("policies/recs", r#"{"timeout": {"ms": 60}}"#)
         .unwrap();
-    assert!(sub.snapshot().rejected().is_empty());
+    assert_eq!(sub.snapshot().rejected().count(), 0);
     assert_eq!(recs.settings().timeout.ms, Some(60));
     // Unknown keys are refused with a clear error.
     let err = app.put("switches/x", "{}").unwrap_err();
@@ -142,7 +144,7 @@ fn an_update_is_one_atomic_snapshot_and_replace_diffs() {
     let sink = slot.lock().unwrap().clone().unwrap();
     let put = |name: &str, json: &str| Change {
         layer: Layer::App,
-        key: Key::Policy(name.into()),
+        key: format!("policies/{name}"),
         value: Some(json.as_bytes().to_vec()),
     };
     let rejected = sink
@@ -152,42 +154,44 @@ fn an_update_is_one_atomic_snapshot_and_replace_diffs() {
                 put("a", r#"{"timeout": {"ms": 1}}"#),
                 put("b", r#"{"timeout": {"ms": 0}}"#),
                 put("c", r#"{"timeout": {"ms": 3}}"#),
+                Change {
+                    layer: Layer::App,
+                    key: "stray/key".into(),
+                    value: Some(b"{}".to_vec()),
+                },
             ],
         })
         .unwrap();
-    assert_eq!(rejected.len(), 1);
+    assert_eq!(rejected.len(), 2, "{rejected:?}");
+    assert!(rejected[1].error.to_string().contains("not a known key"));
     let snap = sub.snapshot();
     assert_eq!(snap.revision(), 7);
     assert_eq!(*snap.health(), Health::Live { revision: 7 });
-    assert_eq!(snap.policies().keys().collect::<Vec<_>>(), ["a", "c"]);
+    assert_eq!(snap.policies().map(|(k, _)| k).collect::<Vec<_>>(), ["a", "c"]);
 
     // A fresh listing: `a` is gone, `c` changes, `d` appears.
     let a = sub.policy("a");
+    let mut changes = sub.subscribe();
     sink.apply(Update::Replace {
-        layer: Layer::App,
         revision: 9,
-        entries: vec![
-            (
-                Key::Policy("c".into()),
-                br#"{"timeout": {"ms": 30}}"#.to_vec(),
-            ),
-            (Key::Policy("d".into()), br#"{}"#.to_vec()),
-        ],
+        layers: vec![(
+            Layer::App,
+            vec![
+                ("policies/c".into(), br#"{"timeout": {"ms": 30}}"#.to_vec()),
+                ("policies/d".into(), br#"{}"#.to_vec()),
+            ],
+        )],
     })
     .unwrap();
     let snap = sub.snapshot();
     assert_eq!(snap.revision(), 9);
-    assert_eq!(snap.policies().keys().collect::<Vec<_>>(), ["c", "d"]);
-    assert_eq!(
-        a.settings().timeout.ms,
-        Some(1000),
-        "deleted: library default"
-    );
-    assert_eq!(snap.policies()["c"].timeout.ms, Some(30));
-    assert!(
-        snap.rejected().is_empty(),
-        "b was not listed: its rejection is gone"
-    );
+    assert_eq!(snap.policies().map(|(k, _)| k).collect::<Vec<_>>(), ["c", "d"]);
+    assert_eq!(a.settings().timeout.ms, Some(1000), "deleted: library default");
+    assert_eq!(snap.policy("c").unwrap().timeout.ms, Some(30));
+    assert_eq!(snap.rejected().count(), 0, "b was not listed: its rejection is gone");
+    let notice = changes.try_recv().unwrap();
+    assert_eq!(notice.revision, 9);
+    assert_eq!(&notice.keys[..], ["policies/a", "policies/c", "policies/d"]);
 
     sink.set_health(Health::Stale {
         revision: 9,
