@@ -30,6 +30,13 @@ pub const BREAKER_TRANSITIONS: &str = "substation_breaker_transitions_total";
 /// Counter of settings values rejected by validation, labelled `key`.
 pub const SETTINGS_REJECTED: &str = "substation_settings_rejected_total";
 
+/// Counter of times a settings source listed its store again, labelled `reason`
+/// (`compacted`: its watch fell behind a compaction; `rewound`: the store's revision went
+/// backwards, a restore or a wipe).
+pub const SOURCE_RESYNCS: &str = "substation_source_resyncs_total";
+/// Counter of failed attempts of a settings source to reach its store.
+pub const SOURCE_ERRORS: &str = "substation_source_errors_total";
+
 /// `outcome` label: the call succeeded (as classified).
 pub const OUTCOME_SUCCESS: &str = "success";
 /// `outcome` label: the call failed (as classified), other than by timing out.
@@ -60,6 +67,16 @@ pub fn describe() {
         BREAKER_TRANSITIONS,
         Unit::Count,
         "Circuit breaker state transitions, by target state."
+    );
+    metrics::describe_counter!(
+        SOURCE_RESYNCS,
+        Unit::Count,
+        "Full re-listings of a settings store, by reason."
+    );
+    metrics::describe_counter!(
+        SOURCE_ERRORS,
+        Unit::Count,
+        "Failed attempts to reach a settings store."
     );
     metrics::describe_counter!(
         SETTINGS_REJECTED,

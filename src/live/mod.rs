@@ -37,6 +37,8 @@
 //! assert_eq!(policy.settings().timeout.ms, Some(1000), "back to the code default");
 //! ```
 
+#[cfg(feature = "etcd")]
+pub mod etcd;
 mod memory;
 mod source;
 
@@ -406,7 +408,11 @@ impl Writer {
         if !stored {
             return self.effective.remove(name).is_some();
         }
-        if self.effective.get(name).is_some_and(|old| **old == settings) {
+        if self
+            .effective
+            .get(name)
+            .is_some_and(|old| **old == settings)
+        {
             return false;
         }
         self.effective.insert(name.to_owned(), Arc::new(settings));
@@ -437,7 +443,13 @@ impl Writer {
         PolicySettings::from_value(merged)
     }
 
-    fn reject(&mut self, layer: Layer, key: String, revision: u64, error: SettingsError) -> Rejection {
+    fn reject(
+        &mut self,
+        layer: Layer,
+        key: String,
+        revision: u64,
+        error: SettingsError,
+    ) -> Rejection {
         tracing::warn!(%key, ?layer, revision, %error, "settings value rejected; keeping the last good value");
         metrics::counter!(crate::metrics::SETTINGS_REJECTED, "key" => key.clone()).increment(1);
         let r = Rejection {
@@ -458,8 +470,17 @@ impl Writer {
         }
     }
 
-    fn change(&mut self, change: Change, revision: u64, touched: &mut Vec<String>) -> Option<Rejection> {
-        let Change { layer, key: raw, value } = change;
+    fn change(
+        &mut self,
+        change: Change,
+        revision: u64,
+        touched: &mut Vec<String>,
+    ) -> Option<Rejection> {
+        let Change {
+            layer,
+            key: raw,
+            value,
+        } = change;
         let key = match Key::parse(&raw) {
             Ok(key) => key,
             Err(error) => {

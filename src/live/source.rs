@@ -201,7 +201,10 @@ impl Sink {
     /// waits for every source to say so. Saying it again does nothing.
     pub fn initialized(&self) {
         if let Some(shared) = self.shared.upgrade() {
-            if !self.initialized.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            if !self
+                .initialized
+                .swap(true, std::sync::atomic::Ordering::AcqRel)
+            {
                 shared.source_initialized();
             }
         }

@@ -111,7 +111,11 @@ fn a_bad_value_is_rejected_for_its_key_alone() {
     app.put("policies/other", r#"{"timeout": {"ms": 75}}"#)
         .unwrap();
     assert_eq!(other.settings().timeout.ms, Some(75));
-    assert_eq!(sub.snapshot().rejected().count(), 1, "recs is still rejected");
+    assert_eq!(
+        sub.snapshot().rejected().count(),
+        1,
+        "recs is still rejected"
+    );
     // A good value clears the rejection.
     app.put("policies/recs", r#"{"timeout": {"ms": 60}}"#)
         .unwrap();
@@ -167,7 +171,10 @@ fn an_update_is_one_atomic_snapshot_and_replace_diffs() {
     let snap = sub.snapshot();
     assert_eq!(snap.revision(), 7);
     assert_eq!(*snap.health(), Health::Live { revision: 7 });
-    assert_eq!(snap.policies().map(|(k, _)| k).collect::<Vec<_>>(), ["a", "c"]);
+    assert_eq!(
+        snap.policies().map(|(k, _)| k).collect::<Vec<_>>(),
+        ["a", "c"]
+    );
 
     // A fresh listing: `a` is gone, `c` changes, `d` appears.
     let a = sub.policy("a");
@@ -185,10 +192,21 @@ fn an_update_is_one_atomic_snapshot_and_replace_diffs() {
     .unwrap();
     let snap = sub.snapshot();
     assert_eq!(snap.revision(), 9);
-    assert_eq!(snap.policies().map(|(k, _)| k).collect::<Vec<_>>(), ["c", "d"]);
-    assert_eq!(a.settings().timeout.ms, Some(1000), "deleted: library default");
+    assert_eq!(
+        snap.policies().map(|(k, _)| k).collect::<Vec<_>>(),
+        ["c", "d"]
+    );
+    assert_eq!(
+        a.settings().timeout.ms,
+        Some(1000),
+        "deleted: library default"
+    );
     assert_eq!(snap.policy("c").unwrap().timeout.ms, Some(30));
-    assert_eq!(snap.rejected().count(), 0, "b was not listed: its rejection is gone");
+    assert_eq!(
+        snap.rejected().count(),
+        0,
+        "b was not listed: its rejection is gone"
+    );
     let notice = changes.try_recv().unwrap();
     assert_eq!(notice.revision, 9);
     assert_eq!(&notice.keys[..], ["policies/a", "policies/c", "policies/d"]);

@@ -1,0 +1,455 @@
+//! The task that lists, watches and recovers; see the [module docs](super).
+
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use etcd_client::{
+    Client, ConnectOptions, EventType, GetOptions, WatchOptions, WatchResponse, WatchStream,
+};
+use tokio::sync::Notify;
+use tokio::time::timeout;
+
+use super::EtcdSource;
+use super::disk::{self, Mirror};
+use crate::BoxError;
+use crate::live::source::{Change, Health, Layer, Sink, Update};
+
+const LAYERS: [Layer; 2] = [Layer::App, Layer::Shared];
+
+/// Why a watch ended.
+enum WatchEnd {
+    /// List again: the watch's start was compacted, or the revision went backwards.
+    Relist(&'static str),
+    /// Retry after a backoff.
+    Failed(BoxError),
+    /// The registry is gone.
+    Closed,
+}
+
+pub(super) struct Driver {
+    cfg: EtcdSource,
+    sink: Sink,
+    /// The last revision applied per layer (the watch resumes at +1).
+    last: [u64; 2],
+    /// The highest revision applied: a server answering below it has lost data.
+    high: u64,
+    need_list: bool,
+    live_once: bool,
+    from_disk: bool,
+    stale_since: Option<SystemTime>,
+    failures: u32,
+    mirror: Arc<Mutex<Mirror>>,
+    disk_dirty: Option<Arc<Notify>>,
+}
+
+impl Driver {
+    pub(super) fn new(cfg: EtcdSource, sink: Sink, from_disk: Option<Mirror>) -> Self {
+        let mirror = Arc::new(Mutex::new(from_disk.clone().unwrap_or_default()));
+        let disk_dirty = cfg.snapshot_file.clone().map(|path| {
+            let notify = Arc::new(Notify::new());
+            tokio::spawn(write_snapshots(
+                path,
+                mirror.clone(),
+                notify.clone(),
+                sink.clone(),
+            ));
+            notify
+        });
+        Driver {
+            cfg,
+            sink,
+            last: [0; 2],
+            high: 0,
+            need_list: true,
+            live_once: false,
+            from_disk: from_disk.is_some(),
+            stale_since: None,
+            failures: 0,
+            mirror,
+            disk_dirty,
+        }
+    }
+
+    pub(super) async fn run(mut self) {
+        let mut client: Option<Client> = None;
+        loop {
+            if self.sink.is_closed() {
+                return;
+            }
+            let mut c = match client.take() {
+                Some(c) => c,
+                None => match self.connect().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        self.failed(e).await;
+                        continue;
+                    }
+                },
+            };
+            if self.need_list {
+                if let Err(e) = self.list(&mut c).await {
+                    client = self.keep(c);
+                    self.failed(e).await;
+                    continue;
+                }
+            }
+            match self.watch(&mut c).await {
+                WatchEnd::Relist(reason) => {
+                    tracing::warn!(prefix = %self.cfg.prefix, reason, "substation: listing etcd again");
+                    metrics::counter!(crate::metrics::SOURCE_RESYNCS, "reason" => reason)
+                        .increment(1);
+                    self.need_list = true;
+                    client = Some(c);
+                }
+                WatchEnd::Failed(e) => {
+                    client = self.keep(c);
+                    self.failed(e).await;
+                }
+                WatchEnd::Closed => return,
+            }
+        }
+    }
+
+    /// Keeps the client for the next attempt, unless it has failed repeatedly (then a new
+    /// one starts from fresh connections).
+    fn keep(&self, c: Client) -> Option<Client> {
+        (self.failures < 3).then_some(c)
+    }
+
+    async fn connect(&self) -> Result<Client, BoxError> {
+        let cfg = &self.cfg;
+        let mut opts = ConnectOptions::new()
+            .with_keep_alive(cfg.keep_alive.0, cfg.keep_alive.1)
+            .with_keep_alive_while_idle(true)
+            .with_connect_timeout(cfg.request_timeout)
+            .with_require_leader(true);
+        if let Some((user, password)) = &cfg.user {
+            opts = opts.with_user(user.clone(), password.clone());
+        }
+        if let Some(tls) = &cfg.tls {
+            opts = opts.with_tls(tls.clone());
+        }
+        // With a user, `connect` authenticates, which is a request that may hang.
+        let connecting = Client::connect(cfg.endpoints.clone(), Some(opts));
+        Ok(timeout(cfg.request_timeout, connecting)
+            .await
+            .map_err(|_| "connecting to etcd timed out")??)
+    }
+
+    async fn list(&mut self, c: &mut Client) -> Result<(), BoxError> {
+        let req = self.cfg.request_timeout;
+        let app = timeout(
+            req,
+            c.get(
+                self.cfg.prefix.as_str(),
+                Some(GetOptions::new().with_prefix()),
+            ),
+        )
+        .await
+        .map_err(|_| "listing etcd timed out")??;
+        let revision = app.header().map_or(0, |h| h.revision()).max(0) as u64;
+        if revision < self.high {
+            rewound(self.high, revision);
+        }
+        let mut layers = vec![(Layer::App, self.entries(Layer::App, app.kvs()))];
+        if let Some(shared) = self.cfg.shared_prefix.clone() {
+            let opts = GetOptions::new()
+                .with_prefix()
+                .with_revision(revision as i64);
+            let resp = timeout(req, c.get(shared, Some(opts)))
+                .await
+                .map_err(|_| "listing etcd timed out")??;
+            layers.push((Layer::Shared, self.entries(Layer::Shared, resp.kvs())));
+        }
+        {
+            let mut m = self.mirror.lock().unwrap_or_else(PoisonError::into_inner);
+            *m = Mirror {
+                revision,
+                ..Mirror::default()
+            };
+            for (layer, entries) in &layers {
+                let map = mirror_layer(&mut m, *layer);
+                for (k, v) in entries {
+                    map.insert(k.clone(), String::from_utf8_lossy(v).into_owned());
+                }
+            }
+        }
+        if self
+            .sink
+            .apply(Update::Replace { revision, layers })
+            .is_err()
+        {
+            return Ok(()); // closed: `run` notices
+        }
+        self.last = [revision; 2];
+        self.high = revision;
+        self.need_list = false;
+        self.became_live(revision);
+        self.dirty();
+        tracing::info!(prefix = %self.cfg.prefix, revision, "substation: settings listed from etcd");
+        Ok(())
+    }
+
+    fn entries(&self, layer: Layer, kvs: &[etcd_client::KeyValue]) -> Vec<(String, Vec<u8>)> {
+        let prefix = self.cfg.prefix_of(layer).unwrap_or_default();
+        kvs.iter()
+            .map(|kv| (relative(kv.key(), prefix), kv.value().to_vec()))
+            .collect()
+    }
+
+    async fn watch(&mut self, c: &mut Client) -> WatchEnd {
+        let req = self.cfg.request_timeout;
+        let mut layers = Vec::new();
+        let mut stream: Option<WatchStream> = None;
+        for layer in LAYERS {
+            let Some(prefix) = self.cfg.prefix_of(layer).map(str::to_owned) else {
+                continue;
+            };
+            let opts = WatchOptions::new()
+                .with_prefix()
+                .with_start_revision(self.last[layer.index()] as i64 + 1);
+            let created = match &mut stream {
+                None => timeout(req, c.watch(prefix, Some(opts)))
+                    .await
+                    .map(|r| r.map(|s| stream = Some(s))),
+                Some(s) => timeout(req, s.watch(prefix, Some(opts))).await,
+            };
+            match created {
+                Ok(Ok(())) => layers.push(layer),
+                Ok(Err(e)) => return WatchEnd::Failed(e.into()),
+                Err(_) => return WatchEnd::Failed("creating the etcd watch timed out".into()),
+            }
+        }
+        let Some(mut stream) = stream else {
+            return WatchEnd::Failed("no prefix to watch".into());
+        };
+        // The acknowledgements come in the order of the requests.
+        let mut ids: Vec<(i64, Layer)> = Vec::new();
+        while ids.len() < layers.len() {
+            let resp = match timeout(req, stream.message()).await {
+                Err(_) => return WatchEnd::Failed("creating the etcd watch timed out".into()),
+                Ok(Err(e)) => return WatchEnd::Failed(e.into()),
+                Ok(Ok(None)) => return WatchEnd::Failed("the etcd watch stream ended".into()),
+                Ok(Ok(Some(resp))) => resp,
+            };
+            if resp.canceled() {
+                return self.cancelled(&resp);
+            }
+            if resp.created() {
+                if let Some(end) = self.check_header(&resp) {
+                    return end;
+                }
+                ids.push((resp.watch_id(), layers[ids.len()]));
+            }
+        }
+        self.became_live(self.high);
+        loop {
+            let resp = match stream.message().await {
+                Ok(Some(resp)) => resp,
+                Ok(None) => return WatchEnd::Failed("the etcd watch stream ended".into()),
+                Err(e) => return WatchEnd::Failed(e.into()),
+            };
+            if resp.canceled() {
+                return self.cancelled(&resp);
+            }
+            if let Some(end) = self.check_header(&resp) {
+                return end;
+            }
+            let Some(&(_, layer)) = ids.iter().find(|(id, _)| *id == resp.watch_id()) else {
+                continue;
+            };
+            if self.apply_events(layer, &resp).is_err() {
+                return WatchEnd::Closed;
+            }
+        }
+    }
+
+    fn cancelled(&self, resp: &WatchResponse) -> WatchEnd {
+        if resp.compact_revision() > 0 {
+            tracing::warn!(compacted = resp.compact_revision(), last = ?self.last, "substation: the etcd watch's start revision was compacted");
+            WatchEnd::Relist("compacted")
+        } else {
+            WatchEnd::Failed(format!("etcd cancelled the watch: {}", resp.cancel_reason()).into())
+        }
+    }
+
+    /// A server whose revision is below what was applied has lost data (restored from
+    /// a backup, or wiped): everything must be listed again.
+    fn check_header(&self, resp: &WatchResponse) -> Option<WatchEnd> {
+        let revision = resp.header()?.revision();
+        if revision >= 0 && (revision as u64) < self.high {
+            rewound(self.high, revision as u64);
+            return Some(WatchEnd::Relist("rewound"));
+        }
+        None
+    }
+
+    /// Applies a watch response's events, one update per revision, in order.
+    fn apply_events(&mut self, layer: Layer, resp: &WatchResponse) -> Result<(), ()> {
+        let prefix = self.cfg.prefix_of(layer).unwrap_or_default().to_owned();
+        let i = layer.index();
+        let mut changes = Vec::new();
+        let mut revision = 0u64;
+        for event in resp.events() {
+            let Some(kv) = event.kv() else { continue };
+            let rev = kv.mod_revision().max(0) as u64;
+            if rev <= self.last[i] {
+                tracing::debug!(
+                    rev,
+                    last = self.last[i],
+                    "substation: skipping an etcd event already applied"
+                );
+                continue;
+            }
+            if rev != revision && !changes.is_empty() {
+                self.apply_changes(layer, revision, std::mem::take(&mut changes))?;
+            }
+            revision = rev;
+            let value = match event.event_type() {
+                EventType::Put => Some(kv.value().to_vec()),
+                EventType::Delete => None,
+            };
+            changes.push(Change {
+                layer,
+                key: relative(kv.key(), &prefix),
+                value,
+            });
+        }
+        if !changes.is_empty() {
+            self.apply_changes(layer, revision, changes)?;
+        }
+        Ok(())
+    }
+
+    fn apply_changes(
+        &mut self,
+        layer: Layer,
+        revision: u64,
+        changes: Vec<Change>,
+    ) -> Result<(), ()> {
+        {
+            let mut m = self.mirror.lock().unwrap_or_else(PoisonError::into_inner);
+            m.revision = m.revision.max(revision);
+            let map = mirror_layer(&mut m, layer);
+            for c in &changes {
+                match &c.value {
+                    Some(v) => map.insert(c.key.clone(), String::from_utf8_lossy(v).into_owned()),
+                    None => map.remove(&c.key),
+                };
+            }
+        }
+        self.sink
+            .apply(Update::Changes { revision, changes })
+            .map_err(|_| ())?;
+        self.last[layer.index()] = revision;
+        self.high = self.high.max(revision);
+        self.dirty();
+        Ok(())
+    }
+
+    fn became_live(&mut self, revision: u64) {
+        if let Some(since) = self.stale_since.take() {
+            let down = since.elapsed().unwrap_or_default();
+            tracing::info!(prefix = %self.cfg.prefix, revision, down_ms = down.as_millis() as u64, "substation: etcd watch live again");
+        }
+        self.failures = 0;
+        self.live_once = true;
+        let _ = self.sink.set_health(Health::Live { revision });
+        self.sink.initialized();
+    }
+
+    /// Reports a failure and waits out the backoff.
+    async fn failed(&mut self, error: BoxError) {
+        self.failures = self.failures.saturating_add(1);
+        let reason = chain(&*error);
+        let since = *self.stale_since.get_or_insert_with(SystemTime::now);
+        if self.failures == 1 {
+            tracing::warn!(prefix = %self.cfg.prefix, error = %reason, "substation: etcd unavailable; keeping the settings in force");
+        } else {
+            tracing::debug!(prefix = %self.cfg.prefix, error = %reason, failures = self.failures, "substation: etcd still unavailable");
+        }
+        metrics::counter!(crate::metrics::SOURCE_ERRORS).increment(1);
+        if self.live_once || !self.from_disk {
+            let _ = self.sink.set_health(Health::Stale {
+                revision: self.high,
+                since,
+                reason,
+            });
+        }
+        let (min, max) = self.cfg.backoff;
+        let exp = min.saturating_mul(1 << self.failures.min(16));
+        let base = exp.min(max);
+        tokio::time::sleep(base.mul_f64(0.5 + fastrand::f64())).await;
+    }
+
+    fn dirty(&self) {
+        if let Some(n) = &self.disk_dirty {
+            n.notify_one();
+        }
+    }
+}
+
+fn mirror_layer(m: &mut Mirror, layer: Layer) -> &mut std::collections::BTreeMap<String, String> {
+    match layer {
+        Layer::App => &mut m.app,
+        Layer::Shared => &mut m.shared,
+    }
+}
+
+fn relative(key: &[u8], prefix: &str) -> String {
+    let key = String::from_utf8_lossy(key);
+    key.strip_prefix(prefix).unwrap_or(&key).to_owned()
+}
+
+fn rewound(high: u64, now: u64) {
+    tracing::error!(
+        applied = high,
+        server = now,
+        "substation: etcd's revision went BACKWARDS ({high} applied, server at {now}): it was restored from a backup or its data was wiped; listing everything again"
+    );
+}
+
+/// An error and its sources, joined: "transport error: tls handshake: unknown issuer".
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        let text = inner.to_string();
+        if !s.contains(&text) {
+            let _ = write!(s, ": {text}");
+        }
+        source = inner.source();
+    }
+    s
+}
+
+/// Writes the disk snapshot after changes, at most every 50 ms, off the watch task.
+async fn write_snapshots(
+    path: std::path::PathBuf,
+    mirror: Arc<Mutex<Mirror>>,
+    dirty: Arc<Notify>,
+    sink: Sink,
+) {
+    loop {
+        dirty.notified().await;
+        if sink.is_closed() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let copy = mirror
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let path2 = path.clone();
+        match tokio::task::spawn_blocking(move || disk::write(&path2, &copy)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(path = %path.display(), error = %e, "substation: could not write the disk snapshot")
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "substation: the disk snapshot writer failed")
+            }
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! Live settings from a real etcd: single node and 3-node clusters started by the tests
+//! on random loopback ports, broken in every way an operator meets.
+
+mod common;
+mod faults;
+mod harness;
+mod proxy;
+mod security;
+mod startup;
+mod support;
+mod watch;

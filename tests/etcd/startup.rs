@@ -1,0 +1,109 @@
+//! Cold starts: etcd down with and without a disk snapshot.
+
+use std::time::{Duration, Instant};
+
+use substation::Substation;
+use substation::live::Health;
+
+use crate::common::{self, put, registry_state};
+use crate::support::{Etcd, eventually};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn snapshot_path(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("substation-snap-{}-{tag}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join("settings.snapshot")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cold_start_with_etcd_down_serves_the_disk_snapshot_then_converges() {
+    let path = snapshot_path("with");
+    let mut etcd = Etcd::start().await;
+    let mut client = etcd.client().await;
+    put(&mut client, "policies/a", r#"{"timeout": {"ms": 123}}"#).await;
+    let rev = put(
+        &mut client,
+        "policies/b",
+        r#"{"breaker": {"mode": "force_open"}}"#,
+    )
+    .await;
+    {
+        let sub = Substation::builder()
+            .source(common::source(vec![etcd.endpoint()]).snapshot_file(&path))
+            .build()
+            .unwrap();
+        sub.initialized().await;
+        eventually("snapshot written", WAIT, || async {
+            std::fs::read_to_string(&path).is_ok_and(|s| s.contains(&format!("\"revision\":{rev}")))
+        })
+        .await;
+    }
+    etcd.kill();
+
+    // etcd is down: the new process starts from disk, within the deadline.
+    let started = Instant::now();
+    let sub = Substation::builder()
+        .source(common::source(vec![etcd.endpoint()]).snapshot_file(&path))
+        .build()
+        .unwrap();
+    let a = sub.policy("a");
+    assert_eq!(
+        a.settings().timeout.ms,
+        Some(123),
+        "from disk before anything else"
+    );
+    sub.initialized().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        matches!(sub.snapshot().health(), Health::FromDisk { revision, .. } if *revision == rev)
+    );
+
+    etcd.restart().await;
+    let mut client = etcd.client().await;
+    let rev2 = put(&mut client, "policies/a", r#"{"timeout": {"ms": 456}}"#).await;
+    eventually("live data replaces the snapshot", WAIT, || async {
+        a.settings().timeout.ms == Some(456)
+            && matches!(sub.snapshot().health(), Health::Live { .. })
+    })
+    .await;
+    assert!(sub.snapshot().revision() >= rev2);
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cold_start_without_a_snapshot_uses_defaults_then_converges() {
+    let mut etcd = Etcd::start().await;
+    let mut client = etcd.client().await;
+    put(&mut client, "policies/a", r#"{"timeout": {"ms": 77}}"#).await;
+    etcd.kill();
+
+    let started = Instant::now();
+    let sub = Substation::builder()
+        .source(common::source(vec![etcd.endpoint()]).connect_timeout(Duration::from_millis(500)))
+        .build()
+        .unwrap();
+    sub.initialized().await;
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(400) && waited < Duration::from_secs(2),
+        "{waited:?}"
+    );
+    let a = sub.policy("a");
+    assert_eq!(
+        a.settings().timeout.ms,
+        Some(1000),
+        "library default while etcd is down"
+    );
+
+    etcd.restart().await;
+    eventually("converged once etcd is up", WAIT, || async {
+        a.settings().timeout.ms == Some(77)
+    })
+    .await;
+    assert_eq!(registry_state(&sub), vec![("a".to_owned(), Some(77))]);
+}

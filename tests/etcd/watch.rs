@@ -1,0 +1,211 @@
+//! The watch on a healthy etcd: values, rejections, deletes, layers, notices.
+
+use std::time::Duration;
+
+use substation::Substation;
+use substation::breaker::{BreakerState, CircuitBreakerLayer};
+use substation::live::{Health, Layer};
+use substation::settings::PolicySettings;
+use tower::Layer as _;
+
+use crate::common::{self, PREFIX, SHARED, put};
+use crate::support::{Etcd, eventually};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_rejections_and_deletes() {
+    let etcd = Etcd::start().await;
+    let mut client = etcd.client().await;
+    put(
+        &mut client,
+        "policies/search",
+        r#"{"timeout": {"ms": 111}}"#,
+    )
+    .await;
+    let mut defaults = PolicySettings::default();
+    defaults.breaker.min_calls = 3;
+    let sub = Substation::builder()
+        .policy("payments", defaults.clone())
+        .source(common::source(vec![etcd.endpoint()]))
+        .build()
+        .unwrap();
+    sub.initialized().await;
+    let search = sub.policy("search");
+    let payments = sub.policy("payments");
+    assert_eq!(search.settings().timeout.ms, Some(111), "listed at start");
+    assert!(matches!(sub.snapshot().health(), Health::Live { .. }));
+
+    // A live change reaches a running service, without touching its breaker.
+    let mut svc = CircuitBreakerLayer::new(&payments).layer(tower::service_fn(|()| async {
+        Err::<(), _>(std::io::Error::other("down"))
+    }));
+    for _ in 0..3 {
+        let _ = tower::ServiceExt::ready(&mut svc).await.unwrap();
+        let _ = tower::Service::call(&mut svc, ()).await;
+    }
+    assert_eq!(payments.breaker_state(), BreakerState::Open);
+    put(
+        &mut client,
+        "policies/payments",
+        r#"{"timeout": {"ms": 42}}"#,
+    )
+    .await;
+    eventually("payments timeout 42", WAIT, || async {
+        payments.settings().timeout.ms == Some(42)
+    })
+    .await;
+    assert_eq!(
+        payments.settings().breaker.min_calls,
+        3,
+        "unnamed fields keep the code default"
+    );
+    assert_eq!(
+        payments.breaker_state(),
+        BreakerState::Open,
+        "breaker state survives"
+    );
+
+    // Bad values: each rejected for its key alone, last good value kept.
+    for (bad, reason) in [
+        (r#"{"timeout": {"ms": 42"#, "malformed JSON"),
+        (
+            r#"{"breaker": {"error_rate": 150}}"#,
+            "breaker.error_rate: 150 is not in 0..=100",
+        ),
+        (
+            r#"{"breaker": {"eror_rate": 10}}"#,
+            "breaker.eror_rate: unknown field",
+        ),
+    ] {
+        let rev = put(&mut client, "policies/payments", bad).await;
+        put(
+            &mut client,
+            "policies/search",
+            &format!(r#"{{"timeout": {{"ms": {}}}}}"#, rev),
+        )
+        .await;
+        eventually("search follows", WAIT, || async {
+            search.settings().timeout.ms == Some(rev)
+        })
+        .await;
+        let snap = sub.snapshot();
+        let rejected: Vec<_> = snap.rejected().collect();
+        assert_eq!(rejected.len(), 1, "{rejected:?}");
+        assert_eq!(rejected[0].key, "policies/payments");
+        assert_eq!(rejected[0].layer, Layer::App);
+        assert_eq!(rejected[0].revision, rev);
+        assert!(
+            rejected[0].error.to_string().starts_with(reason),
+            "{}",
+            rejected[0].error
+        );
+        assert_eq!(
+            payments.settings().timeout.ms,
+            Some(42),
+            "last good value kept"
+        );
+    }
+    // A key that is no setting at all is listed as rejected too.
+    put(&mut client, "colours/red", "{}").await;
+    eventually("unknown key rejected", WAIT, || async {
+        sub.snapshot().rejected().any(|r| r.key == "colours/red")
+    })
+    .await;
+
+    // Deleting falls back to the code default; the rejection goes with the key.
+    client
+        .delete(format!("{PREFIX}policies/payments"), None)
+        .await
+        .unwrap();
+    eventually("payments back to its code default", WAIT, || async {
+        *payments.settings() == defaults
+    })
+    .await;
+    assert!(
+        !sub.snapshot()
+            .rejected()
+            .any(|r| r.key == "policies/payments")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_defaults_layer_under_the_application() {
+    let etcd = Etcd::start().await;
+    let mut client = etcd.client().await;
+    client
+        .put(
+            format!("{SHARED}policies/search"),
+            r#"{"timeout": {"ms": 500}, "breaker": {"min_calls": 9}}"#,
+            None,
+        )
+        .await
+        .unwrap();
+    let sub = Substation::builder()
+        .source(common::source(vec![etcd.endpoint()]).shared_prefix(SHARED))
+        .build()
+        .unwrap();
+    sub.initialized().await;
+    let search = sub.policy("search");
+    assert_eq!(search.settings().timeout.ms, Some(500));
+    put(&mut client, "policies/search", r#"{"timeout": {"ms": 50}}"#).await;
+    eventually("app layer wins", WAIT, || async {
+        search.settings().timeout.ms == Some(50)
+    })
+    .await;
+    assert_eq!(
+        search.settings().breaker.min_calls,
+        9,
+        "fields the app does not name come from the fleet"
+    );
+    client
+        .put(
+            format!("{SHARED}policies/search"),
+            r#"{"breaker": {"min_calls": 4}}"#,
+            None,
+        )
+        .await
+        .unwrap();
+    eventually("fleet change applies", WAIT, || async {
+        search.settings().breaker.min_calls == 4
+    })
+    .await;
+    client
+        .delete(format!("{PREFIX}policies/search"), None)
+        .await
+        .unwrap();
+    eventually("back to the fleet's value", WAIT, || async {
+        search.settings().timeout.ms == Some(1000)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_transaction_is_one_snapshot() {
+    let etcd = Etcd::start().await;
+    let mut client = etcd.client().await;
+    let (sub, mut changes) = common::registry(common::source(vec![etcd.endpoint()])).await;
+    let txn = etcd_client::Txn::new().and_then(vec![
+        etcd_client::TxnOp::put(
+            format!("{PREFIX}policies/a"),
+            r#"{"timeout": {"ms": 1}}"#,
+            None,
+        ),
+        etcd_client::TxnOp::put(
+            format!("{PREFIX}policies/b"),
+            r#"{"timeout": {"ms": 2}}"#,
+            None,
+        ),
+    ]);
+    let rev = client.txn(txn).await.unwrap().header().unwrap().revision() as u64;
+    let notice = tokio::time::timeout(WAIT, changes.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(notice.revision, rev);
+    assert_eq!(&notice.keys[..], ["policies/a", "policies/b"]);
+    let snap = sub.snapshot();
+    assert_eq!(snap.revision(), rev);
+    assert_eq!(snap.policy("a").unwrap().timeout.ms, Some(1));
+    assert_eq!(snap.policy("b").unwrap().timeout.ms, Some(2));
+}
