@@ -3,4 +3,6 @@
 # Usage: scripts/demo.sh [--duration <secs>]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
+ensure protoc protobuf-compiler # etcd-client, a default feature, generates code with it
 exec cargo run --quiet --example demo -- "$@"

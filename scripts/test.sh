@@ -6,6 +6,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 step() { printf '\n== %s\n' "$*"; }
+. scripts/lib.sh
+
+step "tools: protoc (etcd-client's build), etcd and etcdctl (the integration tests)"
+ensure protoc protobuf-compiler
+ensure etcd etcd-server
+ensure etcdctl etcd-client
 
 step "formatting"
 cargo fmt --all -- --check
@@ -25,6 +31,9 @@ fi
 
 step "doc tests"
 cargo test -p substation --all-features --doc
+
+step "the propagation example loses no write (quick mode: 5 watchers, 200 writes)"
+cargo run --quiet --example propagation -- --watchers 5 --writes 200
 
 step "the demo tells its story (it fails if the breaker does not open and close)"
 cargo run --quiet --example demo -- --duration 4

@@ -56,7 +56,7 @@ use crate::{BoxError, Policy};
 
 pub use self::memory::InMemorySource;
 pub use self::source::{
-    Change, Closed, Health, Key, Layer, Rejection, Sink, Source, Update, valid_name,
+    Change, Closed, Entries, Health, Key, Layer, Rejection, Sink, Source, Update, valid_name,
 };
 
 /// Builds a [`Substation`]: clock, code defaults and sources.
@@ -111,6 +111,7 @@ impl Builder {
         }
         let (pending_tx, _) = tokio::sync::watch::channel(self.sources.len());
         let (changes, _) = tokio::sync::broadcast::channel(CHANGES_CAPACITY);
+        let (alive, alive_rx) = tokio::sync::watch::channel(());
         let mut writer = Writer {
             defaults,
             layers: Default::default(),
@@ -131,11 +132,13 @@ impl Builder {
             writer: Mutex::new(writer),
             pending: pending_tx,
             changes,
+            _alive: alive,
         });
         for source in self.sources {
             source.start(Sink {
                 shared: Arc::downgrade(&shared),
                 initialized: Default::default(),
+                alive: alive_rx.clone(),
             })?;
         }
         Ok(Substation { shared })
@@ -276,6 +279,8 @@ pub(crate) struct Shared {
     /// Sources that have not yet said `initialized`.
     pending: tokio::sync::watch::Sender<usize>,
     changes: tokio::sync::broadcast::Sender<Changed>,
+    /// Dropped with the registry, which tells sources to stop (`Sink::closed`).
+    _alive: tokio::sync::watch::Sender<()>,
 }
 
 struct Writer {
@@ -395,12 +400,11 @@ impl Writer {
                 return false;
             }
         };
-        if let Some(policy) = self.policies.get(name) {
-            if *policy.settings() != settings {
-                if let Err(e) = policy.update(settings.clone()) {
-                    tracing::error!(policy = name, error = %e, "substation: invalid effective settings");
-                }
-            }
+        if let Some(policy) = self.policies.get(name)
+            && *policy.settings() != settings
+            && let Err(e) = policy.update(settings.clone())
+        {
+            tracing::error!(policy = name, error = %e, "substation: invalid effective settings");
         }
         let key = Key::Policy(name.to_owned());
         let stored = self.defaults.contains_key(name)

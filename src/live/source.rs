@@ -95,6 +95,9 @@ pub struct Change {
     pub value: Option<Vec<u8>>,
 }
 
+/// Every key of one layer with its value (JSON), as listed.
+pub type Entries = Vec<(String, Vec<u8>)>;
+
 /// A batch of changes that the registry applies as one atomic snapshot swap.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Update {
@@ -112,7 +115,7 @@ pub enum Update {
         /// The source's revision of this listing.
         revision: u64,
         /// Each listed layer with every key it holds and its value (JSON).
-        layers: Vec<(Layer, Vec<(String, Vec<u8>)>)>,
+        layers: Vec<(Layer, Entries)>,
     },
 }
 
@@ -185,6 +188,8 @@ pub trait Source: Send + 'static {
 pub struct Sink {
     pub(super) shared: Weak<Shared>,
     pub(super) initialized: Arc<std::sync::atomic::AtomicBool>,
+    /// Its sender lives in the registry: dropped with it.
+    pub(super) alive: tokio::sync::watch::Receiver<()>,
 }
 
 impl Sink {
@@ -200,13 +205,12 @@ impl Sink {
     /// deadline and fallen back): [`Substation::initialized`](crate::Substation::initialized)
     /// waits for every source to say so. Saying it again does nothing.
     pub fn initialized(&self) {
-        if let Some(shared) = self.shared.upgrade() {
-            if !self
+        if let Some(shared) = self.shared.upgrade()
+            && !self
                 .initialized
                 .swap(true, std::sync::atomic::Ordering::AcqRel)
-            {
-                shared.source_initialized();
-            }
+        {
+            shared.source_initialized();
         }
     }
 
@@ -220,6 +224,13 @@ impl Sink {
     /// Whether the registry is gone.
     pub fn is_closed(&self) -> bool {
         self.shared.strong_count() == 0
+    }
+
+    /// Resolves when the registry is dropped: a source's task can stop waiting on its
+    /// store then (race this with the store's stream).
+    pub async fn closed(&self) {
+        let mut alive = self.alive.clone();
+        while alive.changed().await.is_ok() {}
     }
 
     fn shared(&self) -> Result<Arc<Shared>, Closed> {

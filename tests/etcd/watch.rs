@@ -209,3 +209,28 @@ async fn one_transaction_is_one_snapshot() {
     assert_eq!(snap.policy("a").unwrap().timeout.ms, Some(1));
     assert_eq!(snap.policy("b").unwrap().timeout.ms, Some(2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_registry_stops_its_tasks() {
+    let etcd = Etcd::start().await;
+    let dir = std::env::temp_dir().join(format!("substation-drop-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let tasks = || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    };
+    let before = tasks();
+    let (sub, _changes) =
+        common::registry(common::source(vec![etcd.endpoint()]).snapshot_file(dir.join("s"))).await;
+    eventually("watching", WAIT, || async { common::is_live(&sub) }).await;
+    assert!(tasks() > before);
+    drop(sub);
+    eventually(
+        "the driver and the snapshot writer are gone",
+        WAIT,
+        || async { tasks() <= before },
+    )
+    .await;
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -44,7 +44,7 @@ pub(crate) fn write(path: &Path, mirror: &Mirror) -> Result<(), BoxError> {
     let tmp = temp_path(path);
     {
         let mut f = std::fs::File::create(&tmp)?;
-        write!(f, "{HEADER}{crc:08x}\n")?;
+        writeln!(f, "{HEADER}{crc:08x}")?;
         f.write_all(&payload)?;
         f.sync_all()?;
     }

@@ -87,12 +87,12 @@ impl Driver {
                     }
                 },
             };
-            if self.need_list {
-                if let Err(e) = self.list(&mut c).await {
-                    client = self.keep(c);
-                    self.failed(e).await;
-                    continue;
-                }
+            if self.need_list
+                && let Err(e) = self.list(&mut c).await
+            {
+                client = self.keep(c);
+                self.failed(e).await;
+                continue;
             }
             match self.watch(&mut c).await {
                 WatchEnd::Relist(reason) => {
@@ -245,7 +245,11 @@ impl Driver {
         }
         self.became_live(self.high);
         loop {
-            let resp = match stream.message().await {
+            let next = match first(stream.message(), self.sink.closed()).await {
+                Either::Left(next) => next,
+                Either::Right(()) => return WatchEnd::Closed,
+            };
+            let resp = match next {
                 Ok(Some(resp)) => resp,
                 Ok(None) => return WatchEnd::Failed("the etcd watch stream ended".into()),
                 Err(e) => return WatchEnd::Failed(e.into()),
@@ -380,7 +384,8 @@ impl Driver {
         let (min, max) = self.cfg.backoff;
         let exp = min.saturating_mul(1 << self.failures.min(16));
         let base = exp.min(max);
-        tokio::time::sleep(base.mul_f64(0.5 + fastrand::f64())).await;
+        let pause = tokio::time::sleep(base.mul_f64(0.5 + fastrand::f64()));
+        let _ = first(pause, self.sink.closed()).await;
     }
 
     fn dirty(&self) {
@@ -388,6 +393,24 @@ impl Driver {
             n.notify_one();
         }
     }
+}
+
+enum Either<A, B> {
+    Left(A),
+    Right(B),
+}
+
+/// Whichever of two futures finishes first (the other is dropped).
+async fn first<A: Future, B: Future>(a: A, b: B) -> Either<A::Output, B::Output> {
+    let mut a = std::pin::pin!(a);
+    let mut b = std::pin::pin!(b);
+    std::future::poll_fn(|cx| {
+        if let std::task::Poll::Ready(v) = a.as_mut().poll(cx) {
+            return std::task::Poll::Ready(Either::Left(v));
+        }
+        b.as_mut().poll(cx).map(Either::Right)
+    })
+    .await
 }
 
 fn mirror_layer(m: &mut Mirror, layer: Layer) -> &mut std::collections::BTreeMap<String, String> {
@@ -432,8 +455,7 @@ async fn write_snapshots(
     sink: Sink,
 ) {
     loop {
-        dirty.notified().await;
-        if sink.is_closed() {
+        if let Either::Right(()) = first(dirty.notified(), sink.closed()).await {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
