@@ -40,6 +40,7 @@ pub mod live;
 pub mod metrics;
 pub mod policy;
 pub mod settings;
+pub mod switch;
 pub mod timeout;
 
 pub use crate::live::Substation;

@@ -28,7 +28,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwap;
@@ -47,6 +47,8 @@ pub(crate) struct PolicyCore {
     pub(crate) settings: ArcSwap<PolicySettings>,
     pub(crate) breaker: BreakerCore,
     pub(crate) metrics: PolicyMetrics,
+    /// Killed by the registry's `shed_non_critical` (a non-critical policy).
+    pub(crate) shed: AtomicBool,
 }
 
 impl PolicyCore {
@@ -78,9 +80,11 @@ fn acquire(name: &str, settings: PolicySettings) -> (&'static PolicyCore, u32) {
             settings: ArcSwap::from_pointee(settings),
             breaker: BreakerCore::new(),
             metrics: PolicyMetrics::new(name),
+            shed: AtomicBool::new(false),
         })),
     };
     core.metrics.state.set(0.0);
+    core.shed.store(false, Ordering::Relaxed);
     (core, core.generation.load(Ordering::Acquire))
 }
 
@@ -167,6 +171,17 @@ impl Policy {
             core.breaker.close(&core.ctx());
         }
         Ok(())
+    }
+
+    /// Whether calls are killed now: by the policy's kill switch, or because it is
+    /// non-critical and the registry sheds non-critical dependencies.
+    pub fn is_killed(&self) -> bool {
+        let core = self.owner.core;
+        core.settings.load().kill || core.shed.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_shed(&self, shed: bool) {
+        self.owner.core.shed.store(shed, Ordering::Relaxed);
     }
 
     /// The breaker's state.

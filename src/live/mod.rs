@@ -51,7 +51,8 @@ use imbl::OrdMap;
 use serde_json::Value;
 
 use crate::clock::Clock;
-use crate::settings::{PolicySettings, SettingsError};
+use crate::settings::{GlobalSettings, PolicySettings, SettingsError};
+use crate::switch::{Switch, SwitchSettings};
 use crate::{BoxError, Policy};
 
 pub use self::memory::InMemorySource;
@@ -64,6 +65,8 @@ pub use self::source::{
 pub struct Builder {
     clock: Option<Clock>,
     defaults: HashMap<String, PolicySettings>,
+    switch_defaults: HashMap<String, SwitchSettings>,
+    global: GlobalSettings,
     sources: Vec<Box<dyn Source>>,
 }
 
@@ -90,6 +93,18 @@ impl Builder {
         self
     }
 
+    /// The code default of switch `name`.
+    pub fn switch(mut self, name: &str, settings: SwitchSettings) -> Self {
+        self.switch_defaults.insert(name.to_owned(), settings);
+        self
+    }
+
+    /// The code default of the registry-wide settings (key `global`).
+    pub fn global(mut self, settings: GlobalSettings) -> Self {
+        self.global = settings;
+        self
+    }
+
     /// Adds a source of settings; sources are started in order by [`Builder::build`].
     pub fn source(mut self, source: impl Source) -> Self {
         self.sources.push(Box::new(source));
@@ -107,8 +122,18 @@ impl Builder {
             settings
                 .validate()
                 .map_err(|e| format!("code default of policy `{name}`: {e}"))?;
-            defaults.insert(name, serde_json::to_value(settings)?);
+            defaults.insert(Key::Policy(name), serde_json::to_value(settings)?);
         }
+        for (name, settings) in self.switch_defaults {
+            if !valid_name(&name) {
+                return Err(format!("`{name}` is not a valid switch name").into());
+            }
+            let value = serde_json::to_value(settings)?;
+            SwitchSettings::from_value(value.clone())
+                .map_err(|e| format!("code default of switch `{name}`: {e}"))?;
+            defaults.insert(Key::Switch(name), value);
+        }
+        defaults.insert(Key::Global, serde_json::to_value(self.global)?);
         let (pending_tx, _) = tokio::sync::watch::channel(self.sources.len());
         let (changes, _) = tokio::sync::broadcast::channel(CHANGES_CAPACITY);
         let (alive, alive_rx) = tokio::sync::watch::channel(());
@@ -117,14 +142,17 @@ impl Builder {
             layers: Default::default(),
             rejected: BTreeMap::new(),
             policies: HashMap::new(),
+            switches: HashMap::new(),
             effective: OrdMap::new(),
+            switch_values: OrdMap::new(),
+            global: Arc::default(),
             rejected_view: OrdMap::new(),
             health: Health::DefaultsOnly,
             revision: 0,
         };
-        let names: Vec<String> = writer.defaults.keys().cloned().collect();
-        for name in names {
-            writer.refresh(&name);
+        let keys: Vec<Key> = writer.defaults.keys().cloned().collect();
+        for key in keys {
+            writer.refresh(&key);
         }
         let shared = Arc::new(Shared {
             clock: self.clock.unwrap_or_default(),
@@ -180,6 +208,8 @@ impl Substation {
         Builder {
             clock: None,
             defaults: HashMap::new(),
+            switch_defaults: HashMap::new(),
+            global: GlobalSettings::default(),
             sources: Vec::new(),
         }
     }
@@ -203,8 +233,29 @@ impl Substation {
         };
         let policy = Policy::with_clock(name, settings, self.shared.clock)
             .expect("effective settings are validated");
+        policy.set_shed(w.global.shed_non_critical && !policy.settings().critical);
         w.policies.insert(name.to_owned(), policy.clone());
         policy
+    }
+
+    /// The live switch `name`, created on first use with its effective value. For setup
+    /// code, like [`Substation::policy`].
+    ///
+    /// # Panics
+    /// If `name` is not a valid name.
+    pub fn switch(&self, name: &str) -> Switch {
+        assert!(valid_name(name), "`{name}` is not a valid switch name");
+        let mut w = self.shared.lock();
+        if let Some(s) = w.switches.get(name) {
+            return s.clone();
+        }
+        let settings = match w.switch_values.get(name) {
+            Some(s) => (**s).clone(),
+            None => SwitchSettings::default(),
+        };
+        let switch = Switch::detached(name, settings);
+        w.switches.insert(name.to_owned(), switch.clone());
+        switch
     }
 
     /// The settings in force now, as one consistent snapshot.
@@ -240,6 +291,8 @@ impl Substation {
 pub struct Snapshot {
     revision: u64,
     policies: OrdMap<String, Arc<PolicySettings>>,
+    switches: OrdMap<String, Arc<SwitchSettings>>,
+    global: Arc<GlobalSettings>,
     rejected: OrdMap<(Layer, String), Rejection>,
     health: Health,
 }
@@ -259,6 +312,21 @@ impl Snapshot {
     /// Every policy that has a code default or a stored value, by name.
     pub fn policies(&self) -> impl ExactSizeIterator<Item = (&str, &Arc<PolicySettings>)> {
         self.policies.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// The effective value of switch `name`, if it has a code default or a stored value.
+    pub fn switch(&self, name: &str) -> Option<&Arc<SwitchSettings>> {
+        self.switches.get(name)
+    }
+
+    /// Every switch that has a code default or a stored value, by name.
+    pub fn switches(&self) -> impl ExactSizeIterator<Item = (&str, &Arc<SwitchSettings>)> {
+        self.switches.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// The registry-wide settings in force.
+    pub fn global(&self) -> &GlobalSettings {
+        &self.global
     }
 
     /// The values currently rejected, with the reasons.
@@ -285,14 +353,17 @@ pub(crate) struct Shared {
 
 struct Writer {
     /// Code defaults, as JSON objects.
-    defaults: HashMap<String, Value>,
+    defaults: HashMap<Key, Value>,
     /// The last good value of every key, per layer.
     layers: [BTreeMap<Key, Value>; 2],
     rejected: BTreeMap<(Layer, String), Rejection>,
     policies: HashMap<String, Policy>,
-    /// Effective settings of every policy with a default or a stored value; updated
-    /// key by key (a persistent map: publishing a snapshot does not copy it).
+    switches: HashMap<String, Switch>,
+    /// Effective settings of every policy / switch with a default or a stored value;
+    /// updated key by key (persistent maps: publishing a snapshot copies nothing).
     effective: OrdMap<String, Arc<PolicySettings>>,
+    switch_values: OrdMap<String, Arc<SwitchSettings>>,
+    global: Arc<GlobalSettings>,
     rejected_view: OrdMap<(Layer, String), Rejection>,
     health: Health,
     revision: u64,
@@ -346,9 +417,9 @@ impl Shared {
         touched.sort_unstable();
         touched.dedup();
         let mut changed = Vec::new();
-        for name in &touched {
-            if w.refresh(name) {
-                changed.push(Key::Policy(name.clone()).to_string());
+        for key in &touched {
+            if w.refresh(key) {
+                changed.push(key.to_string());
             }
         }
         w.revision = revision;
@@ -382,69 +453,129 @@ impl Writer {
         Snapshot {
             revision: self.revision,
             policies: self.effective.clone(),
+            switches: self.switch_values.clone(),
+            global: self.global.clone(),
             rejected: self.rejected_view.clone(),
             health: self.health.clone(),
         }
     }
 
-    /// Recomputes policy `name`'s effective settings; updates its live policy and the
-    /// published map. Returns whether they changed.
-    fn refresh(&mut self, name: &str) -> bool {
-        let settings = match self.effective_with(name, None) {
-            Ok(s) => s,
-            Err(e) => {
-                // Every stored value was validated with the layers below it when it was
-                // accepted; a combination can still break a cross-field rule. Keep
-                // what is in force.
-                tracing::error!(policy = name, error = %e, "substation: effective settings invalid; keeping the previous ones");
-                return false;
-            }
-        };
-        if let Some(policy) = self.policies.get(name)
-            && *policy.settings() != settings
-            && let Err(e) = policy.update(settings.clone())
-        {
-            tracing::error!(policy = name, error = %e, "substation: invalid effective settings");
-        }
-        let key = Key::Policy(name.to_owned());
-        let stored = self.defaults.contains_key(name)
-            || self.layers.iter().any(|layer| layer.contains_key(&key));
-        if !stored {
-            return self.effective.remove(name).is_some();
-        }
-        if self
-            .effective
-            .get(name)
-            .is_some_and(|old| **old == settings)
-        {
-            return false;
-        }
-        self.effective.insert(name.to_owned(), Arc::new(settings));
-        true
+    fn stored(&self, key: &Key) -> bool {
+        self.defaults.contains_key(key) || self.layers.iter().any(|layer| layer.contains_key(key))
     }
 
-    /// The effective settings of policy `name`, with `candidate` in place of one
-    /// layer's value: library defaults ← code default ← shared ← app, field by field.
-    fn effective_with(
-        &self,
-        name: &str,
-        candidate: Option<(Layer, &Value)>,
-    ) -> Result<PolicySettings, SettingsError> {
-        let key = Key::Policy(name.to_owned());
-        let mut merged = match self.defaults.get(name) {
+    /// Recomputes `key`'s effective value; updates its live handle and the published
+    /// maps. Returns whether it changed.
+    fn refresh(&mut self, key: &Key) -> bool {
+        let merged = self.merged(key, None);
+        match key {
+            Key::Policy(name) => {
+                let settings = match PolicySettings::from_value(merged) {
+                    Ok(s) => s,
+                    Err(e) => return self.invalid_combination(key, &e),
+                };
+                if let Some(policy) = self.policies.get(name.as_str()) {
+                    if *policy.settings() != settings
+                        && let Err(e) = policy.update(settings.clone())
+                    {
+                        tracing::error!(%key, error = %e, "substation: invalid effective settings");
+                    }
+                    policy.set_shed(self.global.shed_non_critical && !settings.critical);
+                }
+                if !self.stored(key) {
+                    return self.effective.remove(name.as_str()).is_some();
+                }
+                if self
+                    .effective
+                    .get(name.as_str())
+                    .is_some_and(|old| **old == settings)
+                {
+                    return false;
+                }
+                self.effective.insert(name.clone(), Arc::new(settings));
+                true
+            }
+            Key::Switch(name) => {
+                let settings = match SwitchSettings::from_value(merged) {
+                    Ok(s) => s,
+                    Err(e) => return self.invalid_combination(key, &e),
+                };
+                if let Some(switch) = self.switches.get(name.as_str())
+                    && *switch.settings() != settings
+                    && let Err(e) = switch.update(settings.clone())
+                {
+                    tracing::error!(%key, error = %e, "substation: invalid effective settings");
+                }
+                if !self.stored(key) {
+                    return self.switch_values.remove(name.as_str()).is_some();
+                }
+                if self
+                    .switch_values
+                    .get(name.as_str())
+                    .is_some_and(|old| **old == settings)
+                {
+                    return false;
+                }
+                self.switch_values.insert(name.clone(), Arc::new(settings));
+                true
+            }
+            Key::Global => {
+                let global = match GlobalSettings::from_value(merged) {
+                    Ok(g) => g,
+                    Err(e) => return self.invalid_combination(key, &e),
+                };
+                if *self.global == global {
+                    return false;
+                }
+                if global.shed_non_critical != self.global.shed_non_critical {
+                    tracing::warn!(
+                        shed = global.shed_non_critical,
+                        "substation: shedding of non-critical dependencies changed"
+                    );
+                }
+                self.global = Arc::new(global);
+                for policy in self.policies.values() {
+                    let critical = policy.settings().critical;
+                    policy.set_shed(self.global.shed_non_critical && !critical);
+                }
+                true
+            }
+        }
+    }
+
+    fn invalid_combination(&self, key: &Key, e: &SettingsError) -> bool {
+        // Every stored value was validated with the layers below it when it was
+        // accepted; a later change below can still break a cross-field rule. Keep what
+        // is in force.
+        tracing::error!(%key, error = %e, "substation: effective settings invalid; keeping the previous ones");
+        false
+    }
+
+    /// `key`'s layers merged field by field (code default ← shared ← app), with
+    /// `candidate` in place of one layer's value.
+    fn merged(&self, key: &Key, candidate: Option<(Layer, &Value)>) -> Value {
+        let mut merged = match self.defaults.get(key) {
             Some(v) => v.clone(),
             None => Value::Object(Default::default()),
         };
         for layer in [Layer::Shared, Layer::App] {
             let value = match candidate {
                 Some((l, v)) if l == layer => Some(v),
-                _ => self.layers[layer.index()].get(&key),
+                _ => self.layers[layer.index()].get(key),
             };
             if let Some(value) = value {
                 merge(&mut merged, value);
             }
         }
-        PolicySettings::from_value(merged)
+        merged
+    }
+
+    fn validate(key: &Key, merged: Value) -> Result<(), SettingsError> {
+        match key {
+            Key::Policy(_) => PolicySettings::from_value(merged).map(drop),
+            Key::Switch(_) => SwitchSettings::from_value(merged).map(drop),
+            Key::Global => GlobalSettings::from_value(merged).map(drop),
+        }
     }
 
     fn reject(
@@ -478,7 +609,7 @@ impl Writer {
         &mut self,
         change: Change,
         revision: u64,
-        touched: &mut Vec<String>,
+        touched: &mut Vec<Key>,
     ) -> Option<Rejection> {
         let Change {
             layer,
@@ -497,7 +628,6 @@ impl Writer {
                 };
             }
         };
-        let name = key.name().to_owned();
         match value {
             None => {
                 self.clear_rejection(layer, &raw);
@@ -506,11 +636,11 @@ impl Writer {
                         Layer::App if self.layers[Layer::Shared.index()].contains_key(&key) => {
                             "the shared default"
                         }
-                        _ if self.defaults.contains_key(&name) => "the code default",
+                        _ if self.defaults.contains_key(&key) => "the code default",
                         _ => "the library defaults",
                     };
                     tracing::info!(%key, ?layer, revision, "settings key deleted; falling back to {next}");
-                    touched.push(name);
+                    touched.push(key);
                 }
                 None
             }
@@ -525,15 +655,15 @@ impl Writer {
                         )),
                     })
                     .and_then(|v| {
-                        self.effective_with(&name, Some((layer, &v)))?;
+                        Self::validate(&key, self.merged(&key, Some((layer, &v))))?;
                         Ok(v)
                     });
                 match parsed {
                     Ok(value) => {
                         self.clear_rejection(layer, &raw);
-                        let old = self.layers[layer.index()].insert(key, value.clone());
+                        let old = self.layers[layer.index()].insert(key.clone(), value.clone());
                         if old.as_ref() != Some(&value) {
-                            touched.push(name);
+                            touched.push(key);
                         }
                         None
                     }

@@ -35,34 +35,47 @@ pub enum Key {
     /// `policies/<name>`: the [`PolicySettings`](crate::settings::PolicySettings) of one
     /// dependency.
     Policy(String),
+    /// `switches/<name>`: the [`SwitchSettings`](crate::switch::SwitchSettings) of one
+    /// feature switch.
+    Switch(String),
+    /// `global`: the [`GlobalSettings`](crate::settings::GlobalSettings) of the registry.
+    Global,
 }
 
 impl Key {
     /// Parses a key relative to a prefix, e.g. `policies/recommendations`.
     pub fn parse(key: &str) -> Result<Key, SettingsError> {
+        if key == "global" {
+            return Ok(Key::Global);
+        }
         let invalid = || {
             SettingsError::new(
                 "",
-                format!("`{key}` is not a known key (expected `policies/<name>`)"),
+                format!(
+                    "`{key}` is not a known key (expected `policies/<name>`, `switches/<name>` or `global`)"
+                ),
             )
         };
         let (kind, name) = key.split_once('/').ok_or_else(invalid)?;
+        let make = match kind {
+            "policies" => Key::Policy,
+            "switches" => Key::Switch,
+            _ => return Err(invalid()),
+        };
         if !valid_name(name) {
             return Err(SettingsError::new(
                 "",
                 format!("`{name}` is not a valid name (1 to 128 of A-Z a-z 0-9 _ . -)"),
             ));
         }
-        match kind {
-            "policies" => Ok(Key::Policy(name.to_owned())),
-            _ => Err(invalid()),
-        }
+        Ok(make(name.to_owned()))
     }
 
-    /// The name of the policy (or switch) this key configures.
+    /// The name of the policy or switch this key configures (empty for `global`).
     pub fn name(&self) -> &str {
         match self {
-            Key::Policy(name) => name,
+            Key::Policy(name) | Key::Switch(name) => name,
+            Key::Global => "",
         }
     }
 }
@@ -79,6 +92,8 @@ impl fmt::Display for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Key::Policy(name) => write!(f, "policies/{name}"),
+            Key::Switch(name) => write!(f, "switches/{name}"),
+            Key::Global => f.write_str("global"),
         }
     }
 }

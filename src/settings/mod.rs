@@ -64,13 +64,150 @@ impl fmt::Display for SettingsError {
 impl std::error::Error for SettingsError {}
 
 /// Everything that protects one dependency ("policy"); see the [module docs](self).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PolicySettings {
+    /// Kill switch: when `true`, calls never reach the dependency; they go straight to
+    /// the fallback, or fail at once with `Killed`. Default `false`.
+    pub kill: bool,
+    /// Whether the dependency is critical. A non-critical one goes straight to its
+    /// static fallback on any failure, and is killed while the fleet-wide
+    /// `shed_non_critical` switch is on ([`GlobalSettings`]). Default `true`.
+    pub critical: bool,
     /// The timeout layer's settings.
     pub timeout: TimeoutSettings,
     /// The circuit breaker's settings.
     pub breaker: BreakerSettings,
+    /// The bulkhead's settings.
+    pub bulkhead: BulkheadSettings,
+    /// The fallback's settings.
+    pub fallback: FallbackSettings,
+}
+
+impl Default for PolicySettings {
+    fn default() -> Self {
+        PolicySettings {
+            kill: false,
+            critical: true,
+            timeout: TimeoutSettings::default(),
+            breaker: BreakerSettings::default(),
+            bulkhead: BulkheadSettings::default(),
+            fallback: FallbackSettings::default(),
+        }
+    }
+}
+
+/// The bulkhead's settings.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BulkheadSettings {
+    /// Calls allowed in flight at once, `1..=1_000_000`; a call beyond it is rejected at
+    /// once (no queue) with `BulkheadFull`. `null` (the default) means no limit.
+    pub max_concurrent: Option<u32>,
+}
+
+/// A fallback tier.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Tier {
+    /// A fixed response, or one built from the request's parts and the error.
+    Static,
+    /// The last good response for the request's key.
+    Cache,
+    /// An alternate service.
+    Service,
+}
+
+impl Tier {
+    /// The tier's name in metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Static => "static",
+            Tier::Cache => "cache",
+            Tier::Service => "service",
+        }
+    }
+}
+
+/// What makes the fallback answer instead of the dependency.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Triggers {
+    /// The breaker rejected the call. Default `true`.
+    pub open: bool,
+    /// The kill switch is on. Default `true`.
+    pub killed: bool,
+    /// The call timed out. Default `true`.
+    pub timeout: bool,
+    /// The bulkhead was full. Default `true`.
+    pub bulkhead: bool,
+    /// The call failed, as classified (an `Err`, or e.g. an HTTP 5xx). Default `true`.
+    pub failure: bool,
+}
+
+impl Default for Triggers {
+    fn default() -> Self {
+        Triggers {
+            open: true,
+            killed: true,
+            timeout: true,
+            bulkhead: true,
+            failure: true,
+        }
+    }
+}
+
+/// The fallback's settings. Which tiers exist is decided in code (a static value needs
+/// code to build it); these settings choose their order and bounds live.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FallbackSettings {
+    /// The order in which tiers are tried; tiers not configured in code are skipped,
+    /// configured tiers not listed are not used. `null` (the default): the order in
+    /// which the code added them.
+    pub tiers: Option<Vec<Tier>>,
+    /// What makes the fallback answer.
+    pub on: Triggers,
+    /// Deadline of the service tier, `1..=3_600_000` ms. Default 1000.
+    pub timeout_ms: u64,
+    /// Service-tier calls in flight at once, `1..=100_000`; beyond it the tier is
+    /// skipped (Hystrix's fallback semaphore). Default 10.
+    pub max_concurrent: u32,
+    /// The cache tier serves nothing older than this, `1..=604_800_000` ms.
+    /// Default 300000 (5 minutes).
+    pub cache_max_stale_ms: u64,
+    /// A key's cached response is refreshed from a success at most this often,
+    /// `0..=3_600_000` ms (0: on every success). Default 1000.
+    pub cache_refresh_ms: u64,
+}
+
+impl Default for FallbackSettings {
+    fn default() -> Self {
+        FallbackSettings {
+            tiers: None,
+            on: Triggers::default(),
+            timeout_ms: 1_000,
+            max_concurrent: 10,
+            cache_max_stale_ms: 300_000,
+            cache_refresh_ms: 1_000,
+        }
+    }
+}
+
+/// Settings of the whole registry rather than of one policy (key `global`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GlobalSettings {
+    /// Kills every non-critical policy (`"critical": false`) at once: they answer from
+    /// their static fallback. Default `false`.
+    pub shed_non_critical: bool,
+}
+
+impl GlobalSettings {
+    /// Deserializes an already parsed JSON value.
+    pub fn from_value(value: serde_json::Value) -> Result<Self, SettingsError> {
+        serde_path_to_error::deserialize(value).map_err(path_error)
+    }
 }
 
 /// The timeout layer's settings.
@@ -243,6 +380,39 @@ impl PolicySettings {
             u64::from(b.half_open_calls),
             1,
             1000,
+        )?;
+        if let Some(n) = self.bulkhead.max_concurrent {
+            range_u64("bulkhead.max_concurrent", u64::from(n), 1, 1_000_000)?;
+        }
+        let f = &self.fallback;
+        if let Some(tiers) = &f.tiers {
+            for (i, t) in tiers.iter().enumerate() {
+                if tiers[..i].contains(t) {
+                    return Err(SettingsError::new(
+                        "fallback.tiers",
+                        format!("`{}` is listed twice", t.as_str()),
+                    ));
+                }
+            }
+        }
+        range_u64("fallback.timeout_ms", f.timeout_ms, 1, 3_600_000)?;
+        range_u64(
+            "fallback.max_concurrent",
+            u64::from(f.max_concurrent),
+            1,
+            100_000,
+        )?;
+        range_u64(
+            "fallback.cache_max_stale_ms",
+            f.cache_max_stale_ms,
+            1,
+            604_800_000,
+        )?;
+        range_u64(
+            "fallback.cache_refresh_ms",
+            f.cache_refresh_ms,
+            0,
+            3_600_000,
         )?;
         Ok(())
     }

@@ -122,7 +122,7 @@ fn a_bad_value_is_rejected_for_its_key_alone() {
     assert_eq!(sub.snapshot().rejected().count(), 0);
     assert_eq!(recs.settings().timeout.ms, Some(60));
     // Unknown keys are refused with a clear error.
-    let err = app.put("switches/x", "{}").unwrap_err();
+    let err = app.put("colours/x", "{}").unwrap_err();
     assert!(err.to_string().contains("not a known key"), "{err}");
     let err = app.put("policies/bad name!", "{}").unwrap_err();
     assert!(err.to_string().contains("not a valid name"), "{err}");
@@ -304,4 +304,54 @@ fn flips_under_concurrent_load_are_seen_by_every_thread() {
             assert!(ok + rejected > 0);
         }
     });
+}
+
+#[test]
+fn shedding_non_critical_kills_them_all_at_once() {
+    let app = InMemorySource::new();
+    let fleet = InMemorySource::shared_defaults();
+    let mut optional = PolicySettings::default();
+    optional.critical = false;
+    let sub = Substation::builder()
+        .policy("recs", optional.clone())
+        .policy("ads", optional)
+        .policy("payments", PolicySettings::default())
+        .source(fleet.clone())
+        .source(app.clone())
+        .build()
+        .unwrap();
+    let (recs, ads, payments) = (
+        sub.policy("recs"),
+        sub.policy("ads"),
+        sub.policy("payments"),
+    );
+    assert!(!recs.is_killed() && !ads.is_killed() && !payments.is_killed());
+    fleet
+        .put("global", r#"{"shed_non_critical": true}"#)
+        .unwrap();
+    assert!(
+        recs.is_killed() && ads.is_killed(),
+        "every non-critical policy is shed"
+    );
+    assert!(!payments.is_killed(), "critical ones are not");
+    assert!(sub.snapshot().global().shed_non_critical);
+    // A policy created later, or one that becomes non-critical, is shed too.
+    app.put("policies/payments", r#"{"critical": false}"#)
+        .unwrap();
+    assert!(payments.is_killed());
+    app.put("global", r#"{"shed_non_critical": false}"#)
+        .unwrap();
+    assert!(
+        !recs.is_killed() && !payments.is_killed(),
+        "the app overrides the fleet"
+    );
+    app.delete("global");
+    assert!(recs.is_killed());
+    fleet.delete("global");
+    assert!(!recs.is_killed());
+    // Each policy's own kill switch.
+    app.put("policies/ads", r#"{"kill": true}"#).unwrap();
+    assert!(ads.is_killed() && !recs.is_killed());
+    let err = app.put("global", r#"{"shed": true}"#).unwrap_err();
+    assert!(err.to_string().contains("unknown field"), "{err}");
 }
