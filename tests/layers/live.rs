@@ -310,8 +310,10 @@ fn flips_under_concurrent_load_are_seen_by_every_thread() {
 fn shedding_non_critical_kills_them_all_at_once() {
     let app = InMemorySource::new();
     let fleet = InMemorySource::shared_defaults();
-    let mut optional = PolicySettings::default();
-    optional.critical = false;
+    let optional = PolicySettings {
+        critical: false,
+        ..Default::default()
+    };
     let sub = Substation::builder()
         .policy("recs", optional.clone())
         .policy("ads", optional)
