@@ -34,12 +34,16 @@
 #![forbid(unsafe_code)]
 
 pub mod breaker;
+pub mod bulkhead;
 pub mod classify;
 pub mod clock;
+pub mod fallback;
+pub mod kill;
 pub mod live;
 pub mod metrics;
 pub mod policy;
 pub mod settings;
+pub mod stack;
 pub mod switch;
 pub mod timeout;
 

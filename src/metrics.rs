@@ -16,7 +16,7 @@
 
 use metrics::{Counter, Gauge, Histogram, Unit};
 
-/// Counter of completed or rejected calls, labelled `policy` and `outcome`
+/// Counter of completed, rejected or killed calls, labelled `policy` and `outcome`
 /// (see the `OUTCOME_*` constants).
 pub const CALLS: &str = "substation_calls_total";
 /// Histogram of call durations in seconds (at the clock's resolution, one millisecond
@@ -45,6 +45,15 @@ pub const OUTCOME_FAILURE: &str = "failure";
 pub const OUTCOME_TIMEOUT: &str = "timeout";
 /// `outcome` label: the call was rejected by an open circuit breaker.
 pub const OUTCOME_REJECTED: &str = "rejected";
+/// `outcome` label: the call was not made: the dependency is killed.
+pub const OUTCOME_KILLED: &str = "killed";
+/// `outcome` label: the call was rejected by a full bulkhead.
+pub const OUTCOME_BULKHEAD_FULL: &str = "bulkhead_full";
+/// Counter of fallback attempts, labelled `policy`, `tier` (`static`, `cache`,
+/// `service`) and `result` (`served`, `failed`).
+pub const FALLBACKS: &str = "substation_fallbacks_total";
+/// Histogram of service-tier fallback durations in seconds, labelled `policy`.
+pub const FALLBACK_DURATION: &str = "substation_fallback_duration_seconds";
 
 /// Describes every metric to the installed recorder (units and help texts).
 pub fn describe() {
@@ -79,6 +88,16 @@ pub fn describe() {
         "Failed attempts to reach a settings store."
     );
     metrics::describe_counter!(
+        FALLBACKS,
+        Unit::Count,
+        "Fallback attempts, by tier and result."
+    );
+    metrics::describe_histogram!(
+        FALLBACK_DURATION,
+        Unit::Seconds,
+        "Duration of service-tier fallbacks."
+    );
+    metrics::describe_counter!(
         SETTINGS_REJECTED,
         Unit::Count,
         "Settings values rejected by validation; the last good value stays in force."
@@ -92,6 +111,8 @@ pub(crate) struct PolicyMetrics {
     pub(crate) failure: Counter,
     pub(crate) timeout: Counter,
     pub(crate) rejected: Counter,
+    pub(crate) killed: Counter,
+    pub(crate) bulkhead_full: Counter,
     pub(crate) duration: Histogram,
     pub(crate) state: Gauge,
     pub(crate) to_open: Counter,
@@ -109,6 +130,8 @@ impl PolicyMetrics {
             failure: calls(OUTCOME_FAILURE),
             timeout: calls(OUTCOME_TIMEOUT),
             rejected: calls(OUTCOME_REJECTED),
+            killed: calls(OUTCOME_KILLED),
+            bulkhead_full: calls(OUTCOME_BULKHEAD_FULL),
             duration: metrics::histogram!(CALL_DURATION, "policy" => p.clone()),
             state: metrics::gauge!(BREAKER_STATE, "policy" => p.clone()),
             to_open: to("open"),

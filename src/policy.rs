@@ -49,6 +49,8 @@ pub(crate) struct PolicyCore {
     pub(crate) metrics: PolicyMetrics,
     /// Killed by the registry's `shed_non_critical` (a non-critical policy).
     pub(crate) shed: AtomicBool,
+    /// Calls in flight through the bulkhead.
+    pub(crate) inflight: AtomicU32,
 }
 
 impl PolicyCore {
@@ -81,6 +83,7 @@ fn acquire(name: &str, settings: PolicySettings) -> (&'static PolicyCore, u32) {
             breaker: BreakerCore::new(),
             metrics: PolicyMetrics::new(name),
             shed: AtomicBool::new(false),
+            inflight: AtomicU32::new(0),
         })),
     };
     core.metrics.state.set(0.0);
@@ -182,6 +185,11 @@ impl Policy {
 
     pub(crate) fn set_shed(&self, shed: bool) {
         self.owner.core.shed.store(shed, Ordering::Relaxed);
+    }
+
+    /// Calls in flight through the policy's bulkhead now.
+    pub fn in_flight(&self) -> u32 {
+        self.owner.core.inflight.load(Ordering::Relaxed)
     }
 
     /// The breaker's state.

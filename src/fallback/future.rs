@@ -1,0 +1,413 @@
+//! The fallback's response future: the call, then the tiers in order.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use pin_project_lite::pin_project;
+use tower::ServiceExt;
+
+use super::error::{FailedResponse, FallbackBusy, FallbackFailed, NoRequest};
+use super::tiers::{Order, Tiers};
+use crate::BoxError;
+use crate::breaker::error::OpenCircuit;
+use crate::bulkhead::BulkheadFull;
+use crate::classify::{Classify, Outcome};
+use crate::clock::Clock;
+use crate::kill::Killed;
+use crate::policy::PolicyCore;
+use crate::settings::{PolicySettings, Tier};
+use crate::timeout::error::Elapsed;
+
+/// What every future of one fallback layer shares: `Copy`, no reference count.
+pub(crate) struct Ctx<Req: 'static, Resp: 'static, P: 'static> {
+    pub(crate) tiers: &'static Tiers<Req, Resp, P>,
+    pub(crate) core: &'static PolicyCore,
+    pub(crate) clock: Clock,
+}
+
+impl<Req: 'static, Resp: 'static, P: 'static> Clone for Ctx<Req, Resp, P> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<Req: 'static, Resp: 'static, P: 'static> Copy for Ctx<Req, Resp, P> {}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// A service-tier call in flight, with its deadline and its concurrency slot.
+struct Running<Resp> {
+    fut: BoxFuture<Result<Resp, BoxError>>,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    started: u64,
+    slot: &'static std::sync::atomic::AtomicU32,
+}
+
+impl<Resp> Drop for Running<Resp> {
+    fn drop(&mut self) {
+        self.slot.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Where the tiers stand after the dependency failed.
+pub(crate) struct Progress<Req, Resp, P> {
+    parts: P,
+    spare: Option<Req>,
+    /// What failed: an error, or a response classified as a failure.
+    original: Result<Resp, BoxError>,
+    errors: Vec<(Tier, BoxError)>,
+    order: Order,
+    next: usize,
+    running: Option<Running<Resp>>,
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F, Req, Resp, P> {
+        Primary {
+            #[pin]
+            fut: F,
+            parts: Option<P>,
+            spare: Option<Req>,
+        },
+        Fallback {
+            progress: Box<Progress<Req, Resp, P>>,
+        },
+        Ready {
+            resp: Option<Resp>,
+        },
+        Done,
+    }
+}
+
+pin_project! {
+    /// The response future of [`FallbackService`](super::FallbackService).
+    pub struct ResponseFuture<F, Req: 'static, Resp: 'static, P: 'static, C> {
+        #[pin]
+        state: State<F, Req, Resp, P>,
+        ctx: Ctx<Req, Resp, P>,
+        classify: C,
+    }
+}
+
+impl<F, Req: 'static, Resp: 'static, P: 'static, C> std::fmt::Debug
+    for ResponseFuture<F, Req, Resp, P, C>
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("policy", &self.ctx.core.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F, Req: 'static, Resp: 'static, P: 'static, C> ResponseFuture<F, Req, Resp, P, C> {
+    #[inline]
+    pub(crate) fn primary(
+        ctx: Ctx<Req, Resp, P>,
+        classify: C,
+        fut: F,
+        parts: P,
+        spare: Option<Req>,
+    ) -> Self {
+        ResponseFuture {
+            state: State::Primary {
+                fut,
+                parts: Some(parts),
+                spare,
+            },
+            ctx,
+            classify,
+        }
+    }
+
+    /// The dependency is killed: the fallback answers without calling it.
+    #[inline]
+    pub(crate) fn killed(
+        ctx: Ctx<Req, Resp, P>,
+        classify: C,
+        settings: &PolicySettings,
+        parts: P,
+        req: Req,
+    ) -> Self {
+        let order = if settings.fallback.on.killed || !settings.critical {
+            ctx.tiers.order(&settings.fallback, settings.critical)
+        } else {
+            Order::default()
+        };
+        let original = Err(Killed(()).into());
+        let state = match fast_tiers(ctx, order, &parts, &original, settings) {
+            Some(resp) => State::Ready { resp: Some(resp) },
+            None => State::Fallback {
+                progress: Box::new(Progress::new(order, parts, Some(req), original)),
+            },
+        };
+        ResponseFuture {
+            state,
+            ctx,
+            classify,
+        }
+    }
+}
+
+impl<Req, Resp, P> Progress<Req, Resp, P> {
+    fn new(order: Order, parts: P, spare: Option<Req>, original: Result<Resp, BoxError>) -> Self {
+        Progress {
+            parts,
+            spare,
+            original,
+            errors: Vec::new(),
+            order,
+            next: 0,
+            running: None,
+        }
+    }
+}
+
+/// The tiers to try for this failure: none unless the settings say it calls for the
+/// fallback (a non-critical dependency always falls back).
+#[inline]
+fn order_for<Req, Resp, P>(
+    tiers: &Tiers<Req, Resp, P>,
+    original: &Result<Resp, BoxError>,
+    s: &PolicySettings,
+) -> Order {
+    let on = &s.fallback.on;
+    let triggered = !s.critical
+        || match original {
+            Ok(_) => on.failure,
+            // The common case, every trigger on, needs no look at the error.
+            Err(_) if on.open && on.killed && on.bulkhead && on.timeout && on.failure => true,
+            Err(e) => triggers(e, s),
+        };
+    if triggered {
+        tiers.order(&s.fallback, s.critical)
+    } else {
+        Order::default()
+    }
+}
+
+/// Whether the settings say this error calls for the fallback.
+#[cold]
+fn triggers(e: &BoxError, s: &PolicySettings) -> bool {
+    let on = &s.fallback.on;
+    if e.is::<OpenCircuit>() {
+        on.open
+    } else if e.is::<Killed>() {
+        on.killed
+    } else if e.is::<BulkheadFull>() {
+        on.bulkhead
+    } else if e.is::<Elapsed>() {
+        on.timeout
+    } else {
+        on.failure
+    }
+}
+
+impl<F, Req, Resp, P, C, E> Future for ResponseFuture<F, Req, Resp, P, C>
+where
+    F: Future<Output = Result<Resp, E>>,
+    E: Into<BoxError>,
+    C: Classify<Resp, BoxError>,
+    Req: Send + 'static,
+    Resp: Send + 'static,
+    P: Send + 'static,
+{
+    type Output = Result<Resp, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let ctx = *this.ctx;
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Primary { fut, parts, spare } => {
+                    let result = ready!(fut.poll(cx)).map_err(Into::into);
+                    let outcome = this.classify.classify(&result);
+                    if outcome == Outcome::Success {
+                        if let (Ok(resp), Some(cache), Some(parts)) =
+                            (&result, &ctx.tiers.cache, parts.as_ref())
+                        {
+                            let refresh = ctx.core.settings.load().fallback.cache_refresh_ms;
+                            cache.fill(parts, resp, ctx.clock.now_ms(), refresh);
+                        }
+                        this.state.set(State::Done);
+                        return Poll::Ready(result);
+                    }
+                    let Some(parts) = parts.take() else {
+                        return Poll::Ready(result); // polled again after a panic: give up
+                    };
+                    let spare = spare.take();
+                    let settings = ctx.core.settings.load();
+                    let order = order_for(ctx.tiers, &result, &settings);
+                    if let Some(resp) = fast_tiers(ctx, order, &parts, &result, &settings) {
+                        this.state.set(State::Done);
+                        return Poll::Ready(Ok(resp));
+                    }
+                    this.state.set(State::Fallback {
+                        progress: Box::new(Progress::new(order, parts, spare, result)),
+                    });
+                }
+                StateProj::Fallback { progress } => {
+                    let out = ready!(poll_tiers(progress, ctx, cx));
+                    this.state.set(State::Done);
+                    return Poll::Ready(out);
+                }
+                StateProj::Ready { resp } => {
+                    let out = resp.take();
+                    this.state.set(State::Done);
+                    if let Some(resp) = out {
+                        return Poll::Ready(Ok(resp));
+                    }
+                    panic!("ResponseFuture polled after completion");
+                }
+                StateProj::Done => panic!("ResponseFuture polled after completion"),
+            }
+        }
+    }
+}
+
+/// The synchronous tier at the head of the order, answered without allocating: a
+/// static tier, or a cache hit. `None` when the full walk is needed.
+#[inline]
+fn fast_tiers<Req, Resp, P>(
+    ctx: Ctx<Req, Resp, P>,
+    order: Order,
+    parts: &P,
+    original: &Result<Resp, BoxError>,
+    settings: &PolicySettings,
+) -> Option<Resp> {
+    let tiers = ctx.tiers;
+    match order.get(0)? {
+        Tier::Static => {
+            let build = tiers.static_fn.as_ref()?;
+            let failed: BoxError;
+            let cause = match original {
+                Err(e) => e,
+                Ok(_) => {
+                    failed = Box::new(FailedResponse(()));
+                    &failed
+                }
+            };
+            let resp = build(parts, cause);
+            tiers.tier_metrics(Tier::Static).served.increment(1);
+            Some(resp)
+        }
+        Tier::Cache => {
+            let cache = tiers.cache.as_ref()?;
+            let max_stale = settings.fallback.cache_max_stale_ms;
+            let resp = cache.get(parts, ctx.clock.now_ms(), max_stale).ok()?;
+            tiers.tier_metrics(Tier::Cache).served.increment(1);
+            Some(resp)
+        }
+        Tier::Service => None,
+    }
+}
+
+fn poll_tiers<Req: 'static, Resp: 'static, P: 'static>(
+    p: &mut Progress<Req, Resp, P>,
+    ctx: Ctx<Req, Resp, P>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<Resp, BoxError>>
+where
+    Req: Send + 'static,
+    Resp: Send + 'static,
+{
+    let tiers = ctx.tiers;
+    loop {
+        if let Some(run) = &mut p.running {
+            let m = tiers.tier_metrics(Tier::Service);
+            let outcome = match run.fut.as_mut().poll(cx) {
+                Poll::Ready(r) => r,
+                Poll::Pending => match run.deadline.as_mut().poll(cx) {
+                    Poll::Ready(()) => Err(Elapsed::new().into()),
+                    Poll::Pending => return Poll::Pending,
+                },
+            };
+            let took = ctx.clock.now_ms().saturating_sub(run.started);
+            tiers.service_duration.record(took as f64 * 1e-3);
+            p.running = None;
+            match outcome {
+                Ok(resp) => {
+                    m.served.increment(1);
+                    return Poll::Ready(Ok(resp));
+                }
+                Err(e) => {
+                    m.failed.increment(1);
+                    p.errors.push((Tier::Service, e));
+                }
+            }
+        }
+        let Some(tier) = p.order.get(p.next) else {
+            return Poll::Ready(all_failed(p));
+        };
+        p.next += 1;
+        let m = tiers.tier_metrics(tier);
+        match tier {
+            Tier::Static => {
+                if let Some(build) = &tiers.static_fn {
+                    let failed: BoxError;
+                    let cause = match &p.original {
+                        Err(e) => e,
+                        Ok(_) => {
+                            failed = Box::new(FailedResponse(()));
+                            &failed
+                        }
+                    };
+                    let resp = build(&p.parts, cause);
+                    m.served.increment(1);
+                    return Poll::Ready(Ok(resp));
+                }
+            }
+            Tier::Cache => {
+                if let Some(cache) = &tiers.cache {
+                    let max_stale = ctx.core.settings.load().fallback.cache_max_stale_ms;
+                    match cache.get(&p.parts, ctx.clock.now_ms(), max_stale) {
+                        Ok(resp) => {
+                            m.served.increment(1);
+                            return Poll::Ready(Ok(resp));
+                        }
+                        Err(e) => {
+                            m.failed.increment(1);
+                            p.errors.push((Tier::Cache, e));
+                        }
+                    }
+                }
+            }
+            Tier::Service => {
+                let Some(st) = &tiers.service else { continue };
+                let Some(req) = p.spare.take() else {
+                    m.failed.increment(1);
+                    p.errors.push((Tier::Service, NoRequest(()).into()));
+                    continue;
+                };
+                let f = ctx.core.settings.load().fallback.clone();
+                if st.in_flight.fetch_add(1, Ordering::AcqRel) >= f.max_concurrent {
+                    st.in_flight.fetch_sub(1, Ordering::AcqRel);
+                    m.failed.increment(1);
+                    p.errors.push((Tier::Service, FallbackBusy(()).into()));
+                    continue;
+                }
+                p.running = Some(Running {
+                    fut: Box::pin(st.service.clone().oneshot(req)),
+                    deadline: Box::pin(tokio::time::sleep(Duration::from_millis(f.timeout_ms))),
+                    started: ctx.clock.now_ms(),
+                    slot: &st.in_flight,
+                });
+            }
+        }
+    }
+}
+
+fn all_failed<Req: 'static, Resp: 'static, P: 'static>(
+    p: &mut Progress<Req, Resp, P>,
+) -> Result<Resp, BoxError> {
+    let original = std::mem::replace(&mut p.original, Err(FailedResponse(()).into()));
+    let errors = std::mem::take(&mut p.errors);
+    match original {
+        Ok(resp) => Ok(resp),
+        Err(e) if errors.is_empty() => Err(e),
+        Err(e) => Err(FallbackFailed::new(e, errors).into()),
+    }
+}

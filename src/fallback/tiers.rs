@@ -1,0 +1,190 @@
+//! The configured tiers: what each needs and how it answers.
+
+use std::hash::{BuildHasher, Hash};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use metrics::{Counter, Histogram};
+use tower::util::BoxCloneSyncService;
+
+use super::error::NoCachedResponse;
+use crate::BoxError;
+use crate::settings::{FallbackSettings, Tier};
+
+pub(crate) type StaticFn<P, Resp> = Box<dyn Fn(&P, &BoxError) -> Resp + Send + Sync>;
+pub(crate) type CloneFn<Req> = Box<dyn Fn(&Req) -> Option<Req> + Send + Sync>;
+
+/// The cache tier, erased over its key type.
+pub(crate) trait CacheTier<P, Resp>: Send + Sync {
+    /// The response cached for `parts`, unless older than `max_stale_ms`.
+    fn get(&self, parts: &P, now: u64, max_stale_ms: u64) -> Result<Resp, BoxError>;
+    /// Stores a good response, at most once per `refresh_ms` per key.
+    fn fill(&self, parts: &P, resp: &Resp, now: u64, refresh_ms: u64);
+}
+
+/// Slots of the lossy "when was this key last refreshed" table.
+const RECENT_SLOTS: usize = 4096;
+
+pub(crate) struct KeyedCache<P, Resp> {
+    cache: quick_cache::sync::Cache<P, (u64, Resp)>,
+    /// Per key-hash slot, when it was last written: bounds refreshes without a lookup.
+    recent: Box<[AtomicU64]>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl<P, Resp> KeyedCache<P, Resp>
+where
+    P: Hash + Eq + Clone + Send + Sync + 'static,
+    Resp: Clone + Send + Sync + 'static,
+{
+    pub(crate) fn new(capacity: usize) -> Self {
+        KeyedCache {
+            cache: quick_cache::sync::Cache::new(capacity.max(1)),
+            recent: (0..RECENT_SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            hasher: Default::default(),
+        }
+    }
+}
+
+impl<P, Resp> CacheTier<P, Resp> for KeyedCache<P, Resp>
+where
+    P: Hash + Eq + Clone + Send + Sync + 'static,
+    Resp: Clone + Send + Sync + 'static,
+{
+    fn get(&self, parts: &P, now: u64, max_stale_ms: u64) -> Result<Resp, BoxError> {
+        match self.cache.get(parts) {
+            Some((at, resp)) if now.saturating_sub(at) <= max_stale_ms => Ok(resp),
+            _ => Err(NoCachedResponse(()).into()),
+        }
+    }
+
+    #[inline]
+    fn fill(&self, parts: &P, resp: &Resp, now: u64, refresh_ms: u64) {
+        let slot = &self.recent[self.hasher.hash_one(parts) as usize % RECENT_SLOTS];
+        let last = slot.load(Ordering::Relaxed);
+        if refresh_ms != 0 && last != 0 && now.saturating_sub(last) < refresh_ms {
+            return;
+        }
+        slot.store(now, Ordering::Relaxed);
+        self.cache.insert(parts.clone(), (now, resp.clone()));
+    }
+}
+
+pub(crate) struct ServiceTier<Req, Resp> {
+    pub(crate) service: BoxCloneSyncService<Req, Resp, BoxError>,
+    pub(crate) clone_request: CloneFn<Req>,
+    pub(crate) in_flight: AtomicU32,
+}
+
+pub(crate) struct TierMetrics {
+    pub(crate) served: Counter,
+    pub(crate) failed: Counter,
+}
+
+impl TierMetrics {
+    fn new(policy: &str, tier: Tier) -> Self {
+        let f = |result: &'static str| metrics::counter!(crate::metrics::FALLBACKS, "policy" => policy.to_owned(), "tier" => tier.as_str(), "result" => result);
+        TierMetrics {
+            served: f("served"),
+            failed: f("failed"),
+        }
+    }
+}
+
+/// Everything the fallback needs, shared by every service and future of one layer.
+pub(crate) struct Tiers<Req, Resp, P> {
+    pub(crate) parts: Box<dyn Fn(&Req) -> P + Send + Sync>,
+    /// The tiers in the order the code added them.
+    pub(crate) added: Vec<Tier>,
+    pub(crate) static_fn: Option<StaticFn<P, Resp>>,
+    pub(crate) cache: Option<Box<dyn CacheTier<P, Resp>>>,
+    pub(crate) service: Option<ServiceTier<Req, Resp>>,
+    pub(crate) metrics: [TierMetrics; 3],
+    pub(crate) service_duration: Histogram,
+    default_order: Order,
+    static_order: Order,
+}
+
+impl<Req, Resp, P> Tiers<Req, Resp, P> {
+    pub(crate) fn new(parts: Box<dyn Fn(&Req) -> P + Send + Sync>) -> Self {
+        Tiers {
+            parts,
+            added: Vec::new(),
+            static_fn: None,
+            cache: None,
+            service: None,
+            metrics: [Tier::Static, Tier::Cache, Tier::Service].map(|t| TierMetrics::new("", t)),
+            service_duration: Histogram::noop(),
+            default_order: Order::default(),
+            static_order: Order::default(),
+        }
+    }
+
+    /// Registers the metric handles under the policy's name (when the layer is built).
+    pub(crate) fn name_metrics(&mut self, policy: &str) {
+        self.metrics =
+            [Tier::Static, Tier::Cache, Tier::Service].map(|t| TierMetrics::new(policy, t));
+        self.service_duration =
+            metrics::histogram!(crate::metrics::FALLBACK_DURATION, "policy" => policy.to_owned());
+    }
+
+    pub(crate) fn tier_metrics(&self, tier: Tier) -> &TierMetrics {
+        &self.metrics[match tier {
+            Tier::Static => 0,
+            Tier::Cache => 1,
+            Tier::Service => 2,
+        }]
+    }
+
+    /// The tiers to try, in order: the settings' order, or the code's; only configured
+    /// tiers; a non-critical dependency uses its static tier alone.
+    #[inline]
+    pub(crate) fn order(&self, s: &FallbackSettings, critical: bool) -> Order {
+        match (&s.tiers, critical) {
+            (None, true) => self.default_order,
+            (None, false) => self.static_order,
+            (Some(wanted), _) => self.compute_order(wanted, critical),
+        }
+    }
+
+    /// Precomputes the orders used when the settings name none.
+    pub(crate) fn seal(&mut self) {
+        self.default_order = self.compute_order(&self.added.clone(), true);
+        self.static_order = self.compute_order(&self.added.clone(), false);
+    }
+
+    fn compute_order(&self, wanted: &[Tier], critical: bool) -> Order {
+        let mut order = Order::default();
+        for &t in wanted {
+            let configured = match t {
+                Tier::Static => self.static_fn.is_some(),
+                Tier::Cache => self.cache.is_some(),
+                Tier::Service => self.service.is_some(),
+            };
+            if configured && (critical || t == Tier::Static) && self.added.contains(&t) {
+                order.push(t);
+            }
+        }
+        order
+    }
+}
+
+/// Up to three tiers, in the order to try them.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Order {
+    tiers: [Option<Tier>; 3],
+    len: u8,
+}
+
+impl Order {
+    fn push(&mut self, t: Tier) {
+        if (self.len as usize) < 3 {
+            self.tiers[self.len as usize] = Some(t);
+            self.len += 1;
+        }
+    }
+
+    #[inline]
+    pub(crate) fn get(&self, i: usize) -> Option<Tier> {
+        self.tiers.get(i).copied().flatten()
+    }
+}
