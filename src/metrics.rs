@@ -54,6 +54,12 @@ pub const OUTCOME_BULKHEAD_FULL: &str = "bulkhead_full";
 pub const FALLBACKS: &str = "substation_fallbacks_total";
 /// Histogram of service-tier fallback durations in seconds, labelled `policy`.
 pub const FALLBACK_DURATION: &str = "substation_fallback_duration_seconds";
+/// Counter of switch evaluations, labelled `switch` and `result` (`on`, `off`, or the
+/// variant's name). Counted exactly in per-thread stripes and pushed here in steps of
+/// 1024 per stripe, so it may trail the exact count (`Switch::evaluations`) by a little.
+pub const SWITCH_EVALUATIONS: &str = "substation_switch_evaluations_total";
+/// Counter of changes of a switch's value, labelled `switch`.
+pub const SWITCH_CHANGES: &str = "substation_switch_changes_total";
 
 /// Describes every metric to the installed recorder (units and help texts).
 pub fn describe() {
@@ -101,6 +107,16 @@ pub fn describe() {
         SETTINGS_REJECTED,
         Unit::Count,
         "Settings values rejected by validation; the last good value stays in force."
+    );
+    metrics::describe_counter!(
+        SWITCH_EVALUATIONS,
+        Unit::Count,
+        "Feature switch evaluations, by result (batched per thread stripe)."
+    );
+    metrics::describe_counter!(
+        SWITCH_CHANGES,
+        Unit::Count,
+        "Changes of a feature switch's value."
     );
 }
 
