@@ -157,3 +157,58 @@ fn memory_stays_flat_across_a_million_breaker_cycles() {
     );
     assert_eq!(allocs() - count, 0, "allocations during 1,000,000 cycles");
 }
+
+#[test]
+fn the_policy_stack_allocates_nothing_when_ready_open_or_killed() {
+    use substation::fallback::Fallback;
+    use substation::stack::PolicyLayer;
+    let mut s = PolicySettings::default();
+    s.bulkhead.max_concurrent = Some(100);
+    s.breaker.open_ms = 3_600_000;
+    s.breaker.open_max_ms = 3_600_000;
+    let count = |svc: &mut dyn FnMut(u32) -> u32, expect: u32| {
+        for i in 0..100 {
+            assert_eq!(svc(i), expect); // warm up
+        }
+        let before = allocs();
+        for i in 0..10_000 {
+            assert_eq!(svc(i), expect);
+        }
+        allocs() - before
+    };
+
+    let policy = Policy::new("alloc-stack-ready", s.clone()).unwrap();
+    let mut ready = PolicyLayer::new(&policy)
+        .fallback(Fallback::new().static_value(7u32))
+        .layer(ok_service());
+    assert_eq!(
+        count(&mut |_| call_now(&mut ready, 1).unwrap(), 1),
+        0,
+        "ready"
+    );
+
+    let policy = Policy::new("alloc-stack-open", s.clone()).unwrap();
+    let layer = PolicyLayer::new(&policy).fallback(Fallback::new().static_value(7u32));
+    let mut tripper = layer.layer(failing_service());
+    for i in 0..20 {
+        call_now(&mut tripper, i).unwrap();
+    }
+    assert_eq!(policy.breaker_state(), BreakerState::Open);
+    let mut open = layer.layer(ok_service());
+    assert_eq!(
+        count(&mut |i| call_now(&mut open, i).unwrap(), 7),
+        0,
+        "open + static"
+    );
+
+    s.kill = true;
+    let policy = Policy::new("alloc-stack-killed", s).unwrap();
+    let mut killed = PolicyLayer::new(&policy)
+        .fallback(Fallback::new().static_value(7u32))
+        .layer(ok_service());
+    assert_eq!(
+        count(&mut |i| call_now(&mut killed, i).unwrap(), 7),
+        0,
+        "killed + static"
+    );
+}

@@ -147,6 +147,20 @@ impl BreakerCore {
         }
     }
 
+    /// Whether a call would be rejected now without a state change: forced open, or
+    /// open and not yet due for a trial. (Half-open is left to [`Self::admit`].)
+    #[inline]
+    pub(crate) fn rejects_now(&self, mode: BreakerMode, clock: &Clock) -> bool {
+        match mode {
+            BreakerMode::ForceOpen => true,
+            BreakerMode::Normal => {
+                let w = self.word.load(Acquire);
+                w & STATE_MASK == OPEN && clock.now_ms() < w >> PAYLOAD_SHIFT
+            }
+            BreakerMode::ForceClosed | BreakerMode::MetricsOnly => false,
+        }
+    }
+
     /// Decides whether a call may go through.
     pub(crate) fn admit(&self, now: u64, s: &BreakerSettings, ctx: &Ctx<'_>) -> Admission {
         match s.mode {

@@ -171,10 +171,13 @@ where
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         if !matches!(self.state, State::Ready(_)) {
             let max = self.settings.load().bulkhead.max_concurrent;
-            self.state = match Slot::acquire(self.core, max) {
-                Ok(slot) => State::Ready(slot),
-                Err(()) => return Poll::Ready(Ok(self.state = State::Full)),
-            };
+            match Slot::acquire(self.core, max) {
+                Ok(slot) => self.state = State::Ready(slot),
+                Err(()) => {
+                    self.state = State::Full;
+                    return Poll::Ready(Ok(()));
+                }
+            }
         }
         self.inner.poll_ready(cx).map_err(Into::into)
     }

@@ -38,6 +38,79 @@ impl<Req: 'static, Resp: 'static, P: 'static> Copy for Ctx<Req, Resp, P> {}
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
+/// What a call needs of the live settings, taken from the service's cached copy when
+/// the call starts: the future never loads the settings itself on the fast paths.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Plan {
+    /// The tiers to try when the fallback is triggered.
+    order: Order,
+    critical: bool,
+    /// `fallback.on` as bits: open, killed, bulkhead, timeout, failure.
+    on: u8,
+    refresh_ms: u64,
+    max_stale_ms: u64,
+}
+
+const ON_OPEN: u8 = 1;
+const ON_KILLED: u8 = 2;
+const ON_BULKHEAD: u8 = 4;
+const ON_TIMEOUT: u8 = 8;
+const ON_FAILURE: u8 = 16;
+const ON_ALL: u8 = 31;
+
+impl Plan {
+    #[inline]
+    pub(crate) fn new<Req, Resp, P>(tiers: &Tiers<Req, Resp, P>, s: &PolicySettings) -> Plan {
+        let f = &s.fallback;
+        let on = f.on.open as u8 * ON_OPEN
+            | f.on.killed as u8 * ON_KILLED
+            | f.on.bulkhead as u8 * ON_BULKHEAD
+            | f.on.timeout as u8 * ON_TIMEOUT
+            | f.on.failure as u8 * ON_FAILURE;
+        Plan {
+            order: tiers.order(f, s.critical),
+            critical: s.critical,
+            on,
+            refresh_ms: f.cache_refresh_ms,
+            max_stale_ms: f.cache_max_stale_ms,
+        }
+    }
+
+    /// The tiers to try for this failure: none unless the settings say it calls for
+    /// the fallback (a non-critical dependency always falls back).
+    #[inline]
+    fn order_for<Resp>(&self, original: &Result<Resp, BoxError>) -> Order {
+        let triggered = !self.critical
+            || match original {
+                Ok(_) => self.on & ON_FAILURE != 0,
+                // The common case, every trigger on, needs no look at the error.
+                Err(_) if self.on == ON_ALL => true,
+                Err(e) => self.on & trigger_bit(e) != 0,
+            };
+        if triggered {
+            self.order
+        } else {
+            Order::default()
+        }
+    }
+}
+
+/// Which `fallback.on` trigger this error is.
+#[cold]
+fn trigger_bit(e: &BoxError) -> u8 {
+    if e.is::<OpenCircuit>() {
+        ON_OPEN
+    } else if e.is::<Killed>() {
+        ON_KILLED
+    } else if e.is::<BulkheadFull>() {
+        ON_BULKHEAD
+    } else if e.is::<Elapsed>() {
+        ON_TIMEOUT
+    } else {
+        ON_FAILURE
+    }
+}
+
 /// A service-tier call in flight, with its deadline and its concurrency slot.
 struct Running<Resp> {
     fut: BoxFuture<Result<Resp, BoxError>>,
@@ -89,6 +162,7 @@ pin_project! {
         #[pin]
         state: State<F, Req, Resp, P>,
         ctx: Ctx<Req, Resp, P>,
+        plan: Plan,
         classify: C,
     }
 }
@@ -108,6 +182,7 @@ impl<F, Req: 'static, Resp: 'static, P: 'static, C> ResponseFuture<F, Req, Resp,
     pub(crate) fn primary(
         ctx: Ctx<Req, Resp, P>,
         classify: C,
+        plan: Plan,
         fut: F,
         parts: P,
         spare: Option<Req>,
@@ -119,26 +194,27 @@ impl<F, Req: 'static, Resp: 'static, P: 'static, C> ResponseFuture<F, Req, Resp,
                 spare,
             },
             ctx,
+            plan,
             classify,
         }
     }
 
-    /// The dependency is killed: the fallback answers without calling it.
+    /// The dependency is not called (killed, or its breaker open): the fallback answers.
     #[inline]
-    pub(crate) fn killed(
+    pub(crate) fn short(
         ctx: Ctx<Req, Resp, P>,
         classify: C,
-        settings: &PolicySettings,
+        plan: Plan,
         parts: P,
         req: Req,
+        why: super::Short,
     ) -> Self {
-        let order = if settings.fallback.on.killed || !settings.critical {
-            ctx.tiers.order(&settings.fallback, settings.critical)
-        } else {
-            Order::default()
+        let original: Result<Resp, BoxError> = match why {
+            super::Short::Killed => Err(Killed(()).into()),
+            _ => Err(OpenCircuit::new().into()),
         };
-        let original = Err(Killed(()).into());
-        let state = match fast_tiers(ctx, order, &parts, &original, settings) {
+        let order = plan.order_for(&original);
+        let state = match fast_tiers(ctx, plan, order, &parts, &original) {
             Some(resp) => State::Ready { resp: Some(resp) },
             None => State::Fallback {
                 progress: Box::new(Progress::new(order, parts, Some(req), original)),
@@ -147,6 +223,7 @@ impl<F, Req: 'static, Resp: 'static, P: 'static, C> ResponseFuture<F, Req, Resp,
         ResponseFuture {
             state,
             ctx,
+            plan,
             classify,
         }
     }
@@ -166,46 +243,6 @@ impl<Req, Resp, P> Progress<Req, Resp, P> {
     }
 }
 
-/// The tiers to try for this failure: none unless the settings say it calls for the
-/// fallback (a non-critical dependency always falls back).
-#[inline]
-fn order_for<Req, Resp, P>(
-    tiers: &Tiers<Req, Resp, P>,
-    original: &Result<Resp, BoxError>,
-    s: &PolicySettings,
-) -> Order {
-    let on = &s.fallback.on;
-    let triggered = !s.critical
-        || match original {
-            Ok(_) => on.failure,
-            // The common case, every trigger on, needs no look at the error.
-            Err(_) if on.open && on.killed && on.bulkhead && on.timeout && on.failure => true,
-            Err(e) => triggers(e, s),
-        };
-    if triggered {
-        tiers.order(&s.fallback, s.critical)
-    } else {
-        Order::default()
-    }
-}
-
-/// Whether the settings say this error calls for the fallback.
-#[cold]
-fn triggers(e: &BoxError, s: &PolicySettings) -> bool {
-    let on = &s.fallback.on;
-    if e.is::<OpenCircuit>() {
-        on.open
-    } else if e.is::<Killed>() {
-        on.killed
-    } else if e.is::<BulkheadFull>() {
-        on.bulkhead
-    } else if e.is::<Elapsed>() {
-        on.timeout
-    } else {
-        on.failure
-    }
-}
-
 impl<F, Req, Resp, P, C, E> Future for ResponseFuture<F, Req, Resp, P, C>
 where
     F: Future<Output = Result<Resp, E>>,
@@ -220,6 +257,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         let ctx = *this.ctx;
+        let plan = *this.plan;
         loop {
             match this.state.as_mut().project() {
                 StateProj::Primary { fut, parts, spare } => {
@@ -229,8 +267,7 @@ where
                         if let (Ok(resp), Some(cache), Some(parts)) =
                             (&result, &ctx.tiers.cache, parts.as_ref())
                         {
-                            let refresh = ctx.core.settings.load().fallback.cache_refresh_ms;
-                            cache.fill(parts, resp, ctx.clock.now_ms(), refresh);
+                            cache.fill(parts, resp, ctx.clock.now_ms(), plan.refresh_ms);
                         }
                         this.state.set(State::Done);
                         return Poll::Ready(result);
@@ -239,9 +276,8 @@ where
                         return Poll::Ready(result); // polled again after a panic: give up
                     };
                     let spare = spare.take();
-                    let settings = ctx.core.settings.load();
-                    let order = order_for(ctx.tiers, &result, &settings);
-                    if let Some(resp) = fast_tiers(ctx, order, &parts, &result, &settings) {
+                    let order = plan.order_for(&result);
+                    if let Some(resp) = fast_tiers(ctx, plan, order, &parts, &result) {
                         this.state.set(State::Done);
                         return Poll::Ready(Ok(resp));
                     }
@@ -273,10 +309,10 @@ where
 #[inline]
 fn fast_tiers<Req, Resp, P>(
     ctx: Ctx<Req, Resp, P>,
+    plan: Plan,
     order: Order,
     parts: &P,
     original: &Result<Resp, BoxError>,
-    settings: &PolicySettings,
 ) -> Option<Resp> {
     let tiers = ctx.tiers;
     match order.get(0)? {
@@ -296,8 +332,9 @@ fn fast_tiers<Req, Resp, P>(
         }
         Tier::Cache => {
             let cache = tiers.cache.as_ref()?;
-            let max_stale = settings.fallback.cache_max_stale_ms;
-            let resp = cache.get(parts, ctx.clock.now_ms(), max_stale).ok()?;
+            let resp = cache
+                .get(parts, ctx.clock.now_ms(), plan.max_stale_ms)
+                .ok()?;
             tiers.tier_metrics(Tier::Cache).served.increment(1);
             Some(resp)
         }

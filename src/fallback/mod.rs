@@ -243,7 +243,7 @@ impl<S, Req: 'static, Resp: 'static, P: 'static, C: Clone> Layer<S>
             settings: Cache::new(&core.settings),
             core,
             clock: *self.policy.clock(),
-            killed: false,
+            short: Short::No,
             _policy: self.policy.clone(),
             _types: PhantomData,
         }
@@ -259,9 +259,18 @@ pub struct FallbackService<S, Req: 'static, Resp: 'static, P: 'static, C = Error
     settings: SettingsCache,
     core: &'static PolicyCore,
     clock: Clock,
-    killed: bool,
+    /// Decided in `poll_ready`: the dependency will not be called.
+    short: Short,
     _policy: Policy,
     _types: PhantomData<fn(Req) -> Resp>,
+}
+
+/// Why `poll_ready` decided not to call the dependency.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Short {
+    No,
+    Killed,
+    Open,
 }
 
 impl<S: Clone, Req: 'static, Resp: 'static, P: 'static, C: Clone> Clone
@@ -275,7 +284,7 @@ impl<S: Clone, Req: 'static, Resp: 'static, P: 'static, C: Clone> Clone
             settings: self.settings.clone(),
             core: self.core,
             clock: self.clock,
-            killed: false,
+            short: Short::No,
             _policy: self._policy.clone(),
             _types: PhantomData,
         }
@@ -309,9 +318,21 @@ where
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        // Killed: ready without asking the dependency, which will not be called.
-        self.killed = killed(self.core, self.settings.load());
-        if self.killed {
+        // Killed, or the policy's breaker open: the fallback answers without asking the
+        // dependency (nor the layers below, which would only reject).
+        let settings = self.settings.load();
+        self.short = if killed(self.core, settings) {
+            Short::Killed
+        } else if self
+            .core
+            .breaker
+            .rejects_now(settings.breaker.mode, &self.clock)
+        {
+            Short::Open
+        } else {
+            Short::No
+        };
+        if self.short != Short::No {
             return Poll::Ready(Ok(()));
         }
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -324,16 +345,19 @@ where
             core: self.core,
             clock: self.clock,
         };
+        let plan = future::Plan::new(self.tiers, self.settings.load());
         let parts = (self.tiers.parts)(&req);
-        if std::mem::take(&mut self.killed) {
-            self.core.metrics.killed.increment(1);
-            return ResponseFuture::killed(
-                ctx,
-                self.classify.clone(),
-                self.settings.load(),
-                parts,
-                req,
-            );
+        match std::mem::replace(&mut self.short, Short::No) {
+            Short::No => {}
+            short => {
+                let m = &self.core.metrics;
+                if short == Short::Killed {
+                    m.killed.increment(1)
+                } else {
+                    m.rejected.increment(1)
+                }
+                return ResponseFuture::short(ctx, self.classify.clone(), plan, parts, req, short);
+            }
         }
         let spare = match &self.tiers.service {
             Some(s) => (s.clone_request)(&req),
@@ -342,6 +366,7 @@ where
         ResponseFuture::primary(
             ctx,
             self.classify.clone(),
+            plan,
             self.inner.call(req),
             parts,
             spare,

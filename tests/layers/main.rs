@@ -1,6 +1,7 @@
 //! Behaviour of the layers as a user meets it: real tower services, live settings.
 
 mod breaker;
+mod fallback;
 mod live;
 mod metrics;
 mod readiness;

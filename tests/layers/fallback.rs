@@ -1,0 +1,497 @@
+//! Fallback tiers, kill switch, bulkhead and the policy stack, as a user meets them.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use substation::breaker::BreakerState;
+use substation::breaker::error::OpenCircuit;
+use substation::bulkhead::{BulkheadFull, BulkheadLayer};
+use substation::clock::Clock;
+use substation::fallback::error::{FallbackBusy, FallbackFailed, NoCachedResponse, TierFailed};
+use substation::fallback::{Fallback, FallbackLayer};
+use substation::kill::Killed;
+use substation::live::InMemorySource;
+use substation::settings::{PolicySettings, Tier};
+use substation::stack::PolicyLayer;
+use substation::timeout::error::Elapsed;
+use substation::{BoxError, Policy, Substation};
+use tower::{Layer, Service, ServiceExt, service_fn};
+
+use crate::support::call_now;
+
+fn settings(f: impl FnOnce(&mut PolicySettings)) -> PolicySettings {
+    let mut s = PolicySettings::default();
+    f(&mut s);
+    s
+}
+
+/// A dependency whose health a test switches; answers `format!("primary {req}")`.
+#[derive(Clone, Default)]
+struct Dep {
+    down: Arc<AtomicBool>,
+    calls: Arc<AtomicUsize>,
+}
+
+impl Dep {
+    fn service(
+        &self,
+    ) -> impl Service<u32, Response = String, Error = std::io::Error, Future: Send>
+    + Clone
+    + Send
+    + 'static {
+        let d = self.clone();
+        service_fn(move |req: u32| {
+            d.calls.fetch_add(1, Ordering::SeqCst);
+            let down = d.down.load(Ordering::SeqCst);
+            async move {
+                if down {
+                    Err(std::io::Error::other("503"))
+                } else {
+                    Ok(format!("primary {req}"))
+                }
+            }
+        })
+    }
+    fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn static_tier_answers_with_parts_and_error() {
+    let policy = Policy::new("fb-static", PolicySettings::default()).unwrap();
+    let dep = Dep::default();
+    let fb = Fallback::with_parts(|req: &u32| *req * 10)
+        .static_with(|parts: &u32, err: &BoxError| format!("static {parts} after {err}"));
+    let svc = FallbackLayer::new(&policy, fb).layer(dep.service());
+    assert_eq!(svc.clone().oneshot(1).await.unwrap(), "primary 1");
+    dep.set_down(true);
+    assert_eq!(svc.clone().oneshot(2).await.unwrap(), "static 20 after 503");
+}
+
+#[tokio::test]
+async fn tiers_are_tried_in_the_live_order_until_one_answers() {
+    let (clock, time) = Clock::manual();
+    let policy = Policy::with_clock("fb-order", PolicySettings::default(), clock).unwrap();
+    let dep = Dep::default();
+    let alternate =
+        service_fn(|req: u32| async move { Ok::<_, std::io::Error>(format!("alternate {req}")) });
+    let fb = Fallback::with_parts(|req: &u32| *req)
+        .cache(100)
+        .service(alternate, |req: &u32| Some(*req))
+        .static_value("static".to_owned());
+    let svc = FallbackLayer::new(&policy, fb).layer(dep.service());
+    assert_eq!(
+        svc.clone().oneshot(1).await.unwrap(),
+        "primary 1",
+        "fills the cache for 1"
+    );
+    dep.set_down(true);
+    assert_eq!(
+        svc.clone().oneshot(1).await.unwrap(),
+        "primary 1",
+        "cache hit"
+    );
+    assert_eq!(
+        svc.clone().oneshot(2).await.unwrap(),
+        "alternate 2",
+        "cache miss: service tier"
+    );
+
+    // Reorder live: static first.
+    policy
+        .update(settings(|s| {
+            s.fallback.tiers = Some(vec![Tier::Static, Tier::Cache])
+        }))
+        .unwrap();
+    assert_eq!(svc.clone().oneshot(1).await.unwrap(), "static");
+    // Only the cache, and the entry goes stale.
+    policy
+        .update(settings(|s| {
+            s.fallback.tiers = Some(vec![Tier::Cache]);
+            s.fallback.cache_max_stale_ms = 1_000;
+        }))
+        .unwrap();
+    assert_eq!(svc.clone().oneshot(1).await.unwrap(), "primary 1");
+    time.advance(Duration::from_millis(1_001));
+    let err = svc.clone().oneshot(1).await.unwrap_err();
+    let failed = err
+        .downcast_ref::<FallbackFailed>()
+        .expect("all tiers failed");
+    assert!(failed.tiers()[0].1.is::<NoCachedResponse>());
+}
+
+#[tokio::test]
+async fn when_every_tier_fails_the_original_and_each_tier_error_are_in_the_chain() {
+    let policy = Policy::new("fb-chain", PolicySettings::default()).unwrap();
+    let dep = Dep::default();
+    dep.set_down(true);
+    let alternate =
+        service_fn(|_: u32| async { Err::<String, _>(std::io::Error::other("alternate down")) });
+    let fb = Fallback::with_parts(|req: &u32| *req)
+        .cache(10)
+        .service(alternate, |req: &u32| Some(*req));
+    let svc = FallbackLayer::new(&policy, fb).layer(dep.service());
+    let err = svc.oneshot(5).await.unwrap_err();
+    let failed = err.downcast_ref::<FallbackFailed>().unwrap();
+    assert_eq!(failed.original().to_string(), "503");
+    let tiers: Vec<_> = failed
+        .tiers()
+        .iter()
+        .map(|(t, e)| (*t, e.to_string()))
+        .collect();
+    assert_eq!(
+        tiers,
+        vec![
+            (Tier::Cache, "no cached response fresh enough".to_owned()),
+            (Tier::Service, "alternate down".to_owned())
+        ]
+    );
+    // The same, by walking `source()` as a generic error reporter would.
+    let mut chain = Vec::new();
+    let mut e: Option<&(dyn std::error::Error + 'static)> = Some(&*err);
+    while let Some(link) = e {
+        chain.push(link.to_string());
+        e = link.source();
+    }
+    assert_eq!(chain.len(), 4, "{chain:?}");
+    assert!(chain[1].starts_with("cache fallback failed"));
+    assert!(chain[2].starts_with("service fallback failed: alternate down"));
+    assert_eq!(chain[3], "503");
+    let _ = TierFailed::tier;
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_service_tier_is_bounded_by_its_timeout_and_concurrency() {
+    let policy = Policy::with_clock(
+        "fb-bounds",
+        settings(|s| {
+            s.fallback.timeout_ms = 50;
+            s.fallback.max_concurrent = 3;
+        }),
+        Clock::tokio(),
+    )
+    .unwrap();
+    let dep = Dep::default();
+    dep.set_down(true);
+    let in_alternate = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let alternate = {
+        let (in_alternate, peak) = (in_alternate.clone(), peak.clone());
+        service_fn(move |_: u32| {
+            let n = in_alternate.fetch_add(1, Ordering::SeqCst) + 1;
+            peak.fetch_max(n, Ordering::SeqCst);
+            let in_alternate = in_alternate.clone();
+            async move {
+                tokio::time::sleep(Duration::from_secs(10)).await; // far past the deadline
+                in_alternate.fetch_sub(1, Ordering::SeqCst);
+                Ok::<_, std::io::Error>("late".to_owned())
+            }
+        })
+    };
+    let fb = Fallback::new()
+        .service(alternate, |req: &u32| Some(*req))
+        .static_value("static".to_owned());
+    let svc = FallbackLayer::new(&policy, fb).layer(dep.service());
+    let calls: Vec<_> = (0..50)
+        .map(|i| tokio::spawn(svc.clone().oneshot(i)))
+        .collect();
+    for c in calls {
+        assert_eq!(
+            c.await.unwrap().unwrap(),
+            "static",
+            "timed-out or refused service tier, then static"
+        );
+    }
+    assert_eq!(
+        peak.load(Ordering::SeqCst),
+        3,
+        "never more than max_concurrent in the alternate"
+    );
+
+    // Without a static tier, the reasons are visible.
+    let fb = Fallback::new().service(
+        service_fn(|_: u32| async {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            Ok::<_, std::io::Error>(String::new())
+        }),
+        |req: &u32| Some(*req),
+    );
+    let policy = Policy::with_clock(
+        "fb-bounds-2",
+        settings(|s| s.fallback.timeout_ms = 50),
+        Clock::tokio(),
+    )
+    .unwrap();
+    let svc = FallbackLayer::new(&policy, fb).layer(dep.service());
+    let err = svc.oneshot(1).await.unwrap_err();
+    let failed = err.downcast_ref::<FallbackFailed>().unwrap();
+    assert!(failed.tiers()[0].1.is::<Elapsed>());
+    let _ = FallbackBusy::default();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_kill_switch_flip_under_load_loses_no_request() {
+    let source = InMemorySource::new();
+    let sub = Substation::builder()
+        .source(source.clone())
+        .build()
+        .unwrap();
+    let policy = sub.policy("fb-flip");
+    let dep = Dep::default();
+    let svc = PolicyLayer::new(&policy)
+        .fallback(Fallback::new().static_value("static".to_owned()))
+        .layer(dep.service());
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..8)
+        .map(|w| {
+            let svc = svc.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let (mut primary, mut fallback) = (0u32, 0u32);
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    match svc.clone().oneshot(w * 1_000_000 + i).await {
+                        Ok(s) if s == "static" => fallback += 1,
+                        Ok(_) => primary += 1,
+                        Err(e) => panic!("request lost: {e}"),
+                    }
+                    i += 1;
+                    tokio::task::yield_now().await;
+                }
+                (primary, fallback)
+            })
+        })
+        .collect();
+    for i in 0..200 {
+        source
+            .put(
+                "policies/fb-flip",
+                &format!(r#"{{"kill": {}}}"#, i % 2 == 0),
+            )
+            .unwrap();
+        tokio::task::yield_now().await;
+    }
+    source.put("policies/fb-flip", r#"{"kill": true}"#).unwrap();
+    let calls_when_killed = dep.calls.load(Ordering::SeqCst);
+    assert_eq!(svc.clone().oneshot(1).await.unwrap(), "static");
+    stop.store(true, Ordering::Relaxed);
+    let (mut p, mut f) = (0, 0);
+    for w in workers {
+        let (a, b) = w.await.unwrap();
+        p += a;
+        f += b;
+    }
+    assert!(
+        p > 0 && f > 0,
+        "both paths served: primary {p}, fallback {f}"
+    );
+    // Once killed, nothing reaches the dependency (a call in flight at the flip may).
+    assert!(dep.calls.load(Ordering::SeqCst) <= calls_when_killed + 8);
+    assert!(policy.is_killed());
+}
+
+#[tokio::test]
+async fn killed_without_a_fallback_fails_at_once_with_killed() {
+    let policy = Policy::new("fb-killed", settings(|s| s.kill = true)).unwrap();
+    let dep = Dep::default();
+    let svc = PolicyLayer::new(&policy).layer(dep.service());
+    let err = svc.oneshot(1).await.unwrap_err();
+    assert!(err.is::<Killed>(), "{err}");
+    assert_eq!(dep.calls.load(Ordering::SeqCst), 0);
+    // With a fallback whose triggers exclude the kill switch, the same.
+    let policy = Policy::new(
+        "fb-killed-2",
+        settings(|s| {
+            s.kill = true;
+            s.fallback.on.killed = false;
+        }),
+    )
+    .unwrap();
+    let svc = PolicyLayer::new(&policy)
+        .fallback(Fallback::new().static_value("static".to_owned()))
+        .layer(dep.service());
+    assert!(svc.oneshot(1).await.unwrap_err().is::<Killed>());
+    assert_eq!(dep.calls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn triggers_are_live() {
+    let policy = Policy::new("fb-triggers", settings(|s| s.fallback.on.failure = false)).unwrap();
+    let dep = Dep::default();
+    dep.set_down(true);
+    let svc = PolicyLayer::new(&policy)
+        .fallback(Fallback::new().static_value("static".to_owned()))
+        .layer(dep.service());
+    let err = svc.clone().oneshot(1).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "503",
+        "failures do not trigger the fallback"
+    );
+    policy.update(PolicySettings::default()).unwrap();
+    assert_eq!(svc.oneshot(1).await.unwrap(), "static");
+}
+
+#[tokio::test]
+async fn an_open_breaker_goes_straight_to_the_fallback() {
+    let policy = Policy::new("fb-open", settings(|s| s.breaker.min_calls = 5)).unwrap();
+    let dep = Dep::default();
+    dep.set_down(true);
+    let svc = PolicyLayer::new(&policy)
+        .fallback(Fallback::new().static_value("static".to_owned()))
+        .layer(dep.service());
+    for i in 0..5 {
+        assert_eq!(svc.clone().oneshot(i).await.unwrap(), "static");
+    }
+    assert_eq!(policy.breaker_state(), BreakerState::Open);
+    let before = dep.calls.load(Ordering::SeqCst);
+    for i in 0..100 {
+        assert_eq!(svc.clone().oneshot(i).await.unwrap(), "static");
+    }
+    assert_eq!(
+        dep.calls.load(Ordering::SeqCst),
+        before,
+        "the dependency is spared"
+    );
+    // Without a fallback the caller sees the rejection.
+    let bare = PolicyLayer::new(&policy).layer(dep.service());
+    assert!(bare.oneshot(1).await.unwrap_err().is::<OpenCircuit>());
+}
+
+#[tokio::test]
+async fn non_critical_dependencies_use_their_static_tier_and_are_shed_together() {
+    let app = InMemorySource::new();
+    let sub = Substation::builder()
+        .policy("fb-optional", settings(|s| s.critical = false))
+        .policy("fb-critical", PolicySettings::default())
+        .source(app.clone())
+        .build()
+        .unwrap();
+    let dep = Dep::default();
+    let stack = |name: &str| {
+        PolicyLayer::new(&sub.policy(name))
+            .fallback(
+                Fallback::with_parts(|req: &u32| *req)
+                    .cache(10)
+                    .static_value("static".to_owned()),
+            )
+            .layer(dep.service())
+    };
+    let (optional, critical) = (stack("fb-optional"), stack("fb-critical"));
+    assert_eq!(optional.clone().oneshot(1).await.unwrap(), "primary 1");
+    assert_eq!(critical.clone().oneshot(1).await.unwrap(), "primary 1");
+    dep.set_down(true);
+    assert_eq!(
+        optional.clone().oneshot(1).await.unwrap(),
+        "static",
+        "non-critical: straight to static"
+    );
+    assert_eq!(
+        critical.clone().oneshot(1).await.unwrap(),
+        "primary 1",
+        "critical: cache first"
+    );
+    dep.set_down(false);
+    app.put("global", r#"{"shed_non_critical": true}"#).unwrap();
+    let calls = dep.calls.load(Ordering::SeqCst);
+    assert_eq!(optional.clone().oneshot(2).await.unwrap(), "static", "shed");
+    assert_eq!(
+        critical.clone().oneshot(2).await.unwrap(),
+        "primary 2",
+        "not shed"
+    );
+    assert_eq!(dep.calls.load(Ordering::SeqCst), calls + 1);
+}
+
+#[tokio::test]
+async fn the_bulkhead_rejects_at_once_when_full_and_frees_slots() {
+    let policy = Policy::new(
+        "fb-bulkhead",
+        settings(|s| s.bulkhead.max_concurrent = Some(2)),
+    )
+    .unwrap();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let inner = {
+        let gate = gate.clone();
+        service_fn(move |_: u32| {
+            let gate = gate.clone();
+            async move {
+                let _p = gate.acquire().await.unwrap();
+                Ok::<_, std::io::Error>("done")
+            }
+        })
+    };
+    let svc = BulkheadLayer::new(&policy).layer(inner);
+    let a = tokio::spawn(svc.clone().oneshot(1));
+    let b = tokio::spawn(svc.clone().oneshot(2));
+    while policy.in_flight() < 2 {
+        tokio::task::yield_now().await;
+    }
+    let err = svc.clone().oneshot(3).await.unwrap_err();
+    assert!(err.is::<BulkheadFull>());
+    // A live raise lets one more in.
+    policy
+        .update(settings(|s| s.bulkhead.max_concurrent = Some(3)))
+        .unwrap();
+    let c = tokio::spawn(svc.clone().oneshot(3));
+    while policy.in_flight() < 3 {
+        tokio::task::yield_now().await;
+    }
+    gate.add_permits(3);
+    for t in [a, b, c] {
+        assert_eq!(t.await.unwrap().unwrap(), "done");
+    }
+    assert_eq!(policy.in_flight(), 0, "slots freed");
+    // A dropped call frees its slot too.
+    let mut s = svc.clone();
+    let fut = s.ready().await.unwrap().call(9);
+    assert_eq!(policy.in_flight(), 1);
+    drop(fut);
+    assert_eq!(policy.in_flight(), 0);
+    // In the stack, a full bulkhead is a fallback trigger.
+    let stack = PolicyLayer::new(&policy)
+        .fallback(Fallback::new().static_value("static"))
+        .layer(service_fn(|_: u32| {
+            std::future::pending::<Result<&'static str, std::io::Error>>()
+        }));
+    let _held: Vec<_> = (0..3)
+        .map(|i| tokio::spawn(stack.clone().oneshot(i)))
+        .collect();
+    while policy.in_flight() < 3 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(stack.clone().oneshot(9).await.unwrap(), "static");
+}
+
+#[test]
+fn every_layer_keeps_the_readiness_contract() {
+    use crate::support::Strict;
+    let policy =
+        Policy::with_clock("fb-ready", PolicySettings::default(), Clock::manual().0).unwrap();
+    let mut stack = PolicyLayer::new(&policy)
+        .fallback(Fallback::new().static_value(0u32))
+        .layer(Strict::default());
+    let mut bare = PolicyLayer::new(&policy).layer(Strict::default());
+    let mut bulkhead = BulkheadLayer::new(&policy).layer(Strict::default());
+    for i in 0..10 {
+        assert_eq!(call_now(&mut stack, i).unwrap(), i);
+        assert_eq!(call_now(&mut bare, i).unwrap(), i);
+        assert_eq!(call_now(&mut bulkhead, i).unwrap(), i);
+        // A clone must poll its own inner service.
+        let mut clone = stack.clone();
+        assert_eq!(call_now(&mut clone, i).unwrap(), i);
+        let mut clone = bare.clone();
+        assert_eq!(call_now(&mut clone, i).unwrap(), i);
+    }
+    // Killed: ready without polling the inner service, which is never called.
+    policy.update(settings(|s| s.kill = true)).unwrap();
+    let inner = Strict::default();
+    let polls = inner.polls.clone();
+    let mut killed = PolicyLayer::new(&policy)
+        .fallback(Fallback::new().static_value(7u32))
+        .layer(inner);
+    assert_eq!(call_now(&mut killed, 1).unwrap(), 7);
+    assert_eq!(polls.load(Ordering::SeqCst), 0);
+}
