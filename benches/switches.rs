@@ -112,7 +112,10 @@ fn switch_eval(c: &mut Criterion) {
         .iter()
         .filter(|c| engine.is_enabled("checkout-v2", c, &None))
         .count();
-    assert!((400..624).contains(&on), "the rollout is at about 50 %: {on}");
+    assert!(
+        (400..624).contains(&on),
+        "the rollout is at about 50 %: {on}"
+    );
     g.bench_function("yggdrasil_rollout", |b| {
         b.iter(|| {
             i = (i + 1) % KEYS;
@@ -136,7 +139,11 @@ fn switch_eval(c: &mut Criterion) {
     let registry_switch = substation.switch("checkout-v2");
     for (k, ctx) in keys.iter().zip(&contexts).take(64) {
         let v = now(client.get_bool_value("checkout-v2", Some(ctx), None)).expect("resolves");
-        assert_eq!(v, registry_switch.is_on(k), "same answer through OpenFeature");
+        assert_eq!(
+            v,
+            registry_switch.is_on(k),
+            "same answer through OpenFeature"
+        );
     }
     g.bench_function("openfeature_percent", |b| {
         b.iter(|| {

@@ -84,7 +84,10 @@ fn raising_only_adds_keys_and_lowering_only_removes() {
         switch.update(SwitchSettings::percent(percent)).unwrap();
         let now: Vec<bool> = (0..KEYS).map(|i| switch.is_on(key(i))).collect();
         for i in 0..KEYS {
-            assert!(!previous[i] || now[i], "raising to {percent} % removed key {i}");
+            assert!(
+                !previous[i] || now[i],
+                "raising to {percent} % removed key {i}"
+            );
         }
         previous = now;
     }
@@ -92,7 +95,10 @@ fn raising_only_adds_keys_and_lowering_only_removes() {
         switch.update(SwitchSettings::percent(*percent)).unwrap();
         let now: Vec<bool> = (0..KEYS).map(|i| switch.is_on(key(i))).collect();
         for i in 0..KEYS {
-            assert!(previous[i] || !now[i], "lowering to {percent} % added key {i}");
+            assert!(
+                previous[i] || !now[i],
+                "lowering to {percent} % added key {i}"
+            );
         }
         previous = now;
     }

@@ -15,7 +15,10 @@ async fn a_switch_flips_through_etcd() {
     let mut kv = etcd.client().await;
     let substation = Substation::builder()
         .switch("new-checkout", SwitchSettings::off())
-        .source(EtcdSource::new([etcd.endpoint()], "/substation/app").shared_prefix("/substation/shared"))
+        .source(
+            EtcdSource::new([etcd.endpoint()], "/substation/app")
+                .shared_prefix("/substation/shared"),
+        )
         .build()
         .unwrap();
     substation.initialized().await;
@@ -24,12 +27,18 @@ async fn a_switch_flips_through_etcd() {
 
     let deadline = Duration::from_secs(30);
     let share = |switch: &substation::switch::Switch| {
-        (0..10_000).filter(|i| switch.is_on(format!("user-{i}"))).count()
+        (0..10_000)
+            .filter(|i| switch.is_on(format!("user-{i}")))
+            .count()
     };
     // The fleet rolls out to 10 %; this application follows.
-    kv.put("/substation/shared/switches/new-checkout", r#"{"percent": 10}"#, None)
-        .await
-        .unwrap();
+    kv.put(
+        "/substation/shared/switches/new-checkout",
+        r#"{"percent": 10}"#,
+        None,
+    )
+    .await
+    .unwrap();
     eventually("10 % from the shared layer", deadline, || async {
         switch.settings().percent == 10.0
     })
@@ -38,16 +47,27 @@ async fn a_switch_flips_through_etcd() {
     assert!((900..1_100).contains(&on), "{on}");
 
     // The application's own value overrides it: the kill.
-    kv.put("/substation/app/switches/new-checkout", r#"{"on": false}"#, None)
-        .await
-        .unwrap();
-    eventually("killed", deadline, || async { switch.settings().on == Some(false) }).await;
+    kv.put(
+        "/substation/app/switches/new-checkout",
+        r#"{"on": false}"#,
+        None,
+    )
+    .await
+    .unwrap();
+    eventually("killed", deadline, || async {
+        switch.settings().on == Some(false)
+    })
+    .await;
     assert_eq!(share(&switch), 0);
 
     // A bad value is rejected for its key; the kill stays.
-    kv.put("/substation/app/switches/new-checkout", r#"{"percent": 101}"#, None)
-        .await
-        .unwrap();
+    kv.put(
+        "/substation/app/switches/new-checkout",
+        r#"{"percent": 101}"#,
+        None,
+    )
+    .await
+    .unwrap();
     eventually("rejected", deadline, || async {
         substation.snapshot().rejected().count() == 1
     })

@@ -50,7 +50,10 @@ fn fractional_flag() {
 fn fractional_flag_shorthand() {
     let switch = Switch::detached(
         "fractional-flag-shorthand",
-        SwitchSettings::variants([VariantSettings::new("heads", 1), VariantSettings::new("tails", 1)]),
+        SwitchSettings::variants([
+            VariantSettings::new("heads", 1),
+            VariantSettings::new("tails", 1),
+        ]),
     );
     check(
         &switch,
@@ -63,7 +66,10 @@ fn fractional_flag_shorthand() {
 /// `shared-seed` puts every key in the same suit as both.
 #[test]
 fn fractional_flags_with_shared_seed() {
-    let a = Switch::detached("shared-seed", suits(["clubs", "diamonds", "hearts", "spades"]));
+    let a = Switch::detached(
+        "shared-seed",
+        suits(["clubs", "diamonds", "hearts", "spades"]),
+    );
     check(
         &a,
         &[
@@ -75,7 +81,12 @@ fn fractional_flags_with_shared_seed() {
     );
     let b = Switch::detached(
         "shared-seed",
-        suits(["ace-of-clubs", "ace-of-diamonds", "ace-of-hearts", "ace-of-spades"]),
+        suits([
+            "ace-of-clubs",
+            "ace-of-diamonds",
+            "ace-of-hearts",
+            "ace-of-spades",
+        ]),
     );
     check(
         &b,

@@ -19,9 +19,13 @@ fn a_partial_value_merges_over_the_code_default() {
     let (substation, source) = registry(SwitchSettings::on());
     let switch = substation.switch("new-search");
     assert!(switch.is_on("u1"));
-    source.put("switches/new-search", r#"{"percent": 20}"#).unwrap();
+    source
+        .put("switches/new-search", r#"{"percent": 20}"#)
+        .unwrap();
     assert_eq!(*switch.settings(), SwitchSettings::percent(20.0));
-    let on = (0..10_000).filter(|i| switch.is_on(format!("u{i}"))).count();
+    let on = (0..10_000)
+        .filter(|i| switch.is_on(format!("u{i}")))
+        .count();
     assert!((1_800..2_200).contains(&on), "{on}");
     // The kill: off for every key, the percentage kept underneath.
     source
@@ -39,7 +43,9 @@ fn a_partial_value_merges_over_the_code_default() {
 fn a_rejected_value_keeps_the_last_good_one() {
     let (substation, source) = registry(SwitchSettings::off());
     let switch = substation.switch("new-search");
-    source.put("switches/new-search", r#"{"percent": 100}"#).unwrap();
+    source
+        .put("switches/new-search", r#"{"percent": 100}"#)
+        .unwrap();
     let err = source
         .put("switches/new-search", r#"{"percent": 150}"#)
         .unwrap_err();
@@ -51,7 +57,11 @@ fn a_rejected_value_keeps_the_last_good_one() {
             r#"{"variants": [{"name": "a", "weight": 1}], "algorithm": "md5"}"#,
         )
         .unwrap_err();
-    assert!(err.to_string().starts_with("algorithm: unknown variant `md5`"), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("algorithm: unknown variant `md5`"),
+        "{err}"
+    );
     assert_eq!(substation.snapshot().rejected().count(), 1);
     assert!(switch.is_on("u1"));
 }
@@ -59,12 +69,17 @@ fn a_rejected_value_keeps_the_last_good_one() {
 #[test]
 fn an_unknown_switch_is_off_and_never_an_error() {
     let source = InMemorySource::new();
-    let substation = Substation::builder().source(source.clone()).build().unwrap();
+    let substation = Substation::builder()
+        .source(source.clone())
+        .build()
+        .unwrap();
     let switch = substation.switch("not-configured");
     assert!(!switch.is_on("u1"));
     assert!(!switch.is_on_random());
     // Configured later: the handle obtained before sees it.
-    source.put("switches/not-configured", r#"{"on": true}"#).unwrap();
+    source
+        .put("switches/not-configured", r#"{"on": true}"#)
+        .unwrap();
     assert!(switch.is_on("u1"));
 }
 
@@ -81,7 +96,10 @@ fn variants_change_live_and_arrays_replace_whole() {
         )
         .unwrap();
     let v = variants.pick("u1");
-    assert_eq!((v.name(), v.value()["color"].as_str()), ("blue", Some("#00f")));
+    assert_eq!(
+        (v.name(), v.value()["color"].as_str()),
+        ("blue", Some("#00f"))
+    );
     source
         .put(
             "switches/new-search",
@@ -98,7 +116,9 @@ async fn a_change_is_announced() {
     let switch = substation.switch("new-search");
     let mut changes = switch.subscribe();
     let mut registry_changes = substation.subscribe();
-    source.put("switches/new-search", r#"{"percent": 5}"#).unwrap();
+    source
+        .put("switches/new-search", r#"{"percent": 5}"#)
+        .unwrap();
     tokio::time::timeout(std::time::Duration::from_secs(10), changes.changed())
         .await
         .unwrap()
@@ -107,6 +127,8 @@ async fn a_change_is_announced() {
     let notice = registry_changes.recv().await.unwrap();
     assert_eq!(&*notice.keys, ["switches/new-search".to_owned()]);
     // The same value again is no change.
-    source.put("switches/new-search", r#"{"percent": 5}"#).unwrap();
+    source
+        .put("switches/new-search", r#"{"percent": 5}"#)
+        .unwrap();
     assert!(!changes.has_changed().unwrap());
 }

@@ -60,10 +60,7 @@ fn evaluations_are_counted_in_batches_and_exactly() {
         seen["substation_switch_evaluations_total{switch=counted,result=a}"],
         10
     );
-    assert_eq!(
-        seen["substation_switch_changes_total{switch=counted}"],
-        2
-    );
+    assert_eq!(seen["substation_switch_changes_total{switch=counted}"], 2);
     let exact: HashMap<String, u64> = switch.evaluations().into_iter().collect();
     assert_eq!((exact["on"], exact["a"]), (2_500, 10));
 }

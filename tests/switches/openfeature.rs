@@ -2,10 +2,10 @@
 //! targeting key as the bucketing key, reasons and variants.
 
 use open_feature::{EvaluationContext, EvaluationErrorCode, EvaluationReason, OpenFeature};
+use substation::Substation;
 use substation::live::InMemorySource;
 use substation::switch::openfeature::SubstationProvider;
 use substation::switch::{SwitchSettings, VariantSettings};
-use substation::Substation;
 
 /// A client of its own (a named provider), so that tests running at once do not meet.
 async fn client(name: &str, substation: &Substation) -> open_feature::Client {
@@ -37,21 +37,46 @@ async fn booleans_follow_the_switch_with_reasons() {
             .unwrap();
         assert_eq!(d.value, switch.is_on(&key), "{key}");
         assert_eq!(d.reason, Some(EvaluationReason::Split));
-        assert_eq!(d.variant.as_deref(), Some(if d.value { "on" } else { "off" }));
+        assert_eq!(
+            d.variant.as_deref(),
+            Some(if d.value { "on" } else { "off" })
+        );
     }
     // No targeting key on a split switch: the off variant, reason DEFAULT.
-    let d = client.get_bool_details("of-bool", None, None).await.unwrap();
-    assert_eq!((d.value, d.reason), (false, Some(EvaluationReason::Default)));
+    let d = client
+        .get_bool_details("of-bool", None, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (d.value, d.reason),
+        (false, Some(EvaluationReason::Default))
+    );
 
-    source.put("switches/of-bool", r#"{"percent": 100}"#).unwrap();
-    let d = client.get_bool_details("of-bool", Some(&user("u")), None).await.unwrap();
+    source
+        .put("switches/of-bool", r#"{"percent": 100}"#)
+        .unwrap();
+    let d = client
+        .get_bool_details("of-bool", Some(&user("u")), None)
+        .await
+        .unwrap();
     assert_eq!((d.value, d.reason), (true, Some(EvaluationReason::Static)));
-    let d = client.get_bool_details("of-bool", None, None).await.unwrap();
+    let d = client
+        .get_bool_details("of-bool", None, None)
+        .await
+        .unwrap();
     assert_eq!((d.value, d.reason), (true, Some(EvaluationReason::Static)));
 
-    source.put("switches/of-bool", r#"{"percent": 100, "on": false}"#).unwrap();
-    let d = client.get_bool_details("of-bool", Some(&user("u")), None).await.unwrap();
-    assert_eq!((d.value, d.reason), (false, Some(EvaluationReason::Disabled)));
+    source
+        .put("switches/of-bool", r#"{"percent": 100, "on": false}"#)
+        .unwrap();
+    let d = client
+        .get_bool_details("of-bool", Some(&user("u")), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (d.value, d.reason),
+        (false, Some(EvaluationReason::Disabled))
+    );
     assert_eq!(d.variant.as_deref(), Some("off"));
 }
 
@@ -61,23 +86,53 @@ async fn every_value_type() {
         SwitchSettings::variants([VariantSettings::new(name, 1).value(value)])
     };
     let substation = Substation::builder()
-        .switch("of-string", SwitchSettings::variants([VariantSettings::new("blue", 1)]))
+        .switch(
+            "of-string",
+            SwitchSettings::variants([VariantSettings::new("blue", 1)]),
+        )
         .switch("of-int", one("ten", 10.into()))
         .switch("of-float", one("half", 0.5.into()))
         .switch(
             "of-struct",
-            one("template", serde_json::json!({"title": "hi", "perPage": 100, "images": true, "tags": ["a"]})),
+            one(
+                "template",
+                serde_json::json!({"title": "hi", "perPage": 100, "images": true, "tags": ["a"]}),
+            ),
         )
         .build()
         .unwrap();
     let client = client("of-types", &substation).await;
     let ctx = user("u");
-    let d = client.get_string_details("of-string", Some(&ctx), None).await.unwrap();
-    assert_eq!((d.value.as_str(), d.variant.as_deref()), ("blue", Some("blue")));
+    let d = client
+        .get_string_details("of-string", Some(&ctx), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (d.value.as_str(), d.variant.as_deref()),
+        ("blue", Some("blue"))
+    );
     assert_eq!(d.reason, Some(EvaluationReason::Static));
-    assert_eq!(client.get_int_value("of-int", Some(&ctx), None).await.unwrap(), 10);
-    assert_eq!(client.get_float_value("of-float", Some(&ctx), None).await.unwrap(), 0.5);
-    assert_eq!(client.get_float_value("of-int", Some(&ctx), None).await.unwrap(), 10.0);
+    assert_eq!(
+        client
+            .get_int_value("of-int", Some(&ctx), None)
+            .await
+            .unwrap(),
+        10
+    );
+    assert_eq!(
+        client
+            .get_float_value("of-float", Some(&ctx), None)
+            .await
+            .unwrap(),
+        0.5
+    );
+    assert_eq!(
+        client
+            .get_float_value("of-int", Some(&ctx), None)
+            .await
+            .unwrap(),
+        10.0
+    );
     let d = client
         .get_struct_details::<open_feature::StructValue>("of-struct", Some(&ctx), None)
         .await
@@ -92,12 +147,23 @@ async fn every_value_type() {
     );
 
     // Errors: a value of another type, and a switch nobody configured.
-    let e = client.get_int_details("of-string", Some(&ctx), None).await.unwrap_err();
+    let e = client
+        .get_int_details("of-string", Some(&ctx), None)
+        .await
+        .unwrap_err();
     assert_eq!(e.code, EvaluationErrorCode::TypeMismatch);
-    let e = client.get_bool_details("nowhere", Some(&ctx), None).await.unwrap_err();
+    let e = client
+        .get_bool_details("nowhere", Some(&ctx), None)
+        .await
+        .unwrap_err();
     assert_eq!(e.code, EvaluationErrorCode::FlagNotFound);
     // The caller's default, reason ERROR, through the value API.
-    assert!(client.get_bool_value("nowhere", Some(&ctx), None).await.is_err());
+    assert!(
+        client
+            .get_bool_value("nowhere", Some(&ctx), None)
+            .await
+            .is_err()
+    );
 }
 
 #[tokio::test]
@@ -112,11 +178,20 @@ async fn variants_are_split_by_targeting_key_like_flagd() {
         .build()
         .unwrap();
     let client = client("of-flagd", &substation).await;
-    for (key, want) in [("jack", "hearts"), ("queen", "spades"), ("ten", "clubs"), ("nine", "diamonds")] {
+    for (key, want) in [
+        ("jack", "hearts"),
+        ("queen", "spades"),
+        ("ten", "clubs"),
+        ("nine", "diamonds"),
+    ] {
         let d = client
             .get_string_details("fractional-flag", Some(&user(key)), None)
             .await
             .unwrap();
-        assert_eq!((d.value.as_str(), d.reason.clone()), (want, Some(EvaluationReason::Split)), "{key}");
+        assert_eq!(
+            (d.value.as_str(), d.reason.clone()),
+            (want, Some(EvaluationReason::Split)),
+            "{key}"
+        );
     }
 }

@@ -25,7 +25,10 @@ async fn ready_only_when_both_are_and_a_call_uses_one_readiness() {
     new_handle.allow(1);
     assert_pending!(route.enter(|cx, mut r| r.as_mut().get_mut().poll_ready(cx)));
     old_handle.allow(1);
-    assert!(route.is_woken(), "the old service's readiness wakes the route");
+    assert!(
+        route.is_woken(),
+        "the old service's readiness wakes the route"
+    );
     assert_ready_ok!(route.enter(|cx, mut r| r.as_mut().get_mut().poll_ready(cx)));
 
     // Off: to the old service; the new one keeps its readiness.
@@ -69,7 +72,7 @@ fn a_clone_starts_unpolled() {
     let mut cx = std::task::Context::from_waker(waker);
     assert!(matches!(route.poll_ready(&mut cx), Poll::Ready(Ok(()))));
     let mut clone = route.clone();
-    let _ = clone.call("a");
+    drop(clone.call("a"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -87,7 +90,7 @@ async fn flipping_live_under_load_loses_no_request() {
         service_fn(move |user: u64| {
             let counter = counter.clone();
             async move {
-                if user % 7 == 0 {
+                if user.is_multiple_of(7) {
                     tokio::task::yield_now().await; // some calls are pending once
                 }
                 counter.fetch_add(1, Ordering::Relaxed);
@@ -119,12 +122,22 @@ async fn flipping_live_under_load_loses_no_request() {
         }));
     }
     // Flip while the requests run: off, 50 %, on, off … until every task is done.
-    let flips = ["{\"percent\": 50}", "{\"percent\": 100}", "{\"on\": false}", "{\"percent\": 1}"];
+    let flips = [
+        "{\"percent\": 50}",
+        "{\"percent\": 100}",
+        "{\"on\": false}",
+        "{\"percent\": 1}",
+    ];
     let mut n = 0;
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     while !tasks.iter().all(|t| t.is_finished()) {
-        assert!(std::time::Instant::now() < deadline, "requests did not finish");
-        source.put("switches/checkout-v2", flips[n % flips.len()]).unwrap();
+        assert!(
+            std::time::Instant::now() < deadline,
+            "requests did not finish"
+        );
+        source
+            .put("switches/checkout-v2", flips[n % flips.len()])
+            .unwrap();
         n += 1;
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
@@ -132,14 +145,23 @@ async fn flipping_live_under_load_loses_no_request() {
     for t in tasks {
         ok += t.await.unwrap();
     }
-    let (old, new) = (old_calls.load(Ordering::Relaxed), new_calls.load(Ordering::Relaxed));
+    let (old, new) = (
+        old_calls.load(Ordering::Relaxed),
+        new_calls.load(Ordering::Relaxed),
+    );
     eprintln!("{ok} requests, {old} old, {new} new, {n} flips");
     assert_eq!(ok, TASKS * PER_TASK);
-    assert_eq!(old + new, TASKS * PER_TASK, "every request reached exactly one path");
+    assert_eq!(
+        old + new,
+        TASKS * PER_TASK,
+        "every request reached exactly one path"
+    );
     assert!(n >= 2, "the switch flipped while requests ran");
 
     // At rest, each user's path is the switch's sticky answer.
-    source.put("switches/checkout-v2", r#"{"percent": 50}"#).unwrap();
+    source
+        .put("switches/checkout-v2", r#"{"percent": 50}"#)
+        .unwrap();
     for user in 0..200u64 {
         let (_, new_path) = route.clone().oneshot(user).await.unwrap();
         assert_eq!(new_path, switch.is_on(user.to_string()), "user {user}");
