@@ -62,11 +62,12 @@ impl Plan {
     #[inline]
     pub(crate) fn new<Req, Resp, P>(tiers: &Tiers<Req, Resp, P>, s: &PolicySettings) -> Plan {
         let f = &s.fallback;
-        let on = f.on.open as u8 * ON_OPEN
-            | f.on.killed as u8 * ON_KILLED
-            | f.on.bulkhead as u8 * ON_BULKHEAD
-            | f.on.timeout as u8 * ON_TIMEOUT
-            | f.on.failure as u8 * ON_FAILURE;
+        let bit = |on: bool, bit: u8| if on { bit } else { 0 };
+        let on = bit(f.on.open, ON_OPEN)
+            | bit(f.on.killed, ON_KILLED)
+            | bit(f.on.bulkhead, ON_BULKHEAD)
+            | bit(f.on.timeout, ON_TIMEOUT)
+            | bit(f.on.failure, ON_FAILURE);
         Plan {
             order: tiers.order(f, s.critical),
             critical: s.critical,
@@ -342,7 +343,7 @@ fn fast_tiers<Req, Resp, P>(
     }
 }
 
-fn poll_tiers<Req: 'static, Resp: 'static, P: 'static>(
+fn poll_tiers<Req, Resp, P: 'static>(
     p: &mut Progress<Req, Resp, P>,
     ctx: Ctx<Req, Resp, P>,
     cx: &mut Context<'_>,
