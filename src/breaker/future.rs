@@ -122,7 +122,11 @@ fn finish<T>(f: &Fields, outcome: Outcome, result: &Result<T, BoxError>) {
     };
     let m = &core.metrics;
     // Most calls finish within the clock's millisecond: skip the conversion then.
-    m.duration.record(if elapsed == 0 { 0.0 } else { elapsed as f64 * 1e-3 });
+    m.duration.record(if elapsed == 0 {
+        0.0
+    } else {
+        elapsed as f64 * 1e-3
+    });
     if f.trial == NO_TRIAL && !rec.failed && !rec.slow {
         // The fast path: a success while closed is one `fetch_add`.
         m.success.increment(1);
