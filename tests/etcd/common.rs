@@ -34,10 +34,22 @@ pub(crate) async fn registry(source: EtcdSource) -> (Substation, broadcast::Rece
 
 /// The `timeout.ms` of every policy in etcd under `prefix`, as the registry should see it.
 pub(crate) async fn etcd_state(client: &mut etcd_client::Client) -> Vec<(String, Option<u64>)> {
-    let resp = client
-        .get(PREFIX, Some(etcd_client::GetOptions::new().with_prefix()))
-        .await
-        .unwrap();
+    // A dead member among several endpoints answers "connection refused" to some
+    // requests, and a member without a leader stalls: retry each with its own timeout.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let resp = loop {
+        let get = client.get(PREFIX, Some(etcd_client::GetOptions::new().with_prefix()));
+        match tokio::time::timeout(Duration::from_millis(500), get).await {
+            Ok(Ok(resp)) => break resp,
+            other => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "reading etcd kept failing: {other:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
     let mut out: Vec<_> = resp
         .kvs()
         .iter()
@@ -62,21 +74,30 @@ pub(crate) fn registry_state(sub: &Substation) -> Vec<(String, Option<u64>)> {
 /// Puts `value` under `key` (relative to PREFIX), retrying on errors (etcd may be
 /// restarting, or electing a leader); returns the revision of the successful put.
 pub(crate) async fn put(client: &mut etcd_client::Client, key: &str, value: &str) -> u64 {
+    put_with(client, key, |_| value.to_owned()).await
+}
+
+/// As [`put`], with a value per attempt: a put whose outcome is unknown (it failed or
+/// timed out, yet may have been applied) is retried with a different value, so that
+/// every revision written changes something.
+pub(crate) async fn put_with(
+    client: &mut etcd_client::Client,
+    key: &str,
+    value: impl Fn(u64) -> String,
+) -> u64 {
     let full = format!("{PREFIX}{key}");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut attempt = 0;
     loop {
-        match tokio::time::timeout(
-            Duration::from_secs(2),
-            client.put(full.as_str(), value, None),
-        )
-        .await
-        {
+        let put = client.put(full.as_str(), value(attempt), None);
+        match tokio::time::timeout(Duration::from_secs(1), put).await {
             Ok(Ok(resp)) => return resp.header().unwrap().revision() as u64,
             other => {
                 assert!(
                     tokio::time::Instant::now() < deadline,
                     "put {key} kept failing: {other:?}"
                 );
+                attempt += 1;
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }

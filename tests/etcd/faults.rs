@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use crate::common::{
-    self, PREFIX, Traffic, drain, etcd_state, is_live, is_stale, put, registry_state,
+    self, PREFIX, Traffic, drain, etcd_state, is_live, is_stale, put, put_with, registry_state,
 };
 use crate::proxy::Proxy;
 use crate::support::{Cluster, Etcd, eventually};
@@ -32,7 +32,9 @@ async fn sigkill_and_restart_during_a_thousand_writes_loses_nothing() {
             etcd.kill();
             etcd.restart().await;
         }
-        written.push(put(&mut client, &format!("policies/p{}", n % 10), &value(n)).await);
+        // Distinct per attempt too: n·64 + attempt.
+        let key = format!("policies/p{}", n % 10);
+        written.push(put_with(&mut client, &key, |attempt| value(n * 64 + attempt.min(63))).await);
     }
     let last = *written.last().unwrap();
     eventually("the registry reaches the last revision", WAIT, || async {
@@ -89,6 +91,7 @@ async fn compaction_past_the_watchers_revision_relists() {
     let mut client = etcd.client().await;
     let proxy = Proxy::start(etcd.endpoint().trim_start_matches("http://").to_owned()).await;
     let (sub, _changes) = common::registry(common::source(vec![proxy.endpoint()])).await;
+    let traffic = Traffic::start(&sub, "stays");
     put(&mut client, "policies/gone", &value(7)).await;
     put(&mut client, "policies/stays", &value(8)).await;
     eventually("listed", WAIT, || async {
@@ -119,6 +122,7 @@ async fn compaction_past_the_watchers_revision_relists() {
         sub.snapshot().policy("gone").is_none(),
         "a delete hidden by compaction is seen"
     );
+    traffic.check().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -126,6 +130,7 @@ async fn a_revision_rewind_is_detected_and_recovered() {
     let mut etcd = Etcd::start().await;
     let mut client = etcd.client().await;
     let (sub, _changes) = common::registry(common::source(vec![etcd.endpoint()])).await;
+    let traffic = Traffic::start(&sub, "fresh");
     for n in 1..=60u64 {
         put(&mut client, &format!("policies/old{}", n % 6), &value(n)).await;
     }
@@ -150,6 +155,7 @@ async fn a_revision_rewind_is_detected_and_recovered() {
         sub.snapshot().revision() == next
     })
     .await;
+    traffic.check().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

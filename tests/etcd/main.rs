@@ -1,6 +1,8 @@
 //! Live settings from a real etcd: single node and 3-node clusters started by the tests
 //! on random loopback ports, broken in every way an operator meets.
 
+#![cfg(feature = "etcd")]
+
 mod common;
 mod faults;
 mod harness;

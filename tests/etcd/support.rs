@@ -12,6 +12,7 @@
 //!   120 MiB of preallocated WAL.
 //! - Ports are picked below the kernel's ephemeral range where there is room, so that no
 //!   client connection's local port can take an etcd's port while it is down for a restart.
+//! - Deadlines are real time: do not use these helpers with paused tokio time.
 
 #![allow(
     dead_code,
@@ -35,7 +36,7 @@ use etcd_client::{Certificate, Client, ConnectOptions, Identity, Permission, Tls
 /// How long an etcd may take to answer a first `get` after its process was spawned. Ready
 /// in ≈ 0.1 s on an idle machine; the margin is for a loaded CI machine.
 const READY_DEADLINE: Duration = Duration::from_secs(60);
-/// Timeout of one readiness or status probe.
+/// Longest timeout of one readiness or status probe.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Pause between two polls of a condition.
 const POLL: Duration = Duration::from_millis(10);
@@ -197,14 +198,15 @@ impl Etcd {
         restart_member(&mut self.member, &options).await;
     }
 
-    /// SIGSTOPs the process: connections stay open, nothing answers.
+    /// SIGSTOPs the process and waits until every one of its threads is stopped:
+    /// connections stay open, nothing answers.
     pub(crate) fn freeze(&self) {
-        self.member.signal("STOP");
+        self.member.freeze();
     }
 
-    /// SIGCONTs a frozen process.
+    /// SIGCONTs a frozen process and waits until its threads run again.
     pub(crate) fn thaw(&self) {
-        self.member.signal("CONT");
+        self.member.thaw();
     }
 
     /// etcd's stderr so far (every run of this etcd, restarts included).
@@ -240,9 +242,9 @@ pub(crate) struct Cluster {
 }
 
 impl Cluster {
-    /// Starts 3 members (all processes at once: members 2 and 3 cannot answer before a
-    /// quorum exists anyway). Returns once a real `get` has succeeded through every
-    /// member, so that the cluster is whole and any one member may be killed.
+    /// Starts 3 members, one at a time (see `spawn_in_turn`). Returns once a real `get`
+    /// has succeeded through every member, so that the cluster is whole and any one
+    /// member may be killed.
     pub(crate) async fn start() -> Cluster {
         let token = unique_token();
         let mut cluster = Cluster {
@@ -276,11 +278,7 @@ impl Cluster {
                 m.spec.peer_port = ports[2 * i + 1];
                 m.spec.initial_cluster = initial_cluster.clone();
             }
-            for m in &mut cluster.members {
-                m.spawn();
-            }
-            let mut members: Vec<&mut Member> = cluster.members.iter_mut().collect();
-            match wait_ready(&mut members, &ConnectOptions::new()).await {
+            match cluster.spawn_in_turn().await {
                 Ok(()) => break,
                 Err(Failure::PortClash) if attempt < FRESH_PORT_TRIES => {
                     for m in &mut cluster.members {
@@ -294,6 +292,19 @@ impl Cluster {
             }
         }
         cluster
+    }
+
+    /// Spawns the members one at a time, each once the previous one serves its peer
+    /// port, then waits until each answers a `get`. Spawned all at once, each new member
+    /// asks the others whether it was already bootstrapped and waits 1 s for every peer
+    /// whose port is bound but not yet served: ≈ 2 s instead of ≈ 0.2 s.
+    async fn spawn_in_turn(&mut self) -> Result<(), Failure> {
+        for m in &mut self.members {
+            m.spawn();
+            wait_serving_peers(m).await?;
+        }
+        let mut members: Vec<&mut Member> = self.members.iter_mut().collect();
+        wait_ready(&mut members, &ConnectOptions::new()).await
     }
 
     /// The members' client endpoints, `http://127.0.0.1:PORT`, in member order.
@@ -313,21 +324,15 @@ impl Cluster {
     /// status) until one says it is the leader.
     pub(crate) async fn leader(&self) -> usize {
         let deadline = Instant::now() + READY_DEADLINE;
-        loop {
-            for (i, m) in self.members.iter().enumerate() {
-                if m.running.is_none() {
-                    continue;
-                }
-                let status = tokio::time::timeout(PROBE_TIMEOUT, async {
-                    let mut client = probe_client(&m.endpoint(), &ConnectOptions::new()).await?;
-                    client.status().await
-                })
-                .await;
-                if let Ok(Ok(status)) = status {
-                    let me = status.header().map(|h| h.member_id());
-                    if status.leader() != 0 && me == Some(status.leader()) {
-                        return i;
-                    }
+        for round in 1u32.. {
+            let timeout = probe_timeout(round);
+            let probes: Vec<_> = (self.members.iter().enumerate())
+                .filter(|(_, m)| m.running.is_some())
+                .map(|(i, m)| (i, tokio::spawn(says_it_leads(m.endpoint(), timeout))))
+                .collect();
+            for (i, probe) in probes {
+                if probe.await.unwrap_or(false) {
+                    return i;
                 }
             }
             assert!(
@@ -337,6 +342,7 @@ impl Cluster {
             );
             tokio::time::sleep(POLL).await;
         }
+        unreachable!()
     }
 
     /// SIGKILLs member `i` and reaps it. Nothing happens if it is not running.
@@ -352,14 +358,14 @@ impl Cluster {
         restart_member(&mut self.members[i], &ConnectOptions::new()).await;
     }
 
-    /// SIGSTOPs member `i`.
+    /// SIGSTOPs member `i` and waits until every one of its threads is stopped.
     pub(crate) fn freeze(&self, i: usize) {
-        self.members[i].signal("STOP");
+        self.members[i].freeze();
     }
 
-    /// SIGCONTs member `i`.
+    /// SIGCONTs member `i` and waits until its threads run again.
     pub(crate) fn thaw(&self, i: usize) {
-        self.members[i].signal("CONT");
+        self.members[i].thaw();
     }
 
     /// Member `i`'s stderr so far.
@@ -631,18 +637,25 @@ struct Member {
 #[derive(Debug)]
 struct Running {
     etcd: Child,
+    /// Length of `etcd.log` when this process was spawned: where its own lines begin.
+    log_start: usize,
     watchdog: Child,
     /// Writing `done` tells the watchdog to exit quietly; EOF (the test process died)
     /// tells it to SIGKILL the etcd and remove the directory.
     watchdog_stdin: ChildStdin,
 }
 
-/// The watchdog: `$1` the etcd's pid, `$2` the directory to remove.
-const WATCHDOG: &str = r#"read -r line
+/// The watchdog: `$1` the etcd's pid, `$2` the directory to remove. It ignores the
+/// signals a test runner sends to the whole process group, so that it outlives the test
+/// process and cleans up. After the kill it waits (10 s at most) until the etcd is gone or
+/// a zombie (nobody may reap it soon).
+const WATCHDOG: &str = r#"trap '' INT TERM HUP
+read -r line
 if [ "$line" != done ]; then
   kill -9 "$1" 2>/dev/null
   i=0
-  while kill -0 "$1" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+  while [ -e "/proc/$1" ] && [ "$(cut -d' ' -f3 "/proc/$1/stat" 2>/dev/null)" != Z ] \
+    && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
   rm -rf "$2"
 fi"#;
 
@@ -676,6 +689,10 @@ impl Member {
         format!("{scheme}://127.0.0.1:{}", self.spec.client_port)
     }
 
+    fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.spec.peer_port)
+    }
+
     fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
@@ -692,7 +709,7 @@ impl Member {
         );
         let s = &self.spec;
         let client_url = self.endpoint();
-        let peer_url = format!("http://127.0.0.1:{}", s.peer_port);
+        let peer_url = self.peer_url();
         let data_dir = self.data_dir();
         let mut args: Vec<String> = vec![
             format!("--name={}", s.name),
@@ -726,6 +743,7 @@ impl Member {
         }
         args.extend(s.extra_args.iter().cloned());
 
+        let log_start = fs::metadata(self.log_path()).map_or(0, |m| m.len() as usize);
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -765,6 +783,7 @@ impl Member {
             .expect("the watchdog's stdin is piped");
         self.running = Some(Running {
             etcd,
+            log_start,
             watchdog,
             watchdog_stdin,
         });
@@ -799,21 +818,33 @@ impl Member {
         }
     }
 
-    fn signal(&self, signal: &str) {
+    /// SIGSTOP, then wait for the stop to take effect. `kill` returns once the signal is
+    /// queued; on a busy machine the thread chosen to take it may wait for a CPU while
+    /// another thread goes on answering requests (seen: answers 1 ms after `kill -STOP`).
+    fn freeze(&self) {
+        let pid = self.signal("STOP");
+        wait_threads(pid, true);
+    }
+
+    fn thaw(&self) {
+        let pid = self.signal("CONT");
+        wait_threads(pid, false);
+    }
+
+    /// Sends `signal` to the etcd with the `kill` command; returns its pid.
+    fn signal(&self, signal: &str) -> u32 {
         let r = self
             .running
             .as_ref()
             .unwrap_or_else(|| panic!("{} is not running", self.spec.name));
+        let pid = r.etcd.id();
         let status = Command::new("kill")
             .arg(format!("-{signal}"))
-            .arg(r.etcd.id().to_string())
+            .arg(pid.to_string())
             .status()
             .expect("run kill");
-        assert!(
-            status.success(),
-            "kill -{signal} {} failed: {status}",
-            r.etcd.id()
-        );
+        assert!(status.success(), "kill -{signal} {pid} failed: {status}");
+        pid
     }
 
     fn log(&self) -> String {
@@ -835,8 +866,10 @@ impl Member {
     /// Why the process exited, once it has.
     fn failure(&mut self) -> Option<Failure> {
         let status = self.exited()?;
-        let log = self.log();
-        if log.contains("address already in use") {
+        let start = self.running.as_ref().map_or(0, |r| r.log_start);
+        let log = fs::read(self.log_path()).unwrap_or_default();
+        let own = String::from_utf8_lossy(log.get(start..).unwrap_or(&log));
+        if own.contains("address already in use") {
             Some(Failure::PortClash)
         } else {
             Some(Failure::Exited(self.spec.name.clone(), status))
@@ -845,18 +878,35 @@ impl Member {
 }
 
 /// Waits until a real `get` through each member's own endpoint succeeds. A member that
-/// exits ends the wait at once.
+/// exits ends the wait at once. The members are probed concurrently, each probe with a
+/// short timeout that grows round after round: a `get` sent before a leader exists can
+/// hang for seconds (etcd's read-index request timeout) while a new one would succeed.
 async fn wait_ready(members: &mut [&mut Member], options: &ConnectOptions) -> Result<(), Failure> {
     let deadline = Instant::now() + READY_DEADLINE;
     let mut ready = vec![false; members.len()];
-    loop {
-        for (i, m) in members.iter_mut().enumerate() {
+    for round in 1u32.. {
+        for m in members.iter_mut() {
             if let Some(failure) = m.failure() {
                 return Err(failure);
             }
-            if !ready[i] {
-                ready[i] = answers(&m.endpoint(), options).await;
-            }
+        }
+        let timeout = probe_timeout(round);
+        let probes: Vec<_> = (0..members.len())
+            .filter(|&i| !ready[i])
+            .map(|i| {
+                (
+                    i,
+                    tokio::spawn(answers(
+                        members[i].endpoint(),
+                        members[i].peer_url(),
+                        options.clone(),
+                        timeout,
+                    )),
+                )
+            })
+            .collect();
+        for (i, probe) in probes {
+            ready[i] = probe.await.unwrap_or(false);
         }
         if ready.iter().all(|&r| r) {
             return Ok(());
@@ -868,6 +918,92 @@ async fn wait_ready(members: &mut [&mut Member], options: &ConnectOptions) -> Re
             )));
         }
         tokio::time::sleep(POLL).await;
+    }
+    unreachable!()
+}
+
+/// Waits until the member answers HTTP on its peer port (`GET /version`), which it does
+/// before a quorum exists.
+async fn wait_serving_peers(member: &mut Member) -> Result<(), Failure> {
+    let deadline = Instant::now() + READY_DEADLINE;
+    for round in 1u32.. {
+        if let Some(failure) = member.failure() {
+            return Err(failure);
+        }
+        let port = member.spec.peer_port;
+        let timeout = probe_timeout(round);
+        let serving = tokio::task::spawn_blocking(move || peer_version(port, timeout))
+            .await
+            .unwrap_or(false);
+        if serving {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(Failure::Timeout(format!(
+                "{} did not serve its peer port within {READY_DEADLINE:?}",
+                member.spec.name
+            )));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    unreachable!()
+}
+
+/// Whether `GET /version` on the peer port answers 200 within `timeout` (blocking). Reads
+/// the status line only: etcd does not always close the connection after its answer.
+fn peer_version(port: u16, timeout: Duration) -> bool {
+    use std::io::Read as _;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let Ok(mut stream) = std::net::TcpStream::connect_timeout(&addr, timeout) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(timeout));
+    let _ = stream.set_write_timeout(Some(timeout));
+    let request = b"GET /version HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    if stream.write_all(request).is_err() {
+        return false;
+    }
+    let mut response = Vec::new();
+    let mut chunk = [0u8; 256];
+    while !response.windows(2).any(|w| w == b"\r\n") {
+        match stream.read(&mut chunk) {
+            Ok(n) if n > 0 => response.extend_from_slice(&chunk[..n]),
+            _ => return false,
+        }
+    }
+    response.starts_with(b"HTTP/1.1 200") || response.starts_with(b"HTTP/1.0 200")
+}
+
+/// 250 ms, growing by 250 ms a round up to [`PROBE_TIMEOUT`].
+fn probe_timeout(round: u32) -> Duration {
+    (Duration::from_millis(250) * round).min(PROBE_TIMEOUT)
+}
+
+/// Polls `/proc/PID/task/*/stat` until every thread of `pid` is stopped (`stopped`) or
+/// none is. Blocking, but for a few milliseconds at most on an idle machine. Without
+/// `/proc` it returns at once.
+fn wait_threads(pid: u32, stopped: bool) {
+    let deadline = Instant::now() + READY_DEADLINE;
+    let states = || -> Option<Vec<bool>> {
+        let mut all = Vec::new();
+        for task in fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+            let stat = fs::read_to_string(task.ok()?.path().join("stat")).ok()?;
+            // "tid (comm) S ...": the state follows the last ')'.
+            let state = stat.rsplit_once(')')?.1.split_whitespace().next()?;
+            all.push(state == "T" || state == "t");
+        }
+        Some(all)
+    };
+    while let Some(threads) = states() {
+        if threads.iter().all(|&t| t == stopped) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "etcd {pid}: threads not {} within {READY_DEADLINE:?}",
+            if stopped { "stopped" } else { "running" }
+        );
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 
@@ -892,23 +1028,52 @@ async fn restart_member(member: &mut Member, options: &ConnectOptions) {
     }
 }
 
-/// Whether a linearizable `get` through `endpoint` succeeds within [`PROBE_TIMEOUT`]. An
-/// auth refusal counts as an answer: etcd 3.4 checks permissions only after the read
-/// went through raft, and the harness does not know the test's credentials.
-async fn answers(endpoint: &str, options: &ConnectOptions) -> bool {
+/// Whether a linearizable `get` through `endpoint` succeeds within `timeout`, answered by
+/// a member of the cluster whose member `peer_url` is (not by another test's etcd that got
+/// the port while ours was failing on a port clash). An auth refusal counts as an answer:
+/// etcd 3.4 checks permissions only after the read went through raft, and the harness
+/// does not know the test's credentials.
+async fn answers(
+    endpoint: String,
+    peer_url: String,
+    options: ConnectOptions,
+    timeout: Duration,
+) -> bool {
     let attempt = async {
-        let mut client = probe_client(endpoint, options).await?;
-        client.get(PROBE_KEY, None).await
-    };
-    match tokio::time::timeout(PROBE_TIMEOUT, attempt).await {
-        Ok(Ok(_)) => true,
-        Ok(Err(e)) => {
-            let e = e.to_string();
-            e.contains("user name is empty")
-                || e.contains("permission denied")
-                || e.contains("invalid auth token")
+        let mut client = probe_client(&endpoint, &options, timeout).await?;
+        if let Err(e) = client.get(PROBE_KEY, None).await {
+            let refusal = e.to_string();
+            let auth = [
+                "user name is empty",
+                "permission denied",
+                "invalid auth token",
+            ];
+            if !auth.iter().any(|a| refusal.contains(a)) {
+                return Err(e);
+            }
         }
-        Err(_) => false,
+        let members = client.member_list().await?;
+        Ok::<_, etcd_client::Error>(
+            members
+                .members()
+                .iter()
+                .any(|m| m.peer_urls().contains(&peer_url)),
+        )
+    };
+    matches!(tokio::time::timeout(timeout, attempt).await, Ok(Ok(true)))
+}
+
+/// Whether the member at `endpoint` says, within `timeout`, that it is the leader.
+async fn says_it_leads(endpoint: String, timeout: Duration) -> bool {
+    let attempt = async {
+        let mut client = probe_client(&endpoint, &ConnectOptions::new(), timeout).await?;
+        client.status().await
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(Ok(status)) => {
+            status.leader() != 0 && status.header().map(|h| h.member_id()) == Some(status.leader())
+        }
+        _ => false,
     }
 }
 
@@ -916,11 +1081,12 @@ async fn answers(endpoint: &str, options: &ConnectOptions) -> bool {
 async fn probe_client(
     endpoint: &str,
     options: &ConnectOptions,
+    timeout: Duration,
 ) -> Result<Client, etcd_client::Error> {
     let options = options
         .clone()
-        .with_connect_timeout(PROBE_TIMEOUT)
-        .with_timeout(PROBE_TIMEOUT);
+        .with_connect_timeout(timeout)
+        .with_timeout(timeout);
     Client::connect([endpoint], Some(options)).await
 }
 
