@@ -123,6 +123,21 @@ fn stack(c: &mut Criterion) {
         7,
     );
 
+    // Not a named target: the same with the library's default bulkhead (no limit, so no
+    // counting), to show what the two atomic operations of an active bulkhead cost.
+    let policy = Policy::new(
+        "full-unlimited",
+        settings(|s| s.bulkhead.max_concurrent = None),
+    )
+    .unwrap();
+    let layer = PolicyLayer::new(&policy).fallback(Fallback::new().static_value(42u64));
+    bench(
+        &mut g,
+        "substation_full_ready_no_bulkhead_limit",
+        layer.layer(ok_service()),
+        7,
+    );
+
     let policy = Policy::new("open", settings(|_| {})).unwrap();
     let layer = PolicyLayer::new(&policy).fallback(Fallback::new().static_value(42u64));
     let mut tripper = layer.layer(failing_service());

@@ -10,7 +10,7 @@ use pin_project_lite::pin_project;
 use tower::ServiceExt;
 
 use super::error::{FailedResponse, FallbackBusy, FallbackFailed, NoRequest};
-use super::tiers::{Order, Tiers};
+use super::tiers::{Cause, Order, Tiers};
 use crate::BoxError;
 use crate::breaker::error::OpenCircuit;
 use crate::bulkhead::BulkheadFull;
@@ -319,13 +319,9 @@ fn fast_tiers<Req, Resp, P>(
     match order.get(0)? {
         Tier::Static => {
             let build = tiers.static_fn.as_ref()?;
-            let failed: BoxError;
-            let cause = match original {
-                Err(e) => e,
-                Ok(_) => {
-                    failed = Box::new(FailedResponse(()));
-                    &failed
-                }
+            let cause: &Cause = match original {
+                Err(e) => &**e,
+                Ok(_) => &FailedResponse(()),
             };
             let resp = build(parts, cause);
             tiers.tier_metrics(Tier::Static).served.increment(1);
@@ -385,13 +381,9 @@ where
         match tier {
             Tier::Static => {
                 if let Some(build) = &tiers.static_fn {
-                    let failed: BoxError;
-                    let cause = match &p.original {
-                        Err(e) => e,
-                        Ok(_) => {
-                            failed = Box::new(FailedResponse(()));
-                            &failed
-                        }
+                    let cause: &Cause = match &p.original {
+                        Err(e) => &**e,
+                        Ok(_) => &FailedResponse(()),
                     };
                     let resp = build(&p.parts, cause);
                     m.served.increment(1);

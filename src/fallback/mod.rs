@@ -67,6 +67,7 @@ use arc_swap::{ArcSwap, Cache};
 use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service, ServiceExt};
 
+pub use self::tiers::Cause;
 use self::tiers::{KeyedCache, ServiceTier, Tiers};
 use crate::classify::{Classify, ErrorsAsFailures};
 use crate::clock::Clock;
@@ -134,7 +135,7 @@ impl<Req: 'static, Resp: 'static, P: 'static> Fallback<Req, Resp, P> {
     /// task: keep it cheap, or it becomes the next outage.
     pub fn static_with(
         mut self,
-        build: impl Fn(&P, &BoxError) -> Resp + Send + Sync + 'static,
+        build: impl Fn(&P, &Cause) -> Resp + Send + Sync + 'static,
     ) -> Self {
         self.tiers.static_fn = Some(Box::new(build));
         self.add(Tier::Static)

@@ -10,7 +10,10 @@ use super::error::NoCachedResponse;
 use crate::BoxError;
 use crate::settings::{FallbackSettings, Tier};
 
-pub(crate) type StaticFn<P, Resp> = Box<dyn Fn(&P, &BoxError) -> Resp + Send + Sync>;
+/// What a fallback is answering for: the dependency's error, or why it was not called.
+pub type Cause = dyn std::error::Error + Send + Sync + 'static;
+
+pub(crate) type StaticFn<P, Resp> = Box<dyn Fn(&P, &Cause) -> Resp + Send + Sync>;
 pub(crate) type CloneFn<Req> = Box<dyn Fn(&Req) -> Option<Req> + Send + Sync>;
 
 /// The cache tier, erased over its key type.

@@ -62,8 +62,9 @@ impl Dep {
 async fn static_tier_answers_with_parts_and_error() {
     let policy = Policy::new("fb-static", PolicySettings::default()).unwrap();
     let dep = Dep::default();
-    let fb = Fallback::with_parts(|req: &u32| *req * 10)
-        .static_with(|parts: &u32, err: &BoxError| format!("static {parts} after {err}"));
+    let fb = Fallback::with_parts(|req: &u32| *req * 10).static_with(
+        |parts: &u32, err: &substation::fallback::Cause| format!("static {parts} after {err}"),
+    );
     let svc = FallbackLayer::new(&policy, fb).layer(dep.service());
     assert_eq!(svc.clone().oneshot(1).await.unwrap(), "primary 1");
     dep.set_down(true);
