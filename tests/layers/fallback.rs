@@ -15,7 +15,7 @@ use substation::live::InMemorySource;
 use substation::settings::{PolicySettings, Tier};
 use substation::stack::PolicyLayer;
 use substation::timeout::error::Elapsed;
-use substation::{BoxError, Policy, Substation};
+use substation::{Policy, Substation};
 use tower::{Layer, Service, ServiceExt, service_fn};
 
 use crate::support::call_now;
