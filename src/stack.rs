@@ -50,24 +50,49 @@
 //! # }
 //! ```
 
-use tower::Layer;
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
-use crate::Policy;
+use arc_swap::{ArcSwap, Cache};
+use pin_project_lite::pin_project;
+use tokio::time::Sleep;
+use tower::{Layer, Service};
+
+use crate::breaker::future::Fields;
 use crate::breaker::{CircuitBreaker, CircuitBreakerLayer};
+use crate::breaker::{NO_TRIAL, Permit, decide, release_trial};
+use crate::bulkhead::Slot;
 use crate::bulkhead::{Bulkhead, BulkheadLayer};
+use crate::classify::Classify;
 use crate::classify::ErrorsAsFailures;
+use crate::clock::Clock;
+use crate::fallback::Short;
+use crate::fallback::future::Plan;
 use crate::fallback::{Fallback, FallbackLayer, FallbackService};
+use crate::kill::killed;
 use crate::kill::{KillSwitch, KillSwitchLayer};
+use crate::policy::PolicyCore;
+use crate::settings::PolicySettings;
+use crate::timeout::error::Elapsed;
 use crate::timeout::{Timeout, TimeoutLayer};
+use crate::{BoxError, Policy};
 
 /// The protection of one dependency without a fallback: kill switch → bulkhead →
 /// circuit breaker → timeout.
 pub type Protected<S, C = ErrorsAsFailures> = KillSwitch<Bulkhead<CircuitBreaker<Timeout<S>, C>>>;
 
-/// The protection of one dependency with a fallback: (kill switch + fallback) →
-/// bulkhead → circuit breaker → timeout.
+/// The protection of one dependency with a fallback, as individual layers: kill switch
+/// and fallback, then bulkhead, circuit breaker and timeout. [`PolicyLayer::fallback`]
+/// builds the fused [`PolicyService`] instead, which behaves the same.
 pub type ProtectedWithFallback<S, Req, Resp, P, C = ErrorsAsFailures> =
     FallbackService<Bulkhead<CircuitBreaker<Timeout<S>, C>>, Req, Resp, P, C>;
+
+/// The response future of [`PolicyService`].
+pub type FallbackFuture<F, Req, Resp, P, C> = crate::fallback::ResponseFuture<F, Req, Resp, P, C>;
 
 /// Builds the whole protection of a dependency from its policy; see the
 /// [module docs](self).
@@ -142,9 +167,289 @@ impl<Req, Resp, P, C: Clone> Clone for PolicyLayerWithFallback<Req, Resp, P, C> 
 }
 
 impl<S, Req, Resp, P, C: Clone> Layer<S> for PolicyLayerWithFallback<Req, Resp, P, C> {
-    type Service = ProtectedWithFallback<S, Req, Resp, P, C>;
+    type Service = PolicyService<S, Req, Resp, P, C>;
 
     fn layer(&self, service: S) -> Self::Service {
+        PolicyService::new(
+            service,
+            &self.inner.policy,
+            self.fallback.tiers(),
+            self.inner.classify.clone(),
+        )
+    }
+}
+
+impl<Req, Resp, P, C: Clone> PolicyLayerWithFallback<Req, Resp, P, C> {
+    /// The same protection built from the individual layers (for comparison, or to put
+    /// something between them).
+    pub fn layered<S>(&self, service: S) -> ProtectedWithFallback<S, Req, Resp, P, C> {
         self.fallback.layer(self.inner.inner(service))
+    }
+}
+
+/// The fused form of [`ProtectedWithFallback`]: the same five protections in one
+/// service — one settings read, one readiness decision, one response future — which is
+/// what [`PolicyLayer::fallback`] builds. Behaviour is that of the individual layers
+/// composed in the documented order.
+pub struct PolicyService<S, Req: 'static, Resp: 'static, P: 'static, C = ErrorsAsFailures> {
+    inner: S,
+    classify: C,
+    tiers: &'static crate::fallback::tiers::Tiers<Req, Resp, P>,
+    settings: SettingsCache,
+    core: &'static PolicyCore,
+    generation: u32,
+    clock: Clock,
+    /// Decided in `poll_ready`.
+    state: Ready,
+    /// A half-open trial permit held between `poll_ready` and `call`.
+    permit: Permit,
+    _policy: Policy,
+    _types: PhantomData<fn(Req) -> Resp>,
+}
+
+#[derive(Debug)]
+enum Ready {
+    Unpolled,
+    /// The dependency will be called: with this bulkhead slot (and maybe a trial permit).
+    Call(Slot),
+    /// It will not: the fallback answers.
+    Short(Short),
+}
+
+type SettingsCache = Cache<&'static ArcSwap<PolicySettings>, std::sync::Arc<PolicySettings>>;
+
+impl<S, Req, Resp, P, C> PolicyService<S, Req, Resp, P, C> {
+    fn new(
+        inner: S,
+        policy: &Policy,
+        tiers: &'static crate::fallback::tiers::Tiers<Req, Resp, P>,
+        classify: C,
+    ) -> Self {
+        let core = policy.core();
+        PolicyService {
+            inner,
+            classify,
+            tiers,
+            settings: Cache::new(&core.settings),
+            core,
+            generation: policy.generation(),
+            clock: *policy.clock(),
+            state: Ready::Unpolled,
+            permit: Permit {
+                core,
+                generation: policy.generation(),
+                episode: NO_TRIAL,
+            },
+            _policy: policy.clone(),
+            _types: PhantomData,
+        }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+}
+
+impl<S: Clone, Req, Resp, P, C: Clone> Clone for PolicyService<S, Req, Resp, P, C> {
+    /// A clone starts unpolled: readiness, slots and permits are not shared.
+    fn clone(&self) -> Self {
+        PolicyService {
+            inner: self.inner.clone(),
+            classify: self.classify.clone(),
+            tiers: self.tiers,
+            settings: self.settings.clone(),
+            core: self.core,
+            generation: self.generation,
+            clock: self.clock,
+            state: Ready::Unpolled,
+            permit: Permit {
+                core: self.core,
+                generation: self.generation,
+                episode: NO_TRIAL,
+            },
+            _policy: self._policy.clone(),
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<S: fmt::Debug, Req, Resp, P, C> fmt::Debug for PolicyService<S, Req, Resp, P, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PolicyService")
+            .field("inner", &self.inner)
+            .field("policy", &self.core.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, Req, Resp, P, C> Service<Req> for PolicyService<S, Req, Resp, P, C>
+where
+    S: Service<Req, Response = Resp>,
+    S::Error: Into<BoxError>,
+    C: Classify<Resp, BoxError> + Clone,
+    Req: Send + 'static,
+    Resp: Send + 'static,
+    P: Send + 'static,
+{
+    type Response = Resp;
+    type Error = BoxError;
+    type Future = FallbackFuture<Guarded<S::Future, C>, Req, Resp, P, C>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        if !matches!(self.state, Ready::Call(_)) {
+            let settings = self.settings.load();
+            // Kill switch, then bulkhead, then breaker: the order of the layers.
+            if killed(self.core, settings) {
+                self.state = Ready::Short(Short::Killed);
+                return Poll::Ready(Ok(()));
+            }
+            let max = settings.bulkhead.max_concurrent;
+            let admit = match self
+                .core
+                .breaker
+                .quick_admit(settings.breaker.mode, &self.clock)
+            {
+                Some(admit) => admit,
+                None => {
+                    let b = settings.breaker.clone();
+                    decide(self.core, &b, self.clock, &mut self.permit).is_some()
+                }
+            };
+            self.state = if !admit {
+                Ready::Short(Short::Open)
+            } else {
+                match Slot::acquire(self.core, max) {
+                    Ok(slot) => Ready::Call(slot),
+                    Err(()) => {
+                        // A trial permit taken above goes back: this call is not made.
+                        release_trial(
+                            self.core,
+                            self.generation,
+                            std::mem::replace(&mut self.permit.episode, NO_TRIAL),
+                        );
+                        Ready::Short(Short::Bulkhead)
+                    }
+                }
+            };
+            if let Ready::Short(_) = self.state {
+                return Poll::Ready(Ok(()));
+            }
+        }
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    #[inline]
+    fn call(&mut self, req: Req) -> Self::Future {
+        let ctx = crate::fallback::future::Ctx {
+            tiers: self.tiers,
+            core: self.core,
+            clock: self.clock,
+        };
+        let settings = self.settings.load();
+        let plan = Plan::new(self.tiers, settings);
+        let parts = (self.tiers.parts)(&req);
+        let slot = match std::mem::replace(&mut self.state, Ready::Unpolled) {
+            Ready::Call(slot) => slot,
+            Ready::Short(short) => {
+                short.count(self.core);
+                return FallbackFuture::short(ctx, self.classify.clone(), plan, parts, req, short);
+            }
+            Ready::Unpolled => panic!("poll_ready must be called first"),
+        };
+        let spare = match &self.tiers.service {
+            Some(s) => (s.clone_request)(&req),
+            None => None,
+        };
+        let fields = Fields {
+            core: self.core,
+            clock: self.clock,
+            start: self.clock.now_ms(),
+            slow_ms: settings
+                .breaker
+                .slow_call_ms
+                .map_or(0, |ms| ms.min(u64::from(u32::MAX)) as u32),
+            generation: self.generation,
+            trial: std::mem::replace(&mut self.permit.episode, NO_TRIAL),
+        };
+        let guarded = Guarded {
+            inner: self.inner.call(req),
+            sleep: None,
+            timeout: settings.timeout.ms.map(Duration::from_millis),
+            fields,
+            slot,
+            classify: self.classify.clone(),
+            done: false,
+        };
+        FallbackFuture::primary(ctx, self.classify.clone(), plan, guarded, parts, spare)
+    }
+}
+
+pin_project! {
+    /// The dependency's call inside a [`PolicyService`]: its timeout, its bulkhead slot,
+    /// and the breaker's record of its outcome.
+    #[derive(Debug)]
+    pub struct Guarded<F, C> {
+        #[pin]
+        inner: F,
+        #[pin]
+        sleep: Option<Sleep>,
+        timeout: Option<Duration>,
+        fields: Fields,
+        slot: Slot,
+        classify: C,
+        done: bool,
+    }
+
+    impl<F, C> PinnedDrop for Guarded<F, C> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if !*this.done {
+                let f = this.fields;
+                release_trial(f.core, f.generation, f.trial);
+            }
+        }
+    }
+}
+
+impl<F, C, T, E> Future for Guarded<F, C>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+    C: Classify<T, BoxError>,
+{
+    type Output = Result<T, BoxError>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let result = match this.inner.poll(cx) {
+            Poll::Ready(r) => r.map_err(Into::into),
+            Poll::Pending => {
+                let Some(timeout) = *this.timeout else {
+                    return Poll::Pending;
+                };
+                if this.sleep.is_none() {
+                    this.sleep.set(Some(tokio::time::sleep(timeout)));
+                }
+                match this.sleep.as_pin_mut().map(|sleep| sleep.poll(cx)) {
+                    Some(Poll::Ready(())) => Err(Elapsed::new().into()),
+                    _ => return Poll::Pending,
+                }
+            }
+        };
+        if !*this.done {
+            *this.done = true;
+            let outcome = this.classify.classify(&result);
+            crate::breaker::future::finish(this.fields, outcome, &result);
+            *this.slot = Slot::NONE; // free the bulkhead slot as soon as the call is done
+        }
+        Poll::Ready(result)
     }
 }

@@ -109,7 +109,7 @@ where
 }
 
 #[inline]
-fn finish<T>(f: &Fields, outcome: Outcome, result: &Result<T, BoxError>) {
+pub(crate) fn finish<T>(f: &Fields, outcome: Outcome, result: &Result<T, BoxError>) {
     let core = f.core;
     if core.generation.load(Ordering::Acquire) != f.generation {
         return; // the policy is gone and its state recycled

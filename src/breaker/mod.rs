@@ -88,10 +88,10 @@ pub(crate) const NO_TRIAL: u32 = u32::MAX;
 /// A half-open trial permit held between `poll_ready` and `call`; returned to the
 /// breaker if the service is dropped (or cloned) before it calls.
 #[derive(Debug)]
-struct Permit {
-    core: &'static PolicyCore,
-    generation: u32,
-    episode: u32,
+pub(crate) struct Permit {
+    pub(crate) core: &'static PolicyCore,
+    pub(crate) generation: u32,
+    pub(crate) episode: u32,
 }
 
 impl Drop for Permit {
@@ -106,6 +106,25 @@ pub(crate) fn release_trial(core: &PolicyCore, generation: u32, episode: u32) {
         && core.generation.load(std::sync::atomic::Ordering::Acquire) == generation
     {
         core.breaker.release_trial(u64::from(episode));
+    }
+}
+
+/// The breaker's admission off the fast path: `Some(true)` admit, `Some(false)` admit as
+/// a trial (its episode is now in `permit`), `None` reject.
+#[cold]
+pub(crate) fn decide(
+    core: &'static PolicyCore,
+    settings: &crate::settings::BreakerSettings,
+    clock: Clock,
+    permit: &mut Permit,
+) -> Option<bool> {
+    match core.breaker.admit(clock.now_ms(), settings, &core.ctx()) {
+        Admission::Admit => Some(true),
+        Admission::Reject => None,
+        Admission::Trial(episode) => {
+            permit.episode = episode as u32;
+            Some(false)
+        }
     }
 }
 
@@ -257,18 +276,11 @@ where
 impl<S, C> CircuitBreaker<S, C> {
     #[cold]
     fn decide(&mut self) -> Decision {
-        let settings = self.settings.load();
-        let core = self.core;
-        match core
-            .breaker
-            .admit(self.clock.now_ms(), &settings.breaker, &core.ctx())
-        {
-            Admission::Admit => Decision::Admit,
-            Admission::Reject => Decision::Reject,
-            Admission::Trial(episode) => {
-                self.permit.episode = episode as u32;
-                Decision::Trial
-            }
+        let settings = self.settings.load().clone();
+        match decide(self.core, &settings.breaker, self.clock, &mut self.permit) {
+            Some(true) => Decision::Admit,
+            Some(false) => Decision::Trial,
+            None => Decision::Reject,
         }
     }
 }

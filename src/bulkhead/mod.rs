@@ -66,7 +66,7 @@ pub(crate) struct Slot {
 }
 
 impl Slot {
-    const NONE: Slot = Slot { core: None };
+    pub(crate) const NONE: Slot = Slot { core: None };
 
     /// Takes a slot if the bulkhead (limit `max`) has one: `Ok(Slot)` (an empty slot
     /// when there is no limit), `Err(())` when full.

@@ -212,6 +212,7 @@ impl<F, Req: 'static, Resp: 'static, P: 'static, C> ResponseFuture<F, Req, Resp,
     ) -> Self {
         let original: Result<Resp, BoxError> = match why {
             super::Short::Killed => Err(Killed(()).into()),
+            super::Short::Bulkhead => Err(BulkheadFull(()).into()),
             _ => Err(OpenCircuit::new().into()),
         };
         let order = plan.order_for(&original);

@@ -54,8 +54,8 @@
 //! the process: build layers at start-up, not per request.
 
 pub mod error;
-mod future;
-mod tiers;
+pub(crate) mod future;
+pub(crate) mod tiers;
 
 use std::fmt;
 use std::hash::Hash;
@@ -180,6 +180,12 @@ pub struct FallbackLayer<Req: 'static, Resp: 'static, P: 'static, C = ErrorsAsFa
     classify: C,
 }
 
+impl<Req: 'static, Resp: 'static, P: 'static, C> FallbackLayer<Req, Resp, P, C> {
+    pub(crate) fn tiers(&self) -> &'static Tiers<Req, Resp, P> {
+        self.tiers
+    }
+}
+
 impl<Req: 'static, Resp: 'static, P: 'static, C: Clone> Clone for FallbackLayer<Req, Resp, P, C> {
     fn clone(&self) -> Self {
         FallbackLayer {
@@ -266,12 +272,27 @@ pub struct FallbackService<S, Req: 'static, Resp: 'static, P: 'static, C = Error
     _types: PhantomData<fn(Req) -> Resp>,
 }
 
+impl Short {
+    /// Counts the call under its outcome.
+    #[inline]
+    pub(crate) fn count(self, core: &PolicyCore) {
+        let m = &core.metrics;
+        match self {
+            Short::No => {}
+            Short::Killed => m.killed.increment(1),
+            Short::Open => m.rejected.increment(1),
+            Short::Bulkhead => m.bulkhead_full.increment(1),
+        }
+    }
+}
+
 /// Why `poll_ready` decided not to call the dependency.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Short {
     No,
     Killed,
     Open,
+    Bulkhead,
 }
 
 impl<S: Clone, Req: 'static, Resp: 'static, P: 'static, C: Clone> Clone
@@ -351,12 +372,7 @@ where
         match std::mem::replace(&mut self.short, Short::No) {
             Short::No => {}
             short => {
-                let m = &self.core.metrics;
-                if short == Short::Killed {
-                    m.killed.increment(1)
-                } else {
-                    m.rejected.increment(1)
-                }
+                short.count(self.core);
                 return ResponseFuture::short(ctx, self.classify.clone(), plan, parts, req, short);
             }
         }

@@ -245,10 +245,12 @@ async fn a_live_kill_switch_flip_under_load_loses_no_request() {
         .fallback(Fallback::new().static_value("static".to_owned()))
         .layer(dep.service());
     let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicUsize::new(0));
     let workers: Vec<_> = (0..8)
         .map(|w| {
             let svc = svc.clone();
             let stop = stop.clone();
+            let done = done.clone();
             tokio::spawn(async move {
                 let (mut primary, mut fallback) = (0u32, 0u32);
                 let mut i = 0;
@@ -258,6 +260,7 @@ async fn a_live_kill_switch_flip_under_load_loses_no_request() {
                         Ok(_) => primary += 1,
                         Err(e) => panic!("request lost: {e}"),
                     }
+                    done.fetch_add(1, Ordering::Relaxed);
                     i += 1;
                     tokio::task::yield_now().await;
                 }
@@ -265,6 +268,8 @@ async fn a_live_kill_switch_flip_under_load_loses_no_request() {
             })
         })
         .collect();
+    // Flip 200 times, each time after the callers have made progress.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     for i in 0..200 {
         source
             .put(
@@ -272,7 +277,11 @@ async fn a_live_kill_switch_flip_under_load_loses_no_request() {
                 &format!(r#"{{"kill": {}}}"#, i % 2 == 0),
             )
             .unwrap();
-        tokio::task::yield_now().await;
+        let target = done.load(Ordering::Relaxed) + 16;
+        while done.load(Ordering::Relaxed) < target {
+            assert!(std::time::Instant::now() < deadline, "callers stalled");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
     }
     source.put("policies/fb-flip", r#"{"kill": true}"#).unwrap();
     let calls_when_killed = dep.calls.load(Ordering::SeqCst);
@@ -495,4 +504,73 @@ fn every_layer_keeps_the_readiness_contract() {
         .layer(inner);
     assert_eq!(call_now(&mut killed, 1).unwrap(), 7);
     assert_eq!(polls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_fused_stack_times_out_opens_trials_and_closes() {
+    let policy = Policy::with_clock(
+        "fb-fused",
+        settings(|s| {
+            s.timeout.ms = Some(100);
+            s.breaker.min_calls = 3;
+            s.breaker.open_ms = 1_000;
+        }),
+        Clock::tokio(),
+    )
+    .unwrap();
+    let slow = Arc::new(AtomicBool::new(true));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let inner = {
+        let (slow, calls) = (slow.clone(), calls.clone());
+        service_fn(move |req: u32| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            let slow = slow.load(Ordering::SeqCst);
+            async move {
+                if slow {
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                }
+                Ok::<_, std::io::Error>(format!("primary {req}"))
+            }
+        })
+    };
+    let layer =
+        PolicyLayer::new(&policy).fallback(Fallback::new().static_value("static".to_owned()));
+    let svc = layer.layer(inner.clone());
+    for i in 0..3 {
+        let start = tokio::time::Instant::now();
+        assert_eq!(svc.clone().oneshot(i).await.unwrap(), "static");
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_millis(100),
+            "the timeout, then the fallback"
+        );
+    }
+    assert_eq!(
+        policy.breaker_state(),
+        BreakerState::Open,
+        "timeouts count as failures"
+    );
+    let before = calls.load(Ordering::SeqCst);
+    assert_eq!(svc.clone().oneshot(9).await.unwrap(), "static");
+    assert_eq!(calls.load(Ordering::SeqCst), before, "open: not called");
+
+    // Half-open: one trial; a caller that gives up on it gives its permit back.
+    tokio::time::advance(Duration::from_millis(1_000)).await;
+    let gave_up = tokio::time::timeout(Duration::from_millis(10), svc.clone().oneshot(10)).await;
+    assert!(gave_up.is_err());
+    assert_eq!(policy.breaker_state(), BreakerState::HalfOpen);
+    slow.store(false, Ordering::SeqCst);
+    assert_eq!(
+        svc.clone().oneshot(11).await.unwrap(),
+        "primary 11",
+        "the next trial"
+    );
+    assert_eq!(policy.breaker_state(), BreakerState::Closed);
+
+    // The fused service and the individual layers answer alike.
+    let mut layered = layer.layered(inner);
+    assert_eq!(
+        layered.ready().await.unwrap().call(12).await.unwrap(),
+        "primary 12"
+    );
 }
