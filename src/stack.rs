@@ -199,6 +199,8 @@ pub struct PolicyService<S, Req: 'static, Resp: 'static, P: 'static, C = ErrorsA
     core: &'static PolicyCore,
     generation: u32,
     clock: Clock,
+    /// The plan for the settings in force, by their address: recomputed on change only.
+    plan: Option<(usize, Plan)>,
     /// Decided in `poll_ready`.
     state: Ready,
     /// A half-open trial permit held between `poll_ready` and `call`.
@@ -234,6 +236,7 @@ impl<S, Req, Resp, P, C> PolicyService<S, Req, Resp, P, C> {
             core,
             generation: policy.generation(),
             clock: *policy.clock(),
+            plan: None,
             state: Ready::Unpolled,
             permit: Permit {
                 core,
@@ -267,6 +270,7 @@ impl<S: Clone, Req, Resp, P, C: Clone> Clone for PolicyService<S, Req, Resp, P, 
             core: self.core,
             generation: self.generation,
             clock: self.clock,
+            plan: None,
             state: Ready::Unpolled,
             permit: Permit {
                 core: self.core,
@@ -353,7 +357,15 @@ where
             clock: self.clock,
         };
         let settings = self.settings.load();
-        let plan = Plan::new(self.tiers, settings);
+        let key = std::sync::Arc::as_ptr(settings) as usize;
+        let plan = match self.plan {
+            Some((k, plan)) if k == key => plan,
+            _ => {
+                let plan = Plan::new(self.tiers, settings);
+                self.plan = Some((key, plan));
+                plan
+            }
+        };
         let parts = (self.tiers.parts)(&req);
         let slot = match std::mem::replace(&mut self.state, Ready::Unpolled) {
             Ready::Call(slot) => slot,
@@ -426,7 +438,7 @@ where
 {
     type Output = Result<T, BoxError>;
 
-    #[inline]
+    #[inline(always)]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         let result = match this.inner.poll(cx) {

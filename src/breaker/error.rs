@@ -8,7 +8,7 @@ use std::fmt;
 /// A zero-sized type, so boxing it into a [`BoxError`](crate::BoxError) allocates
 /// nothing: rejection stays cheap when it matters most.
 #[derive(Debug, Default)]
-pub struct OpenCircuit(pub(super) ());
+pub struct OpenCircuit(pub(crate) ());
 
 impl OpenCircuit {
     /// A new `OpenCircuit` (for tests and fallbacks that want to produce one).

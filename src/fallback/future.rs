@@ -77,6 +77,16 @@ impl Plan {
         }
     }
 
+    /// The tiers to try for a failure of a known trigger.
+    #[inline]
+    fn order_for_bit(&self, bit: u8) -> Order {
+        if !self.critical || self.on & bit != 0 {
+            self.order
+        } else {
+            Order::default()
+        }
+    }
+
     /// The tiers to try for this failure: none unless the settings say it calls for
     /// the fallback (a non-critical dependency always falls back).
     #[inline]
@@ -210,17 +220,26 @@ impl<F, Req: 'static, Resp: 'static, P: 'static, C> ResponseFuture<F, Req, Resp,
         req: Req,
         why: super::Short,
     ) -> Self {
-        let original: Result<Resp, BoxError> = match why {
-            super::Short::Killed => Err(Killed(()).into()),
-            super::Short::Bulkhead => Err(BulkheadFull(()).into()),
-            _ => Err(OpenCircuit::new().into()),
+        // The cause is passed by reference to the fast tiers; it is boxed only if the
+        // walk must go on.
+        let (cause, bit): (&Cause, u8) = match why {
+            super::Short::Killed => (&Killed(()), ON_KILLED),
+            super::Short::Bulkhead => (&BulkheadFull(()), ON_BULKHEAD),
+            _ => (&OpenCircuit(()), ON_OPEN),
         };
-        let order = plan.order_for(&original);
-        let state = match fast_tiers(ctx, plan, order, &parts, &original) {
+        let order = plan.order_for_bit(bit);
+        let state = match fast_tiers(ctx, plan, order, &parts, cause) {
             Some(resp) => State::Ready { resp: Some(resp) },
-            None => State::Fallback {
-                progress: Box::new(Progress::new(order, parts, Some(req), original)),
-            },
+            None => {
+                let original: Result<Resp, BoxError> = Err(match why {
+                    super::Short::Killed => Killed(()).into(),
+                    super::Short::Bulkhead => BulkheadFull(()).into(),
+                    _ => OpenCircuit::new().into(),
+                });
+                State::Fallback {
+                    progress: Box::new(Progress::new(order, parts, Some(req), original)),
+                }
+            }
         };
         ResponseFuture {
             state,
@@ -256,6 +275,7 @@ where
 {
     type Output = Result<Resp, BoxError>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         let ctx = *this.ctx;
@@ -279,7 +299,11 @@ where
                     };
                     let spare = spare.take();
                     let order = plan.order_for(&result);
-                    if let Some(resp) = fast_tiers(ctx, plan, order, &parts, &result) {
+                    let cause: &Cause = match &result {
+                        Err(e) => &**e,
+                        Ok(_) => &FailedResponse(()),
+                    };
+                    if let Some(resp) = fast_tiers(ctx, plan, order, &parts, cause) {
                         this.state.set(State::Done);
                         return Poll::Ready(Ok(resp));
                     }
@@ -314,16 +338,12 @@ fn fast_tiers<Req, Resp, P>(
     plan: Plan,
     order: Order,
     parts: &P,
-    original: &Result<Resp, BoxError>,
+    cause: &Cause,
 ) -> Option<Resp> {
     let tiers = ctx.tiers;
     match order.get(0)? {
         Tier::Static => {
             let build = tiers.static_fn.as_ref()?;
-            let cause: &Cause = match original {
-                Err(e) => &**e,
-                Ok(_) => &FailedResponse(()),
-            };
             let resp = build(parts, cause);
             tiers.tier_metrics(Tier::Static).served.increment(1);
             Some(resp)

@@ -76,6 +76,7 @@ use crate::policy::PolicyCore;
 use crate::settings::{PolicySettings, Tier};
 use crate::{BoxError, Policy};
 
+use self::future::Plan;
 pub use self::future::ResponseFuture;
 
 type SettingsCache = Cache<&'static ArcSwap<PolicySettings>, std::sync::Arc<PolicySettings>>;
@@ -250,6 +251,7 @@ impl<S, Req: 'static, Resp: 'static, P: 'static, C: Clone> Layer<S>
             settings: Cache::new(&core.settings),
             core,
             clock: *self.policy.clock(),
+            plan: None,
             short: Short::No,
             _policy: self.policy.clone(),
             _types: PhantomData,
@@ -266,6 +268,8 @@ pub struct FallbackService<S, Req: 'static, Resp: 'static, P: 'static, C = Error
     settings: SettingsCache,
     core: &'static PolicyCore,
     clock: Clock,
+    /// The plan for the settings in force, by their address: recomputed on change only.
+    plan: Option<(usize, Plan)>,
     /// Decided in `poll_ready`: the dependency will not be called.
     short: Short,
     _policy: Policy,
@@ -306,6 +310,7 @@ impl<S: Clone, Req: 'static, Resp: 'static, P: 'static, C: Clone> Clone
             settings: self.settings.clone(),
             core: self.core,
             clock: self.clock,
+            plan: None,
             short: Short::No,
             _policy: self._policy.clone(),
             _types: PhantomData,
@@ -367,7 +372,16 @@ where
             core: self.core,
             clock: self.clock,
         };
-        let plan = future::Plan::new(self.tiers, self.settings.load());
+        let settings = self.settings.load();
+        let key = std::sync::Arc::as_ptr(settings) as usize;
+        let plan = match self.plan {
+            Some((k, plan)) if k == key => plan,
+            _ => {
+                let plan = future::Plan::new(self.tiers, settings);
+                self.plan = Some((key, plan));
+                plan
+            }
+        };
         let parts = (self.tiers.parts)(&req);
         match std::mem::replace(&mut self.short, Short::No) {
             Short::No => {}
