@@ -38,6 +38,7 @@ pub mod bulkhead;
 pub mod classify;
 pub mod clock;
 pub mod fallback;
+pub mod fault;
 pub mod kill;
 pub mod live;
 pub mod metrics;

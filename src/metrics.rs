@@ -52,6 +52,8 @@ pub const OUTCOME_BULKHEAD_FULL: &str = "bulkhead_full";
 /// Counter of fallback attempts, labelled `policy`, `tier` (`static`, `cache`,
 /// `service`) and `result` (`served`, `failed`).
 pub const FALLBACKS: &str = "substation_fallbacks_total";
+/// Counter of injected faults, labelled `policy` and `kind` (`abort`, `delay`).
+pub const FAULTS: &str = "substation_faults_injected_total";
 /// Histogram of service-tier fallback durations in seconds, labelled `policy`.
 pub const FALLBACK_DURATION: &str = "substation_fallback_duration_seconds";
 /// Counter of switch evaluations, labelled `switch` and `result` (`on`, `off`, or the
@@ -98,6 +100,7 @@ pub fn describe() {
         Unit::Count,
         "Fallback attempts, by tier and result."
     );
+    metrics::describe_counter!(FAULTS, Unit::Count, "Faults injected, by kind.");
     metrics::describe_histogram!(
         FALLBACK_DURATION,
         Unit::Seconds,

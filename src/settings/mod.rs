@@ -82,6 +82,8 @@ pub struct PolicySettings {
     pub bulkhead: BulkheadSettings,
     /// The fallback's settings.
     pub fallback: FallbackSettings,
+    /// Fault injection (off by default).
+    pub fault: FaultSettings,
 }
 
 impl Default for PolicySettings {
@@ -93,6 +95,7 @@ impl Default for PolicySettings {
             breaker: BreakerSettings::default(),
             bulkhead: BulkheadSettings::default(),
             fallback: FallbackSettings::default(),
+            fault: FaultSettings::default(),
         }
     }
 }
@@ -191,6 +194,47 @@ impl Default for FallbackSettings {
             cache_max_stale_ms: 300_000,
             cache_refresh_ms: 1_000,
         }
+    }
+}
+
+/// Which calls a fault may hit.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum FaultTarget {
+    /// Every call.
+    #[default]
+    All,
+    /// Only calls whose key (the layer's key extractor) is in this sticky percentage of
+    /// keys — the same bucketing as the switches (`0..=100`).
+    Keys(f64),
+    /// Only calls that carry the layer's marker (e.g. a header a test sets).
+    Marked,
+}
+
+/// Fault injection: abort or delay a percentage of calls, live. Off by default.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FaultSettings {
+    /// Percentage of targeted calls that fail at once (`0..=100`, default 0): with the
+    /// layer's abort response, or the `InjectedFault` error.
+    pub abort_percent: f64,
+    /// Percentage of targeted calls that are delayed (`0..=100`, default 0); decided
+    /// independently of the abort.
+    pub delay_percent: f64,
+    /// The delay, `0..=3_600_000` ms. Default 0.
+    pub delay_ms: u64,
+    /// Which calls may be hit. Default `"all"`; `{"keys": 5}`; `"marked"`.
+    pub target: FaultTarget,
+    /// Faults in progress at once, `1..=1_000_000`; beyond it calls pass untouched.
+    /// `null` (the default): no cap.
+    pub max_active: Option<u32>,
+}
+
+impl FaultSettings {
+    /// Whether any fault can be injected.
+    #[inline]
+    pub fn is_on(&self) -> bool {
+        self.abort_percent > 0.0 || (self.delay_percent > 0.0 && self.delay_ms > 0)
     }
 }
 

@@ -65,7 +65,7 @@
 mod compiled;
 mod counts;
 mod key;
-mod murmur;
+pub(crate) mod murmur;
 #[cfg(feature = "openfeature")]
 pub mod openfeature;
 pub mod route;

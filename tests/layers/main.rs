@@ -2,6 +2,7 @@
 
 mod breaker;
 mod fallback;
+mod fault;
 mod live;
 mod metrics;
 mod readiness;
