@@ -37,7 +37,6 @@
 //!
 //! Run with `cargo bench --workspace --bench overhead`.
 
-use std::future::Future;
 use std::hint::black_box;
 use std::sync::Barrier;
 use std::task::{Context, Poll, Waker};
@@ -45,6 +44,7 @@ use std::time::{Duration, Instant};
 
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, criterion_group, criterion_main};
+use substation_benches::{Boom, drive};
 use tower::{Layer, Service};
 
 /// The open duration every breaker is given for `breaker_open`: longer than any run.
@@ -55,18 +55,6 @@ const MIN_CALLS: usize = 20;
 
 /// Failing calls driven at most to trip a breaker; each breaker must be open well before.
 const MAX_TRIP_CALLS: usize = 1_000;
-
-/// The inner services' error.
-#[derive(Debug, Clone, Copy)]
-struct Boom;
-
-impl std::fmt::Display for Boom {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("boom")
-    }
-}
-
-impl std::error::Error for Boom {}
 
 /// The inner service of every case: answers at once with the request.
 fn ok_service()
@@ -84,25 +72,6 @@ fn failing_service()
 + Send
 + 'static {
     tower::service_fn(|_req: u64| std::future::ready(Err::<u64, Boom>(Boom)))
-}
-
-/// One call: `poll_ready`, `call`, and one poll of the future, which must be ready.
-#[inline]
-fn drive<S: Service<u64>>(
-    svc: &mut S,
-    req: u64,
-    cx: &mut Context<'_>,
-) -> Result<S::Response, S::Error> {
-    match svc.poll_ready(cx) {
-        Poll::Ready(Ok(())) => {}
-        Poll::Ready(Err(e)) => return Err(e),
-        Poll::Pending => panic!("poll_ready returned Pending"),
-    }
-    let mut fut = std::pin::pin!(svc.call(req));
-    match fut.as_mut().poll(cx) {
-        Poll::Ready(r) => r,
-        Poll::Pending => panic!("the call's future returned Pending on its first poll"),
-    }
 }
 
 /// A context whose waker does nothing.

@@ -26,9 +26,8 @@
 //!
 //! Run with `cargo bench --workspace --bench stack`.
 
-use std::future::Future;
 use std::hint::black_box;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Waker};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use substation::Policy;
@@ -36,19 +35,8 @@ use substation::breaker::BreakerState;
 use substation::fallback::Fallback;
 use substation::settings::PolicySettings;
 use substation::stack::PolicyLayer;
+use substation_benches::{Boom, drive};
 use tower::{Layer, Service};
-
-/// The inner services' error.
-#[derive(Debug, Clone, Copy)]
-struct Boom;
-
-impl std::fmt::Display for Boom {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("boom")
-    }
-}
-
-impl std::error::Error for Boom {}
 
 fn ok_service()
 -> impl Service<u64, Response = u64, Error = Boom, Future = std::future::Ready<Result<u64, Boom>>>
@@ -60,25 +48,6 @@ fn failing_service()
 -> impl Service<u64, Response = u64, Error = Boom, Future = std::future::Ready<Result<u64, Boom>>>
 + Clone {
     tower::service_fn(|_: u64| std::future::ready(Err::<u64, Boom>(Boom)))
-}
-
-/// One call: poll_ready, call, one poll; every future here is ready at once.
-#[inline]
-fn drive<S: Service<u64>>(
-    svc: &mut S,
-    req: u64,
-    cx: &mut Context<'_>,
-) -> Result<S::Response, S::Error> {
-    match svc.poll_ready(cx) {
-        Poll::Ready(Ok(())) => {}
-        Poll::Ready(Err(e)) => return Err(e),
-        Poll::Pending => panic!("poll_ready returned Pending"),
-    }
-    let mut fut = std::pin::pin!(svc.call(req));
-    match fut.as_mut().poll(cx) {
-        Poll::Ready(r) => r,
-        Poll::Pending => panic!("the call's future returned Pending on its first poll"),
-    }
 }
 
 fn bench<S>(

@@ -46,6 +46,7 @@ pub mod policy;
 pub mod settings;
 pub mod stack;
 pub mod switch;
+mod thread;
 pub mod timeout;
 
 pub use crate::live::Substation;

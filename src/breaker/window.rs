@@ -11,9 +11,8 @@
 //! never counts into a bucket that is about to be zeroed. Counts are exact; which bucket
 //! a call lands in is exact to the clock's resolution.
 
-use std::cell::Cell;
 use std::sync::atomic::{
-    AtomicU64, AtomicUsize,
+    AtomicU64,
     Ordering::{Acquire, Relaxed, Release},
 };
 
@@ -109,25 +108,7 @@ pub(crate) struct Window {
     mask: usize,
 }
 
-static NEXT_THREAD: AtomicUsize = AtomicUsize::new(0);
-
-thread_local! {
-    static THREAD_INDEX: Cell<usize> = const { Cell::new(usize::MAX) };
-}
-
-#[inline]
-fn thread_index() -> usize {
-    THREAD_INDEX.with(|cell| {
-        let i = cell.get();
-        if i != usize::MAX {
-            i
-        } else {
-            let i = NEXT_THREAD.fetch_add(1, Relaxed);
-            cell.set(i);
-            i
-        }
-    })
-}
+use crate::thread::thread_index;
 
 fn stripe_count() -> usize {
     let cores = std::thread::available_parallelism().map_or(4, |n| n.get());

@@ -4,8 +4,7 @@
 //! The first threads to evaluate any switch (4 per core, 8 to 64) get a stripe of
 //! their own in every switch; the rest share one.
 
-use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwap;
@@ -63,24 +62,7 @@ pub(crate) struct Counts {
     drained: Mutex<Vec<(Box<str>, u64)>>,
 }
 
-static NEXT_THREAD: AtomicUsize = AtomicUsize::new(0);
-
-thread_local! {
-    static THREAD_INDEX: Cell<usize> = const { Cell::new(usize::MAX) };
-}
-
-#[inline]
-fn thread_index() -> usize {
-    THREAD_INDEX.with(|cell| {
-        let i = cell.get();
-        if i != usize::MAX {
-            return i;
-        }
-        let i = NEXT_THREAD.fetch_add(1, Relaxed);
-        cell.set(i);
-        i
-    })
-}
+use crate::thread::thread_index;
 
 impl Counts {
     pub(crate) fn new(labels: Labels) -> Counts {
