@@ -46,6 +46,8 @@ pub mod policy;
 pub mod settings;
 pub mod stack;
 pub mod switch;
+#[cfg(feature = "test-util")]
+pub mod testkit;
 mod thread;
 pub mod timeout;
 
