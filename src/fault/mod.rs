@@ -259,7 +259,7 @@ where
     S: Service<Req, Response = Resp>,
     S::Error: Into<BoxError>,
     Req: 'static,
-    Resp: 'static,
+    Resp: Send + 'static,
 {
     type Response = Resp;
     type Error = BoxError;
@@ -286,7 +286,7 @@ where
     S: Service<Req, Response = Resp>,
     S::Error: Into<BoxError>,
     Req: 'static,
-    Resp: 'static,
+    Resp: Send + 'static,
 {
     #[cold]
     fn decide(&mut self, req: Req, f: &FaultSettings) -> FaultFuture<S::Future, Resp> {
@@ -312,7 +312,7 @@ where
                     sleep: None,
                     answer: Some(answer),
                     active: None,
-                }),
+                }) as Box<dyn InjectedState<Resp>>,
             };
         }
         self.shared.delays.increment(1);
@@ -344,7 +344,7 @@ pin_project! {
         Fault {
             #[pin]
             inner: Option<F>,
-            fault: Box<Injected<Resp>>,
+            fault: Box<dyn InjectedState<Resp>>,
         },
     }
 }
@@ -354,6 +354,19 @@ pub struct Injected<Resp> {
     sleep: Option<Pin<Box<Sleep>>>,
     answer: Option<Result<Resp, BoxError>>,
     active: Option<Active>,
+}
+
+/// The injected fault's state behind a trait object: the untouched path's drop glue
+/// stays a tag check (a concrete box here made it an out-of-line call on every call).
+pub trait InjectedState<Resp>: Send {
+    /// The fault itself.
+    fn state(&mut self) -> &mut Injected<Resp>;
+}
+
+impl<Resp: Send> InjectedState<Resp> for Injected<Resp> {
+    fn state(&mut self) -> &mut Injected<Resp> {
+        self
+    }
 }
 
 impl<Resp> fmt::Debug for Injected<Resp> {
@@ -387,6 +400,7 @@ where
         match self.project() {
             FaultProj::Pass { inner } => inner.poll(cx).map_err(Into::into),
             FaultProj::Fault { inner, fault } => {
+                let fault = fault.state();
                 if let Some(answer) = fault.answer.take() {
                     return Poll::Ready(answer);
                 }
