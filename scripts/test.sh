@@ -35,5 +35,8 @@ cargo test -p substation --all-features --doc
 step "the propagation example loses no write (quick mode: 5 watchers, 200 writes)"
 cargo run --quiet --example propagation -- --watchers 5 --writes 200
 
+step "the hyper example tells its story (breaker opens, cache serves, breaker closes)"
+cargo run --quiet --example http_client --features http -- --quick
+
 step "the demo tells its story (it fails if the breaker does not open and close)"
 cargo run --quiet --example demo -- --duration 4
