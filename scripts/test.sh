@@ -38,5 +38,8 @@ cargo run --quiet --example propagation -- --watchers 5 --writes 200
 step "the hyper example tells its story (breaker opens, cache serves, breaker closes)"
 cargo run --quiet --example http_client --features http -- --quick
 
+step "etcdctl put changes behaviour live (kill switch, rollout, injected fault)"
+cargo run --quiet --example etcd_switches
+
 step "the demo tells its story (it fails if the breaker does not open and close)"
 cargo run --quiet --example demo -- --duration 4
