@@ -38,6 +38,9 @@ cargo run --quiet --example propagation -- --watchers 5 --writes 200
 step "the hyper example tells its story (breaker opens, cache serves, breaker closes)"
 cargo run --quiet --example http_client --features http -- --quick
 
+step "the tonic example tells its story (server killed: breaker opens, fallback answers; server back: recovery)"
+cargo run --quiet --example grpc_client --features tonic -- --quick
+
 step "etcdctl put changes behaviour live (kill switch, rollout, injected fault)"
 cargo run --quiet --example etcd_switches
 
