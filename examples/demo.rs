@@ -1,190 +1,333 @@
-//! The breaker opening and closing, live: a dependency that fails for a while, a
-//! circuit breaker that stops calling it, trial calls, recovery, and an operator's
-//! settings change — all printed as it happens.
+//! substation's whole story in under 30 seconds: a flaky upstream behind the one-line
+//! policy stack, steady traffic, and a live per-second table while settings change —
+//! a fault is injected, the upstream breaks (the breaker opens, the fallbacks answer),
+//! heals (the breaker closes), is killed and revived by its kill switch, and a new code
+//! path is rolled out to 50 % then 100 % of users.
 //!
-//! Run: `cargo run --example demo` (add `-- --duration <secs>` to bound it; the story
-//! takes about 4 s and the demo exits 0 when it is told).
+//! Run: `scripts/demo.sh` (or `cargo run --example demo -- --duration <secs>`). With
+//! no external service it keeps its settings in memory; with `--etcd <url>` — or an
+//! `etcd` binary on `PATH` that it can start — every change is an etcd write that the
+//! watch applies. It exits 0 after telling the story, and fails if the story did not
+//! happen (the breaker did not open and close, the fallback did not serve, the kill
+//! switch or the rollout had no effect).
+
+#[path = "../tests/etcd/support.rs"]
+mod support;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use substation::breaker::error::OpenCircuit;
-use substation::breaker::{BreakerState, CircuitBreakerLayer};
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use substation::breaker::BreakerState;
+use substation::fallback::Fallback;
+use substation::fault::FaultLayer;
 use substation::live::InMemorySource;
-use substation::settings::{BreakerMode, PolicySettings};
-use substation::timeout::TimeoutLayer;
-use substation::timeout::error::Elapsed;
+use substation::live::etcd::EtcdSource;
+use substation::settings::PolicySettings;
+use substation::stack::PolicyLayer;
+use substation::switch::{DecimalKey, SwitchSettings};
 use substation::{BoxError, Substation};
-use tower::{ServiceBuilder, ServiceExt, service_fn};
+use tower::{Layer, ServiceExt, service_fn};
 
-#[derive(Default)]
-struct Tally {
-    ok: AtomicU64,
-    failed: AtomicU64,
-    timed_out: AtomicU64,
-    rejected: AtomicU64,
+const HEALTHY: u8 = 0;
+const BROKEN: u8 = 1;
+
+/// Where settings are written: memory, or etcd through a client.
+enum Settings {
+    Memory(InMemorySource),
+    Etcd(Box<etcd_client::Client>),
 }
 
-impl Tally {
-    fn take(&self) -> [u64; 4] {
-        [&self.ok, &self.failed, &self.timed_out, &self.rejected]
-            .map(|c| c.swap(0, Ordering::Relaxed))
-    }
-}
-
-#[tokio::main]
-async fn main() -> Result<(), BoxError> {
-    let duration = parse_duration()?;
-    let mut defaults = PolicySettings::default();
-    defaults.timeout.ms = Some(50);
-    defaults.breaker.window_ms = 1_000;
-    defaults.breaker.min_calls = 10;
-    defaults.breaker.open_ms = 500;
-    let settings = InMemorySource::new();
-    let substation = Substation::builder()
-        .policy("inventory", defaults)
-        .source(settings.clone())
-        .build()?;
-    let policy = substation.policy("inventory");
-
-    // The dependency: healthy, then broken (errors and a stall), then healed. Its error
-    // is a concrete type: an inner `BoxError` trips a rustc limitation when the stack is
-    // moved into `tokio::spawn` ("implementation of `From` is not general enough"),
-    // with tower's own layers too.
-    let broken = Arc::new(AtomicBool::new(false));
-    let dependency = {
-        let broken = broken.clone();
-        service_fn(move |n: u64| {
-            let broken = broken.load(Ordering::Relaxed);
-            async move {
-                if broken {
-                    if n.is_multiple_of(2) {
-                        tokio::time::sleep(Duration::from_secs(1)).await; // a stall
-                    }
-                    return Err(std::io::Error::other("503 service unavailable"));
-                }
-                Ok(n)
+impl Settings {
+    async fn put(&mut self, key: &str, json: &str) -> Result<(), BoxError> {
+        println!("        ── set {key} = {json}");
+        match self {
+            Settings::Memory(m) => m.put(key, json)?,
+            Settings::Etcd(c) => {
+                c.put(format!("/substation/demo/{key}"), json, None).await?;
             }
-        })
-    };
-    let client = ServiceBuilder::new()
-        .layer(CircuitBreakerLayer::new(&policy))
-        .layer(TimeoutLayer::new(&policy))
-        .service(dependency);
-
-    // Steady traffic: 4 callers, one call each per 5 ms.
-    let tally = Arc::new(Tally::default());
-    for worker in 0..4u64 {
-        let client = client.clone();
-        let tally = tally.clone();
-        tokio::spawn(async move {
-            let mut n = worker;
-            loop {
-                let counter = match client.clone().oneshot(n).await {
-                    Ok(_) => &tally.ok,
-                    Err(e) if e.is::<OpenCircuit>() => &tally.rejected,
-                    Err(e) if e.is::<Elapsed>() => &tally.timed_out,
-                    Err(_) => &tally.failed,
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
-                n += 4;
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        });
-    }
-
-    type Step = (u64, &'static str, Box<dyn Fn()>);
-    let script: [Step; 5] = [
-        (0, "dependency healthy", Box::new(|| {})),
-        (800, "dependency breaks: errors and 1 s stalls", {
-            let b = broken.clone();
-            Box::new(move || b.store(true, Ordering::Relaxed))
-        }),
-        (
-            2_000,
-            "dependency heals; the next trial call will close the breaker",
-            {
-                let b = broken.clone();
-                Box::new(move || b.store(false, Ordering::Relaxed))
-            },
-        ),
-        (
-            3_000,
-            "operator: etcdctl put .../policies/inventory '{\"breaker\":{\"mode\":\"force_open\"}}'",
-            {
-                let s = settings.clone();
-                Box::new(move || {
-                    s.put("policies/inventory", r#"{"breaker":{"mode":"force_open"}}"#)
-                        .expect("valid")
-                })
-            },
-        ),
-        (
-            3_500,
-            "operator deletes the key: back to the code defaults",
-            {
-                let s = settings.clone();
-                Box::new(move || s.delete("policies/inventory"))
-            },
-        ),
-    ];
-
-    println!(
-        "{:>6}  {:>5} {:>6} {:>8} {:>8}  {:<11}  event",
-        "ms", "ok", "failed", "timeout", "rejected", "breaker"
-    );
-    let start = Instant::now();
-    let mut next = 0;
-    let mut seen = Vec::new();
-    let end = Duration::from_secs(duration.unwrap_or(4)).min(Duration::from_secs(4));
-    while start.elapsed() < end {
-        let ms = start.elapsed().as_millis() as u64;
-        let mut event = String::new();
-        while next < script.len() && script[next].0 <= ms {
-            (script[next].2)();
-            event = script[next].1.to_owned();
-            next += 1;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let [ok, failed, timed_out, rejected] = tally.take();
-        let state = policy.breaker_state();
-        seen.push(state);
-        let shown = match policy.settings().breaker.mode {
-            BreakerMode::ForceOpen => "forced open",
-            BreakerMode::ForceClosed => "forced closed",
-            _ => state.as_str(),
-        };
-        println!("{ms:>6}  {ok:>5} {failed:>6} {timed_out:>8} {rejected:>8}  {shown:<11}  {event}");
+        Ok(())
     }
-    let opened = seen.contains(&BreakerState::Open);
-    let closed_again = seen
-        .iter()
-        .skip_while(|s| **s != BreakerState::Open)
-        .any(|s| *s == BreakerState::Closed);
-    println!("\nbreaker opened: {opened}; closed again after recovery: {closed_again}");
-    // The whole story ran: it must have happened as told.
-    if end >= Duration::from_secs(4) && !(opened && closed_again) {
-        return Err("the breaker did not open and close as the story says".into());
-    }
-    Ok(())
 }
 
-fn parse_duration() -> Result<Option<u64>, BoxError> {
-    let mut args = std::env::args().skip(1);
-    let mut duration = None;
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--duration" => {
-                let v = args.next().ok_or("--duration needs a number of seconds")?;
-                duration = Some(v.parse().map_err(|e| format!("--duration {v}: {e}"))?);
-            }
+fn args() -> Result<(u64, Option<String>), BoxError> {
+    let (mut duration, mut etcd) = (24, None);
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--duration" => duration = it.next().ok_or("--duration needs seconds")?.parse()?,
+            "--etcd" => etcd = Some(it.next().ok_or("--etcd needs a URL")?),
             "-h" | "--help" => {
-                println!("usage: demo [--duration <secs>]");
+                println!("usage: demo [--duration <secs>] [--etcd <url>]");
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
-    Ok(duration)
+    Ok((duration.max(8), etcd))
+}
+
+type Counts = Vec<(String, Vec<(String, String)>, u64)>;
+
+/// The counters' increments since the last call (a debugging snapshot drains them).
+fn drain(snap: &Snapshotter) -> Counts {
+    snap.snapshot()
+        .into_vec()
+        .into_iter()
+        .filter_map(|(k, _, _, v)| match v {
+            DebugValue::Counter(n) => Some((
+                k.key().name().to_owned(),
+                k.key()
+                    .labels()
+                    .map(|l| (l.key().to_owned(), l.value().to_owned()))
+                    .collect(),
+                n,
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+fn counter(counts: &Counts, name: &str, label: (&str, &str)) -> u64 {
+    counts
+        .iter()
+        .filter(|(n, labels, _)| {
+            n == name && labels.iter().any(|(k, v)| k == label.0 && v == label.1)
+        })
+        .map(|(.., v)| v)
+        .sum()
+}
+
+#[tokio::main]
+async fn main() -> Result<(), BoxError> {
+    let (duration, etcd_url) = args()?;
+    // Settings: etcd if given or startable, else memory.
+    let mut own_etcd = None;
+    let etcd_url = match etcd_url {
+        Some(u) => Some(u),
+        None if std::path::Path::new("/usr/bin/etcd").exists() || which("etcd") => {
+            let e = support::Etcd::start().await;
+            let url = e.endpoint();
+            own_etcd = Some(e);
+            Some(url)
+        }
+        None => None,
+    };
+    let recorder = DebuggingRecorder::new();
+    let snap = recorder.snapshotter();
+    let mut defaults = PolicySettings::default();
+    defaults.timeout.ms = Some(100);
+    defaults.breaker.window_ms = 2_000;
+    defaults.breaker.min_calls = 10;
+    defaults.breaker.open_ms = 500;
+    let builder = Substation::builder()
+        .policy("pricing", defaults)
+        .switch("new-pricing", SwitchSettings::default());
+    let (substation, mut settings) = match &etcd_url {
+        Some(url) => {
+            println!("settings: etcd at {url} (prefix /substation/demo)");
+            let sub = builder
+                .source(EtcdSource::new([url.clone()], "/substation/demo"))
+                .build()?;
+            (
+                sub,
+                Settings::Etcd(Box::new(
+                    etcd_client::Client::connect([url.as_str()], None).await?,
+                )),
+            )
+        }
+        None => {
+            println!("settings: in memory (no etcd found)");
+            let mem = InMemorySource::new();
+            (builder.source(mem.clone()).build()?, Settings::Memory(mem))
+        }
+    };
+    substation.initialized().await;
+    let policy = metrics::with_local_recorder(&recorder, || substation.policy("pricing"));
+    let rollout = substation.switch("new-pricing");
+
+    // The upstream: old and new pricing code paths, breakable.
+    let state = Arc::new(AtomicU8::new(HEALTHY));
+    let upstream = |path: &'static str| {
+        let state = state.clone();
+        service_fn(move |user: u64| {
+            let broken = state.load(Relaxed) == BROKEN;
+            async move {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                if broken {
+                    return Err(std::io::Error::other("503"));
+                }
+                Ok(format!("{path} price for user {user}"))
+            }
+        })
+    };
+    let protect = |svc| {
+        metrics::with_local_recorder(&recorder, || {
+            PolicyLayer::new(&policy)
+                .fallback(
+                    Fallback::with_parts(|user: &u64| *user % 50)
+                        .cache(1_000)
+                        .static_value("list price".to_owned()),
+                )
+                .layer(FaultLayer::new(&policy).layer(svc))
+        })
+    };
+    let old = protect(upstream("old"));
+    let new = protect(upstream("new"));
+
+    // Steady traffic: 4 callers; each answer is sorted by where it came from.
+    let served_new = Arc::new(AtomicU64::new(0));
+    let latencies = Arc::new(std::sync::Mutex::new(Vec::<u64>::new()));
+    for w in 0..4u64 {
+        let (old, new, rollout) = (old.clone(), new.clone(), rollout.clone());
+        let (served_new, latencies) = (served_new.clone(), latencies.clone());
+        tokio::spawn(async move {
+            let mut user = w;
+            loop {
+                let start = Instant::now();
+                let svc_new = rollout.is_on(DecimalKey::from(user));
+                let r = if svc_new {
+                    new.clone().oneshot(user).await
+                } else {
+                    old.clone().oneshot(user).await
+                };
+                if matches!(&r, Ok(s) if s.starts_with("new")) {
+                    served_new.fetch_add(1, Relaxed);
+                }
+                latencies
+                    .lock()
+                    .unwrap()
+                    .push(start.elapsed().as_micros() as u64);
+                user = user.wrapping_add(4);
+                tokio::time::sleep(Duration::from_millis(4)).await;
+            }
+        });
+    }
+
+    // The story, on a timeline scaled to --duration.
+    let d = Duration::from_secs(duration);
+    let at = |f: f64| d.mul_f64(f);
+    let story: Vec<(Duration, &str)> = vec![
+        (at(0.10), "inject a fault: 30 % of calls abort"),
+        (at(0.25), "stop the fault; the upstream breaks"),
+        (at(0.45), "the upstream heals"),
+        (at(0.60), "kill switch on"),
+        (at(0.70), "kill switch off; roll the new path out to 50 %"),
+        (at(0.85), "roll it out to 100 %"),
+    ];
+    println!(
+        "{:>5}  {:>5} {:>5} {:>6} {:>6} {:>6} {:>5}  {:<9} {:>7}  event",
+        "s", "calls", "ok", "cache", "static", "short", "new", "breaker", "p99 ms"
+    );
+    let started = Instant::now();
+    let mut next = 0;
+    let mut last_new = 0u64;
+    let (mut opened, mut closed_after, mut fallback_served, mut killed_ok, mut all_new) =
+        (false, false, 0, false, false);
+    while started.elapsed() < d {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // The counts read below cover the half-second that just ended: the phase before
+        // any event processed now.
+        let phase = next;
+        let mut event = String::new();
+        while next < story.len() && started.elapsed() >= story[next].0 {
+            event = story[next].1.to_owned();
+            match next {
+                0 => {
+                    settings
+                        .put("policies/pricing", r#"{"fault": {"abort_percent": 30}}"#)
+                        .await?
+                }
+                1 => {
+                    settings.put("policies/pricing", "{}").await?;
+                    state.store(BROKEN, Relaxed);
+                }
+                2 => state.store(HEALTHY, Relaxed),
+                3 => {
+                    settings
+                        .put("policies/pricing", r#"{"kill": true}"#)
+                        .await?
+                }
+                4 => {
+                    settings.put("policies/pricing", "{}").await?;
+                    settings
+                        .put("switches/new-pricing", r#"{"percent": 50}"#)
+                        .await?;
+                }
+                _ => {
+                    settings
+                        .put("switches/new-pricing", r#"{"percent": 100}"#)
+                        .await?
+                }
+            }
+            next += 1;
+        }
+        let counts = drain(&snap);
+        let new_now = served_new.load(Relaxed);
+        let delta = [
+            [
+                "success",
+                "failure",
+                "timeout",
+                "rejected",
+                "killed",
+                "bulkhead_full",
+            ]
+            .iter()
+            .map(|o| counter(&counts, "substation_calls_total", ("outcome", o)))
+            .sum::<u64>(),
+            counter(&counts, "substation_calls_total", ("outcome", "success")),
+            counter(&counts, "substation_fallbacks_total", ("tier", "cache")),
+            counter(&counts, "substation_fallbacks_total", ("tier", "static")),
+            counter(&counts, "substation_calls_total", ("outcome", "rejected"))
+                + counter(&counts, "substation_calls_total", ("outcome", "killed")),
+            new_now - last_new,
+        ];
+        last_new = new_now;
+        let mut lat = std::mem::take(&mut *latencies.lock().unwrap());
+        lat.sort_unstable();
+        let p99 = lat
+            .get(lat.len().saturating_sub(1) * 99 / 100)
+            .copied()
+            .unwrap_or(0);
+        let state_now = policy.breaker_state();
+        opened |= state_now == BreakerState::Open;
+        closed_after |= opened && phase >= 3 && state_now == BreakerState::Closed;
+        fallback_served += delta[2] + delta[3];
+        // Killed: the fallback answers; only calls already in flight (4 callers) succeed.
+        killed_ok |= phase == 4 && delta[1] <= 4 && delta[4] > 0;
+        // Everyone on the new path: every success came from it (but calls in flight).
+        all_new |= phase == 6 && delta[5] > 0 && delta[5] + 4 >= delta[1];
+        println!(
+            "{:>5.1}  {:>5} {:>5} {:>6} {:>6} {:>6} {:>5}  {:<9} {:>7.2}  {event}",
+            started.elapsed().as_secs_f64(),
+            delta[0],
+            delta[1],
+            delta[2],
+            delta[3],
+            delta[4],
+            delta[5],
+            if policy.is_killed() {
+                "killed"
+            } else {
+                state_now.as_str()
+            },
+            p99 as f64 / 1000.0,
+        );
+    }
+    drop(own_etcd);
+    println!(
+        "\nbreaker opened: {opened}; closed again: {closed_after}; fallback answers: {fallback_served}; kill switch held: {killed_ok}; rollout reached everyone: {all_new}"
+    );
+    if !(opened && closed_after && fallback_served > 0 && killed_ok && all_new) {
+        return Err("the story did not happen as told".into());
+    }
+    Ok(())
+}
+
+fn which(bin: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
 }

@@ -45,4 +45,4 @@ step "etcdctl put changes behaviour live (kill switch, rollout, injected fault)"
 cargo run --quiet --example etcd_switches
 
 step "the demo tells its story (it fails if the breaker does not open and close)"
-cargo run --quiet --example demo -- --duration 4
+cargo run --quiet --example demo -- --duration 10

@@ -44,6 +44,7 @@
 //! assert_eq!(client.clone().oneshot(7).await.unwrap(), "12.50 EUR");   // timed out: cached
 //! assert_eq!(dependency.calls(), 3);
 //! assert_eq!(metrics.counter("substation_fallbacks_total", &[("tier", "cache"), ("result", "served")]), 2);
+//! assert_eq!(metrics.counter("substation_calls_total", &[("outcome", "timeout")]), 1, "totals, read again");
 //!
 //! // Flip the kill switch from the test: the dependency is not called any more.
 //! settings.put("policies/prices", r#"{"kill": true}"#).unwrap();
@@ -194,7 +195,12 @@ impl<T: Clone + Send + 'static, Req> Service<Req> for Scripted<T> {
 pub struct Metrics {
     recorder: DebuggingRecorder,
     snapshotter: Snapshotter,
+    /// Totals so far: a debugging snapshot drains the counters it reads.
+    totals: Mutex<Vec<Total>>,
 }
+
+/// A counter's name, labels and total so far.
+type Total = (String, Vec<(String, String)>, u64);
 
 impl fmt::Debug for Metrics {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -216,6 +222,7 @@ impl Metrics {
         Metrics {
             recorder,
             snapshotter,
+            totals: Mutex::new(Vec::new()),
         }
     }
 
@@ -225,22 +232,37 @@ impl Metrics {
         metrics::with_local_recorder(&self.recorder, f)
     }
 
-    /// The sum of counter `name` over every label set that contains `labels`.
+    /// The total of counter `name` so far, over every label set that contains
+    /// `labels`.
     pub fn counter(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
-        self.snapshotter
-            .snapshot()
-            .into_vec()
-            .into_iter()
-            .filter(|(key, ..)| key.key().name() == name)
-            .filter(|(key, ..)| {
-                labels
-                    .iter()
-                    .all(|(k, v)| key.key().labels().any(|l| l.key() == *k && l.value() == *v))
+        let mut totals = self.totals.lock().unwrap_or_else(PoisonError::into_inner);
+        for (key, _, _, value) in self.snapshotter.snapshot().into_vec() {
+            let DebugValue::Counter(n) = value else {
+                continue;
+            };
+            let name = key.key().name().to_owned();
+            let labels: Vec<(String, String)> = key
+                .key()
+                .labels()
+                .map(|l| (l.key().to_owned(), l.value().to_owned()))
+                .collect();
+            match totals
+                .iter_mut()
+                .find(|(k, l, _)| *k == name && *l == labels)
+            {
+                Some((.., total)) => *total += n,
+                None => totals.push((name, labels, n)),
+            }
+        }
+        totals
+            .iter()
+            .filter(|(k, l, _)| {
+                k == name
+                    && labels
+                        .iter()
+                        .all(|(lk, lv)| l.iter().any(|(k, v)| k == lk && v == lv))
             })
-            .map(|(.., value)| match value {
-                DebugValue::Counter(n) => n,
-                _ => 0,
-            })
+            .map(|(.., total)| total)
             .sum()
     }
 }
