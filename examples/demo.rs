@@ -226,8 +226,15 @@ async fn main() -> Result<(), BoxError> {
     let mut last_new = 0u64;
     let (mut opened, mut closed_after, mut fallback_served, mut killed_ok, mut all_new) =
         (false, false, 0, false, false);
+    // One row per second (per half second for short runs, so that every phase gets one).
+    let tick = if duration >= 20 {
+        Duration::from_secs(1)
+    } else {
+        Duration::from_millis(500)
+    };
+    println!("one row per {} ms", tick.as_millis());
     while started.elapsed() < d {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(tick).await;
         // The counts read below cover the half-second that just ended: the phase before
         // any event processed now.
         let phase = next;
