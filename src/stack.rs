@@ -357,15 +357,7 @@ where
             clock: self.clock,
         };
         let settings = self.settings.load();
-        let key = std::sync::Arc::as_ptr(settings) as usize;
-        let plan = match self.plan {
-            Some((k, plan)) if k == key => plan,
-            _ => {
-                let plan = Plan::new(self.tiers, settings);
-                self.plan = Some((key, plan));
-                plan
-            }
-        };
+        let plan = Plan::cached(&mut self.plan, self.tiers, settings);
         let parts = (self.tiers.parts)(&req);
         let slot = match std::mem::replace(&mut self.state, Ready::Unpolled) {
             Ready::Call(slot) => slot,

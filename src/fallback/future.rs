@@ -77,6 +77,25 @@ impl Plan {
         }
     }
 
+    /// The plan for `settings`, recomputed only when they changed (`cached` remembers
+    /// the last one by the settings' address).
+    #[inline]
+    pub(crate) fn cached<Req, Resp, P>(
+        cached: &mut Option<(usize, Plan)>,
+        tiers: &Tiers<Req, Resp, P>,
+        settings: &std::sync::Arc<PolicySettings>,
+    ) -> Plan {
+        let key = std::sync::Arc::as_ptr(settings) as usize;
+        match *cached {
+            Some((k, plan)) if k == key => plan,
+            _ => {
+                let plan = Plan::new(tiers, settings);
+                *cached = Some((key, plan));
+                plan
+            }
+        }
+    }
+
     /// The tiers to try for a failure of a known trigger.
     #[inline]
     fn order_for_bit(&self, bit: u8) -> Order {

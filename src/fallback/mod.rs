@@ -373,15 +373,7 @@ where
             clock: self.clock,
         };
         let settings = self.settings.load();
-        let key = std::sync::Arc::as_ptr(settings) as usize;
-        let plan = match self.plan {
-            Some((k, plan)) if k == key => plan,
-            _ => {
-                let plan = future::Plan::new(self.tiers, settings);
-                self.plan = Some((key, plan));
-                plan
-            }
-        };
+        let plan = future::Plan::cached(&mut self.plan, self.tiers, settings);
         let parts = (self.tiers.parts)(&req);
         match std::mem::replace(&mut self.short, Short::No) {
             Short::No => {}
