@@ -71,7 +71,7 @@ use crate::classify::Classify;
 use crate::classify::ErrorsAsFailures;
 use crate::clock::Clock;
 use crate::fallback::Short;
-use crate::fallback::future::Plan;
+use crate::fallback::future::{CachedPlan, Plan};
 use crate::fallback::{Fallback, FallbackLayer, FallbackService};
 use crate::kill::killed;
 use crate::kill::{KillSwitch, KillSwitchLayer};
@@ -199,8 +199,8 @@ pub struct PolicyService<S, Req: 'static, Resp: 'static, P: 'static, C = ErrorsA
     core: &'static PolicyCore,
     generation: u32,
     clock: Clock,
-    /// The plan for the settings in force, by their address: recomputed on change only.
-    plan: Option<(usize, Plan)>,
+    /// The plan for the settings in force: recomputed on change only.
+    plan: CachedPlan,
     /// Decided in `poll_ready`.
     state: Ready,
     /// A half-open trial permit held between `poll_ready` and `call`.
@@ -236,7 +236,7 @@ impl<S, Req, Resp, P, C> PolicyService<S, Req, Resp, P, C> {
             core,
             generation: policy.generation(),
             clock: *policy.clock(),
-            plan: None,
+            plan: CachedPlan::default(),
             state: Ready::Unpolled,
             permit: Permit {
                 core,
@@ -270,7 +270,7 @@ impl<S: Clone, Req, Resp, P, C: Clone> Clone for PolicyService<S, Req, Resp, P, 
             core: self.core,
             generation: self.generation,
             clock: self.clock,
-            plan: None,
+            plan: CachedPlan::default(),
             state: Ready::Unpolled,
             permit: Permit {
                 core: self.core,
@@ -312,6 +312,7 @@ where
             // Kill switch, then bulkhead, then breaker: the order of the layers.
             if killed(self.core, settings) {
                 self.state = Ready::Short(Short::Killed);
+                Plan::cached(&mut self.plan, self.tiers, settings);
                 return Poll::Ready(Ok(()));
             }
             let max = settings.bulkhead.max_concurrent;
@@ -343,6 +344,7 @@ where
                 }
             };
             if let Ready::Short(_) = self.state {
+                Plan::cached(&mut self.plan, self.tiers, settings);
                 return Poll::Ready(Ok(()));
             }
         }
@@ -356,17 +358,23 @@ where
             core: self.core,
             clock: self.clock,
         };
-        let settings = self.settings.load();
-        let plan = Plan::cached(&mut self.plan, self.tiers, settings);
-        let parts = (self.tiers.parts)(&req);
         let slot = match std::mem::replace(&mut self.state, Ready::Unpolled) {
             Ready::Call(slot) => slot,
             Ready::Short(short) => {
+                // `poll_ready` cached the plan for the settings it decided by.
                 short.count(self.core);
+                let plan = self.plan.plan;
+                if let Some(resp) = plan.short_value(self.tiers, short) {
+                    return FallbackFuture::answered(resp);
+                }
+                let parts = (self.tiers.parts)(&req);
                 return FallbackFuture::short(ctx, self.classify.clone(), plan, parts, req, short);
             }
             Ready::Unpolled => panic!("poll_ready must be called first"),
         };
+        let settings = self.settings.load();
+        let plan = Plan::cached(&mut self.plan, self.tiers, settings);
+        let parts = (self.tiers.parts)(&req);
         let spare = match &self.tiers.service {
             Some(s) => (s.clone_request)(&req),
             None => None,

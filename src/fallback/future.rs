@@ -10,7 +10,7 @@ use pin_project_lite::pin_project;
 use tower::ServiceExt;
 
 use super::error::{FailedResponse, FallbackBusy, FallbackFailed, NoRequest};
-use super::tiers::{Cause, Order, Tiers};
+use super::tiers::{Cause, Order, StaticTier, Tiers};
 use crate::BoxError;
 use crate::breaker::error::OpenCircuit;
 use crate::bulkhead::BulkheadFull;
@@ -40,23 +40,34 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// What a call needs of the live settings, taken from the service's cached copy when
 /// the call starts: the future never loads the settings itself on the fast paths.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Plan {
     /// The tiers to try when the fallback is triggered.
     order: Order,
     critical: bool,
     /// `fallback.on` as bits: open, killed, bulkhead, timeout, failure.
     on: u8,
+    /// The short-circuit triggers (open, killed, bulkhead bits) whose first tier is a
+    /// static value: those calls are answered without taking the request's parts.
+    value_first: u8,
     refresh_ms: u64,
     max_stale_ms: u64,
 }
 
-const ON_OPEN: u8 = 1;
-const ON_KILLED: u8 = 2;
-const ON_BULKHEAD: u8 = 4;
+pub(crate) const ON_OPEN: u8 = 1;
+pub(crate) const ON_KILLED: u8 = 2;
+pub(crate) const ON_BULKHEAD: u8 = 4;
 const ON_TIMEOUT: u8 = 8;
 const ON_FAILURE: u8 = 16;
 const ON_ALL: u8 = 31;
+
+/// The plan for the settings in force, by their address (0: none yet): recomputed on
+/// change only.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct CachedPlan {
+    key: usize,
+    pub(crate) plan: Plan,
+}
 
 impl Plan {
     #[inline]
@@ -68,32 +79,59 @@ impl Plan {
             | bit(f.on.bulkhead, ON_BULKHEAD)
             | bit(f.on.timeout, ON_TIMEOUT)
             | bit(f.on.failure, ON_FAILURE);
-        Plan {
+        let mut plan = Plan {
             order: tiers.order(f, s.critical),
             critical: s.critical,
             on,
+            value_first: 0,
             refresh_ms: f.cache_refresh_ms,
             max_stale_ms: f.cache_max_stale_ms,
+        };
+        if let Some(StaticTier::Value(_)) = tiers.static_fn {
+            for trigger in [ON_OPEN, ON_KILLED, ON_BULKHEAD] {
+                if plan.order_for_bit(trigger).get(0) == Some(Tier::Static) {
+                    plan.value_first |= trigger;
+                }
+            }
         }
+        plan
     }
 
     /// The plan for `settings`, recomputed only when they changed (`cached` remembers
     /// the last one by the settings' address).
     #[inline]
     pub(crate) fn cached<Req, Resp, P>(
-        cached: &mut Option<(usize, Plan)>,
+        cached: &mut CachedPlan,
         tiers: &Tiers<Req, Resp, P>,
         settings: &std::sync::Arc<PolicySettings>,
     ) -> Plan {
         let key = std::sync::Arc::as_ptr(settings) as usize;
-        match *cached {
-            Some((k, plan)) if k == key => plan,
-            _ => {
-                let plan = Plan::new(tiers, settings);
-                *cached = Some((key, plan));
-                plan
-            }
+        if cached.key != key {
+            *cached = CachedPlan {
+                key,
+                plan: Plan::new(tiers, settings),
+            };
         }
+        cached.plan
+    }
+
+    /// The static value answering a call short-circuited by `short`, when the plan says
+    /// it is the first tier to try: no parts, no cause, no future state machine.
+    #[inline]
+    pub(crate) fn short_value<Req, Resp, P>(
+        &self,
+        tiers: &Tiers<Req, Resp, P>,
+        short: super::Short,
+    ) -> Option<Resp> {
+        if self.value_first & short as u8 == 0 {
+            return None;
+        }
+        let Some(StaticTier::Value(value)) = &tiers.static_fn else {
+            return None;
+        };
+        let resp = value();
+        tiers.tier_metrics(Tier::Static).served.increment(1);
+        Some(resp)
     }
 
     /// The tiers to try for a failure of a known trigger.
@@ -179,9 +217,6 @@ pin_project! {
         Fallback {
             progress: Box<Progress<Req, Resp, P>>,
         },
-        Ready {
-            resp: Option<Resp>,
-        },
         Done,
     }
 }
@@ -190,10 +225,26 @@ pin_project! {
     /// The response future of [`FallbackService`](super::FallbackService).
     pub struct ResponseFuture<F, Req: 'static, Resp: 'static, P: 'static, C> {
         #[pin]
-        state: State<F, Req, Resp, P>,
-        ctx: Ctx<Req, Resp, P>,
-        plan: Plan,
-        classify: C,
+        kind: Kind<F, Req, Resp, P, C>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F, Req: 'static, Resp: 'static, P: 'static, C> {
+        /// Answered when the call was made (a short-circuited call's static value): the
+        /// future only hands the response over.
+        Answered {
+            resp: Option<Resp>,
+        },
+        /// The dependency's call, then the tiers.
+        Working {
+            #[pin]
+            state: State<F, Req, Resp, P>,
+            ctx: Ctx<Req, Resp, P>,
+            plan: Plan,
+            classify: C,
+        },
     }
 }
 
@@ -201,9 +252,12 @@ impl<F, Req: 'static, Resp: 'static, P: 'static, C> std::fmt::Debug
     for ResponseFuture<F, Req, Resp, P, C>
 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ResponseFuture")
-            .field("policy", &self.ctx.core.name)
-            .finish_non_exhaustive()
+        let mut d = f.debug_struct("ResponseFuture");
+        match &self.kind {
+            Kind::Answered { .. } => d.field("answered", &true),
+            Kind::Working { ctx, .. } => d.field("policy", &ctx.core.name),
+        }
+        .finish_non_exhaustive()
     }
 }
 
@@ -218,14 +272,24 @@ impl<F, Req: 'static, Resp: 'static, P: 'static, C> ResponseFuture<F, Req, Resp,
         spare: Option<Req>,
     ) -> Self {
         ResponseFuture {
-            state: State::Primary {
-                fut,
-                parts: Some(parts),
-                spare,
+            kind: Kind::Working {
+                state: State::Primary {
+                    fut,
+                    parts: Some(parts),
+                    spare,
+                },
+                ctx,
+                plan,
+                classify,
             },
-            ctx,
-            plan,
-            classify,
+        }
+    }
+
+    /// Already answered (by a static value, before the dependency was asked).
+    #[inline]
+    pub(crate) fn answered(resp: Resp) -> Self {
+        ResponseFuture {
+            kind: Kind::Answered { resp: Some(resp) },
         }
     }
 
@@ -241,14 +305,14 @@ impl<F, Req: 'static, Resp: 'static, P: 'static, C> ResponseFuture<F, Req, Resp,
     ) -> Self {
         // The cause is passed by reference to the fast tiers; it is boxed only if the
         // walk must go on.
-        let (cause, bit): (&Cause, u8) = match why {
-            super::Short::Killed => (&Killed(()), ON_KILLED),
-            super::Short::Bulkhead => (&BulkheadFull(()), ON_BULKHEAD),
-            _ => (&OpenCircuit(()), ON_OPEN),
+        let cause: &Cause = match why {
+            super::Short::Killed => &Killed(()),
+            super::Short::Bulkhead => &BulkheadFull(()),
+            _ => &OpenCircuit(()),
         };
-        let order = plan.order_for_bit(bit);
+        let order = plan.order_for_bit(why as u8);
         let state = match fast_tiers(ctx, plan, order, &parts, cause) {
-            Some(resp) => State::Ready { resp: Some(resp) },
+            Some(resp) => return ResponseFuture::answered(resp),
             None => {
                 let original: Result<Resp, BoxError> = Err(match why {
                     super::Short::Killed => Killed(()).into(),
@@ -261,10 +325,12 @@ impl<F, Req: 'static, Resp: 'static, P: 'static, C> ResponseFuture<F, Req, Resp,
             }
         };
         ResponseFuture {
-            state,
-            ctx,
-            plan,
-            classify,
+            kind: Kind::Working {
+                state,
+                ctx,
+                plan,
+                classify,
+            },
         }
     }
 }
@@ -296,55 +362,74 @@ where
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
-        let ctx = *this.ctx;
-        let plan = *this.plan;
-        loop {
-            match this.state.as_mut().project() {
-                StateProj::Primary { fut, parts, spare } => {
-                    let result = ready!(fut.poll(cx)).map_err(Into::into);
-                    let outcome = this.classify.classify(&result);
-                    if outcome == Outcome::Success {
-                        if let (Ok(resp), Some(cache), Some(parts)) =
-                            (&result, &ctx.tiers.cache, parts.as_ref())
-                        {
-                            cache.fill(parts, resp, ctx.clock.now_ms(), plan.refresh_ms);
-                        }
-                        this.state.set(State::Done);
-                        return Poll::Ready(result);
+        match self.project().kind.project() {
+            KindProj::Answered { resp } => match resp.take() {
+                Some(resp) => Poll::Ready(Ok(resp)),
+                None => panic!("ResponseFuture polled after completion"),
+            },
+            KindProj::Working {
+                state,
+                ctx,
+                plan,
+                classify,
+            } => poll_working(state, *ctx, *plan, classify, cx),
+        }
+    }
+}
+
+#[inline]
+fn poll_working<F, Req, Resp, P, C, E>(
+    mut state: Pin<&mut State<F, Req, Resp, P>>,
+    ctx: Ctx<Req, Resp, P>,
+    plan: Plan,
+    classify: &mut C,
+    cx: &mut Context<'_>,
+) -> Poll<Result<Resp, BoxError>>
+where
+    F: Future<Output = Result<Resp, E>>,
+    E: Into<BoxError>,
+    C: Classify<Resp, BoxError>,
+    Req: Send + 'static,
+    Resp: Send + 'static,
+    P: Send + 'static,
+{
+    loop {
+        match state.as_mut().project() {
+            StateProj::Primary { fut, parts, spare } => {
+                let result = ready!(fut.poll(cx)).map_err(Into::into);
+                let outcome = classify.classify(&result);
+                if outcome == Outcome::Success {
+                    if let (Ok(resp), Some(cache), Some(parts)) =
+                        (&result, &ctx.tiers.cache, parts.as_ref())
+                    {
+                        cache.fill(parts, resp, ctx.clock.now_ms(), plan.refresh_ms);
                     }
-                    let Some(parts) = parts.take() else {
-                        return Poll::Ready(result); // polled again after a panic: give up
-                    };
-                    let spare = spare.take();
-                    let order = plan.order_for(&result);
-                    let cause: &Cause = match &result {
-                        Err(e) => &**e,
-                        Ok(_) => &FailedResponse(()),
-                    };
-                    if let Some(resp) = fast_tiers(ctx, plan, order, &parts, cause) {
-                        this.state.set(State::Done);
-                        return Poll::Ready(Ok(resp));
-                    }
-                    this.state.set(State::Fallback {
-                        progress: Box::new(Progress::new(order, parts, spare, result)),
-                    });
+                    state.set(State::Done);
+                    return Poll::Ready(result);
                 }
-                StateProj::Fallback { progress } => {
-                    let out = ready!(poll_tiers(progress, ctx, cx));
-                    this.state.set(State::Done);
-                    return Poll::Ready(out);
+                let Some(parts) = parts.take() else {
+                    return Poll::Ready(result); // polled again after a panic: give up
+                };
+                let spare = spare.take();
+                let order = plan.order_for(&result);
+                let cause: &Cause = match &result {
+                    Err(e) => &**e,
+                    Ok(_) => &FailedResponse(()),
+                };
+                if let Some(resp) = fast_tiers(ctx, plan, order, &parts, cause) {
+                    state.set(State::Done);
+                    return Poll::Ready(Ok(resp));
                 }
-                StateProj::Ready { resp } => {
-                    let out = resp.take();
-                    this.state.set(State::Done);
-                    if let Some(resp) = out {
-                        return Poll::Ready(Ok(resp));
-                    }
-                    panic!("ResponseFuture polled after completion");
-                }
-                StateProj::Done => panic!("ResponseFuture polled after completion"),
+                state.set(State::Fallback {
+                    progress: Box::new(Progress::new(order, parts, spare, result)),
+                });
             }
+            StateProj::Fallback { progress } => {
+                let out = ready!(poll_tiers(progress, ctx, cx));
+                state.set(State::Done);
+                return Poll::Ready(out);
+            }
+            StateProj::Done => panic!("ResponseFuture polled after completion"),
         }
     }
 }
@@ -363,7 +448,7 @@ fn fast_tiers<Req, Resp, P>(
     match order.get(0)? {
         Tier::Static => {
             let build = tiers.static_fn.as_ref()?;
-            let resp = build(parts, cause);
+            let resp = build.build(parts, cause);
             tiers.tier_metrics(Tier::Static).served.increment(1);
             Some(resp)
         }
@@ -425,7 +510,7 @@ where
                         Err(e) => &**e,
                         Ok(_) => &FailedResponse(()),
                     };
-                    let resp = build(&p.parts, cause);
+                    let resp = build.build(&p.parts, cause);
                     m.served.increment(1);
                     return Poll::Ready(Ok(resp));
                 }

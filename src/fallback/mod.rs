@@ -68,7 +68,7 @@ use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service, ServiceExt};
 
 pub use self::tiers::Cause;
-use self::tiers::{KeyedCache, ServiceTier, Tiers};
+use self::tiers::{KeyedCache, ServiceTier, StaticTier, Tiers};
 use crate::classify::{Classify, ErrorsAsFailures};
 use crate::clock::Clock;
 use crate::kill::killed;
@@ -76,8 +76,8 @@ use crate::policy::PolicyCore;
 use crate::settings::{PolicySettings, Tier};
 use crate::{BoxError, Policy};
 
-use self::future::Plan;
 pub use self::future::ResponseFuture;
+use self::future::{CachedPlan, Plan};
 
 type SettingsCache = Cache<&'static ArcSwap<PolicySettings>, std::sync::Arc<PolicySettings>>;
 
@@ -124,12 +124,15 @@ impl<Req: 'static, Resp: 'static, P: 'static> Fallback<Req, Resp, P> {
         self
     }
 
-    /// A static tier answering with a clone of `response`.
-    pub fn static_value(self, response: Resp) -> Self
+    /// A static tier answering with a clone of `response`. When it is the first tier
+    /// for a short-circuited call (killed, open circuit, full bulkhead), that call is
+    /// answered in `call` itself, without taking the request's parts.
+    pub fn static_value(mut self, response: Resp) -> Self
     where
         Resp: Clone + Send + Sync + 'static,
     {
-        self.static_with(move |_, _| response.clone())
+        self.tiers.static_fn = Some(StaticTier::Value(Box::new(move || response.clone())));
+        self.add(Tier::Static)
     }
 
     /// A static tier answering with `build(&parts, &error)`. It runs on the caller's
@@ -138,7 +141,7 @@ impl<Req: 'static, Resp: 'static, P: 'static> Fallback<Req, Resp, P> {
         mut self,
         build: impl Fn(&P, &Cause) -> Resp + Send + Sync + 'static,
     ) -> Self {
-        self.tiers.static_fn = Some(Box::new(build));
+        self.tiers.static_fn = Some(StaticTier::With(Box::new(build)));
         self.add(Tier::Static)
     }
 
@@ -251,7 +254,7 @@ impl<S, Req: 'static, Resp: 'static, P: 'static, C: Clone> Layer<S>
             settings: Cache::new(&core.settings),
             core,
             clock: *self.policy.clock(),
-            plan: None,
+            plan: CachedPlan::default(),
             short: Short::No,
             _policy: self.policy.clone(),
             _types: PhantomData,
@@ -268,8 +271,8 @@ pub struct FallbackService<S, Req: 'static, Resp: 'static, P: 'static, C = Error
     settings: SettingsCache,
     core: &'static PolicyCore,
     clock: Clock,
-    /// The plan for the settings in force, by their address: recomputed on change only.
-    plan: Option<(usize, Plan)>,
+    /// The plan for the settings in force: recomputed on change only.
+    plan: CachedPlan,
     /// Decided in `poll_ready`: the dependency will not be called.
     short: Short,
     _policy: Policy,
@@ -290,13 +293,15 @@ impl Short {
     }
 }
 
-/// Why `poll_ready` decided not to call the dependency.
+/// Why `poll_ready` decided not to call the dependency; each reason is its
+/// `fallback.on` trigger bit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
 pub(crate) enum Short {
-    No,
-    Killed,
-    Open,
-    Bulkhead,
+    No = 0,
+    Open = future::ON_OPEN,
+    Killed = future::ON_KILLED,
+    Bulkhead = future::ON_BULKHEAD,
 }
 
 impl<S: Clone, Req: 'static, Resp: 'static, P: 'static, C: Clone> Clone
@@ -310,7 +315,7 @@ impl<S: Clone, Req: 'static, Resp: 'static, P: 'static, C: Clone> Clone
             settings: self.settings.clone(),
             core: self.core,
             clock: self.clock,
-            plan: None,
+            plan: CachedPlan::default(),
             short: Short::No,
             _policy: self._policy.clone(),
             _types: PhantomData,
@@ -360,6 +365,7 @@ where
             Short::No
         };
         if self.short != Short::No {
+            Plan::cached(&mut self.plan, self.tiers, settings);
             return Poll::Ready(Ok(()));
         }
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -372,16 +378,22 @@ where
             core: self.core,
             clock: self.clock,
         };
-        let settings = self.settings.load();
-        let plan = future::Plan::cached(&mut self.plan, self.tiers, settings);
-        let parts = (self.tiers.parts)(&req);
         match std::mem::replace(&mut self.short, Short::No) {
             Short::No => {}
             short => {
+                // `poll_ready` cached the plan for the settings it decided by.
                 short.count(self.core);
+                let plan = self.plan.plan;
+                if let Some(resp) = plan.short_value(self.tiers, short) {
+                    return ResponseFuture::answered(resp);
+                }
+                let parts = (self.tiers.parts)(&req);
                 return ResponseFuture::short(ctx, self.classify.clone(), plan, parts, req, short);
             }
         }
+        let settings = self.settings.load();
+        let plan = Plan::cached(&mut self.plan, self.tiers, settings);
+        let parts = (self.tiers.parts)(&req);
         let spare = match &self.tiers.service {
             Some(s) => (s.clone_request)(&req),
             None => None,

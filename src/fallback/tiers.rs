@@ -14,6 +14,23 @@ use crate::settings::{FallbackSettings, Tier};
 pub type Cause = dyn std::error::Error + Send + Sync + 'static;
 
 pub(crate) type StaticFn<P, Resp> = Box<dyn Fn(&P, &Cause) -> Resp + Send + Sync>;
+
+/// The static tier: a value (which needs nothing of the request, so a short-circuited
+/// call need not even take its parts), or a function of the parts and the cause.
+pub(crate) enum StaticTier<P, Resp> {
+    Value(Box<dyn Fn() -> Resp + Send + Sync>),
+    With(StaticFn<P, Resp>),
+}
+
+impl<P, Resp> StaticTier<P, Resp> {
+    #[inline]
+    pub(crate) fn build(&self, parts: &P, cause: &Cause) -> Resp {
+        match self {
+            StaticTier::Value(value) => value(),
+            StaticTier::With(build) => build(parts, cause),
+        }
+    }
+}
 pub(crate) type CloneFn<Req> = Box<dyn Fn(&Req) -> Option<Req> + Send + Sync>;
 
 /// The cache tier, erased over its key type.
@@ -98,7 +115,7 @@ pub(crate) struct Tiers<Req, Resp, P> {
     pub(crate) parts: Box<dyn Fn(&Req) -> P + Send + Sync>,
     /// The tiers in the order the code added them.
     pub(crate) added: Vec<Tier>,
-    pub(crate) static_fn: Option<StaticFn<P, Resp>>,
+    pub(crate) static_fn: Option<StaticTier<P, Resp>>,
     pub(crate) cache: Option<Box<dyn CacheTier<P, Resp>>>,
     pub(crate) service: Option<ServiceTier<Req, Resp>>,
     pub(crate) metrics: [TierMetrics; 3],

@@ -574,3 +574,100 @@ async fn the_fused_stack_times_out_opens_trials_and_closes() {
         "primary 12"
     );
 }
+
+/// A short-circuited call (killed, open, bulkhead full) whose first tier is a static
+/// value is answered in `call` itself; any other first tier takes the full walk. Both
+/// follow the live order and triggers, in the fused stack and the layered one alike,
+/// and count the static tier's answers.
+#[tokio::test]
+async fn a_killed_call_is_answered_by_the_first_tier_of_the_live_order() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    for fused in [true, false] {
+        let name = if fused {
+            "fb-short-fused"
+        } else {
+            "fb-short-layered"
+        };
+        let policy = Policy::new(name, PolicySettings::default()).unwrap();
+        let dep = Dep::default();
+        let svc = metrics::with_local_recorder(&recorder, || {
+            let layer = PolicyLayer::new(&policy).fallback(
+                Fallback::with_parts(|req: &u32| *req)
+                    .cache(10)
+                    .static_value("static".to_owned()),
+            );
+            if fused {
+                tower::util::BoxCloneService::new(layer.layer(dep.service()))
+            } else {
+                tower::util::BoxCloneService::new(layer.layered(dep.service()))
+            }
+        });
+        assert_eq!(svc.clone().oneshot(1).await.unwrap(), "primary 1");
+
+        let killed = |f: fn(&mut PolicySettings)| {
+            settings(|s| {
+                s.kill = true;
+                f(s)
+            })
+        };
+        policy.update(killed(|_| {})).unwrap();
+        assert_eq!(
+            svc.clone().oneshot(1).await.unwrap(),
+            "primary 1",
+            "cache first"
+        );
+        assert_eq!(
+            svc.clone().oneshot(2).await.unwrap(),
+            "static",
+            "then static"
+        );
+        policy
+            .update(killed(|s| {
+                s.fallback.tiers = Some(vec![Tier::Static, Tier::Cache])
+            }))
+            .unwrap();
+        for _ in 0..3 {
+            assert_eq!(svc.clone().oneshot(1).await.unwrap(), "static", "{name}");
+        }
+        policy
+            .update(killed(|s| {
+                s.fallback.tiers = Some(vec![Tier::Static, Tier::Cache]);
+                s.fallback.on.killed = false;
+            }))
+            .unwrap();
+        let err = svc.clone().oneshot(1).await.unwrap_err();
+        assert!(err.is::<Killed>(), "{name}: {err}");
+        // A non-critical policy falls back on any trigger, to its static tier alone.
+        policy
+            .update(killed(|s| {
+                s.critical = false;
+                s.fallback.on.killed = false;
+            }))
+            .unwrap();
+        assert_eq!(svc.clone().oneshot(1).await.unwrap(), "static", "{name}");
+        assert_eq!(dep.calls.load(Ordering::SeqCst), 1, "{name}: never called");
+    }
+    let mut served = std::collections::HashMap::new();
+    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+        let key = key.key();
+        let label = |k: &str| {
+            key.labels()
+                .find(|l| l.key() == k)
+                .map(|l| l.value().to_owned())
+        };
+        if let (DebugValue::Counter(n), Some(policy), Some(tier), Some("served")) = (
+            value,
+            label("policy"),
+            label("tier"),
+            label("result").as_deref(),
+        ) {
+            served.insert(format!("{policy}/{tier}"), n);
+        }
+    }
+    for name in ["fb-short-fused", "fb-short-layered"] {
+        assert_eq!(served[&format!("{name}/static")], 5, "{name}: {served:?}");
+        assert_eq!(served[&format!("{name}/cache")], 1, "{name}: {served:?}");
+    }
+}
