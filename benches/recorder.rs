@@ -1,0 +1,140 @@
+//! What the per-call metrics cost once an application installs a real recorder.
+//!
+//! Every other benchmark runs without a `metrics` recorder, where each metric call is a
+//! branch on an empty handle. Production installs one; this group measures the same
+//! calls with `metrics-exporter-prometheus`'s recorder (handles registered through
+//! `metrics::with_local_recorder` when the policy and layer are built, as an
+//! application's would be through the global one), next to the same calls without.
+//!
+//! Group `recorder`, functions `<case>/none` and `<case>/prometheus`:
+//!
+//! - `breaker_closed`: a closed `CircuitBreakerLayer`, the call succeeds (one
+//!   `substation_calls_total` increment and one `substation_call_duration_seconds`
+//!   sample per call).
+//! - `breaker_closed_2threads`: the same breaker shared by two threads, time per call
+//!   per thread (the harness of `overhead`'s group of that name).
+//! - `killed_static`: the policy stack, killed, answered by a static fallback (one
+//!   `killed` outcome and one `served` fallback increment per call, no duration).
+//!
+//! Same harness as `overhead` (`poll_ready` + `call` + one poll, no-op waker). Run with
+//! `cargo bench --workspace --bench recorder`.
+
+use std::hint::black_box;
+use std::sync::Barrier;
+use std::task::{Context, Waker};
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use substation::Policy;
+use substation::breaker::CircuitBreakerLayer;
+use substation::fallback::Fallback;
+use substation::settings::PolicySettings;
+use substation::stack::PolicyLayer;
+use substation_benches::{Boom, drive};
+use tower::{Layer, Service};
+
+fn ok_service()
+-> impl Service<u64, Response = u64, Error = Boom, Future = std::future::Ready<Result<u64, Boom>>>
++ Clone
++ Send {
+    tower::service_fn(|req: u64| std::future::ready(Ok::<u64, Boom>(req)))
+}
+
+/// Two threads with a clone each, `iters` calls each; the slower thread's time.
+fn two_threads<S>(svc: &S, iters: u64) -> Duration
+where
+    S: Service<u64, Response = u64> + Clone + Send,
+{
+    let barrier = Barrier::new(2);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..2)
+            .map(|_| {
+                let mut svc = svc.clone();
+                let barrier = &barrier;
+                scope.spawn(move || {
+                    let mut cx = Context::from_waker(Waker::noop());
+                    barrier.wait();
+                    let start = Instant::now();
+                    for i in 0..iters {
+                        let ok = drive(&mut svc, black_box(i), &mut cx).is_ok();
+                        assert!(black_box(ok), "a call was refused");
+                    }
+                    start.elapsed()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("bench thread panicked"))
+            .max()
+            .expect("two threads")
+    })
+}
+
+/// Runs `build` with `recorder` as the thread's recorder, if any: handles are
+/// registered at build time.
+fn under<T>(
+    recorder: Option<&metrics_exporter_prometheus::PrometheusRecorder>,
+    build: impl FnOnce() -> T,
+) -> T {
+    match recorder {
+        Some(recorder) => metrics::with_local_recorder(recorder, build),
+        None => build(),
+    }
+}
+
+fn recorder(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("tokio runtime");
+    let _guard = rt.enter();
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let mut g = c.benchmark_group("recorder");
+    let mut cx = Context::from_waker(Waker::noop());
+    for (label, installed) in [("none", false), ("prometheus", true)] {
+        let recorder = installed.then_some(&prometheus);
+        let policy = under(recorder, || {
+            Policy::new(
+                &format!("recorder-closed-{label}"),
+                PolicySettings::default(),
+            )
+            .unwrap()
+        });
+        let mut svc = CircuitBreakerLayer::new(&policy).layer(ok_service());
+        g.bench_function(format!("breaker_closed/{label}"), |b| {
+            b.iter(|| black_box(drive(&mut svc, black_box(7), &mut cx).unwrap()))
+        });
+        g.bench_function(format!("breaker_closed_2threads/{label}"), |b| {
+            b.iter_custom(|iters| two_threads(&svc, iters))
+        });
+
+        let killed = PolicySettings {
+            kill: true,
+            ..Default::default()
+        };
+        let policy = under(recorder, || {
+            Policy::new(&format!("recorder-killed-{label}"), killed).unwrap()
+        });
+        let layer = under(recorder, || {
+            PolicyLayer::new(&policy).fallback(Fallback::<u64, u64>::new().static_value(42))
+        });
+        let mut svc = layer.layer(ok_service());
+        assert_eq!(drive(&mut svc, 7, &mut cx).unwrap(), 42);
+        g.bench_function(format!("killed_static/{label}"), |b| {
+            b.iter(|| black_box(drive(&mut svc, black_box(7), &mut cx).unwrap()))
+        });
+    }
+    g.finish();
+    // The recorder did see the calls (the cases above are not measuring a no-op).
+    let rendered = prometheus.handle().render();
+    for name in ["recorder-closed-prometheus", "recorder-killed-prometheus"] {
+        assert!(
+            rendered.contains(&format!("policy=\"{name}\"")),
+            "{name} missing from:\n{rendered}"
+        );
+    }
+}
+
+criterion_group!(benches, recorder);
+criterion_main!(benches);
