@@ -124,6 +124,9 @@ fn recorder(c: &mut Criterion) {
         g.bench_function(format!("killed_static/{label}"), |b| {
             b.iter(|| black_box(drive(&mut svc, black_box(7), &mut cx).unwrap()))
         });
+        g.bench_function(format!("killed_static_2threads/{label}"), |b| {
+            b.iter_custom(|iters| two_threads(&svc, iters))
+        });
     }
     g.finish();
     // The recorder did see the calls (the cases above are not measuring a no-op).

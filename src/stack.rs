@@ -25,14 +25,16 @@
 //! Retries, if wanted, belong outside the whole stack (or between fallback and
 //! bulkhead): a retry inside the breaker would hide failures from it.
 //!
+//! Readiness follows the kill switch's rule ([`crate::kill`]): a kill preempts a caller
+//! waiting for the dependency to become ready, and a call the dependency said it is
+//! ready for is made. The fused [`PolicyService`] gives back the bulkhead slot of a
+//! preempted wait at once; composed by hand, the inner [`Bulkhead`] keeps it for that
+//! service instance until its next call or drop.
+//!
 //! Every setting of every layer is read from the policy on each call, so one change —
 //! from code, a test, or etcd — applies to the next call. The individual layers
-//! ([`KillSwitchLayer`](crate::kill::KillSwitchLayer),
-//! [`FallbackLayer`](crate::fallback::FallbackLayer),
-//! [`BulkheadLayer`](crate::bulkhead::BulkheadLayer),
-//! [`CircuitBreakerLayer`](crate::breaker::CircuitBreakerLayer),
-//! [`TimeoutLayer`](crate::timeout::TimeoutLayer)) compose the same way for those who
-//! build their own.
+//! ([`KillSwitchLayer`], [`FallbackLayer`], [`BulkheadLayer`], [`CircuitBreakerLayer`],
+//! [`TimeoutLayer`]) compose the same way for those who build their own.
 //!
 //! ```
 //! use substation::{Policy, fallback::Fallback, settings::PolicySettings, stack::PolicyLayer};
@@ -205,6 +207,8 @@ pub struct PolicyService<S, Req: 'static, Resp: 'static, P: 'static, C = ErrorsA
     state: Ready,
     /// A half-open trial permit held between `poll_ready` and `call`.
     permit: Permit,
+    /// The inner service said it is ready: the call is committed to it.
+    inner_ready: bool,
     _policy: Policy,
     _types: PhantomData<fn(Req) -> Resp>,
 }
@@ -243,8 +247,25 @@ impl<S, Req, Resp, P, C> PolicyService<S, Req, Resp, P, C> {
                 generation: policy.generation(),
                 episode: NO_TRIAL,
             },
+            inner_ready: false,
             _policy: policy.clone(),
             _types: PhantomData,
+        }
+    }
+
+    /// Readiness was pending when the kill switch flipped: the call will not be made,
+    /// so its bulkhead slot and any trial permit go back, and the fallback answers.
+    #[cold]
+    fn preempt_pending(&mut self) {
+        let settings = self.settings.load();
+        if killed(self.core, settings) {
+            release_trial(
+                self.core,
+                self.generation,
+                std::mem::replace(&mut self.permit.episode, NO_TRIAL),
+            );
+            Plan::cached(&mut self.plan, self.tiers, settings);
+            self.state = Ready::Short(Short::Killed); // drops the slot
         }
     }
 
@@ -277,6 +298,7 @@ impl<S: Clone, Req, Resp, P, C: Clone> Clone for PolicyService<S, Req, Resp, P, 
                 generation: self.generation,
                 episode: NO_TRIAL,
             },
+            inner_ready: false,
             _policy: self._policy.clone(),
             _types: PhantomData,
         }
@@ -307,7 +329,14 @@ where
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        if !matches!(self.state, Ready::Call(_)) {
+        if let Ready::Call(_) = self.state {
+            if !self.inner_ready {
+                self.preempt_pending();
+                if let Ready::Short(_) = self.state {
+                    return Poll::Ready(Ok(()));
+                }
+            }
+        } else {
             let settings = self.settings.load();
             // Kill switch, then bulkhead, then breaker: the order of the layers.
             if killed(self.core, settings) {
@@ -348,11 +377,14 @@ where
                 return Poll::Ready(Ok(()));
             }
         }
-        self.inner.poll_ready(cx).map_err(Into::into)
+        let ready = self.inner.poll_ready(cx).map_err(Into::into);
+        self.inner_ready = matches!(ready, Poll::Ready(Ok(())));
+        ready
     }
 
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
+        self.inner_ready = false;
         let ctx = crate::fallback::future::Ctx {
             tiers: self.tiers,
             core: self.core,

@@ -12,7 +12,7 @@
 //! half-open. `mode` switches live between `normal`, `force_open`, `force_closed` and
 //! `metrics_only` (runs the state machine, never rejects).
 //!
-//! What counts as a failure is decided by a [`Classify`](crate::classify::Classify)
+//! What counts as a failure is decided by a [`Classify`]
 //! (default: every `Err`), chosen with [`CircuitBreakerLayer::classify`].
 //!
 //! # Rejection, not back-pressure

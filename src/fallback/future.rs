@@ -61,11 +61,12 @@ const ON_TIMEOUT: u8 = 8;
 const ON_FAILURE: u8 = 16;
 const ON_ALL: u8 = 31;
 
-/// The plan for the settings in force, by their address (0: none yet): recomputed on
-/// change only.
-#[derive(Clone, Copy, Debug, Default)]
+/// The plan for the settings in force, recomputed on change only. It holds the settings
+/// it was made from: keyed by a bare address, a freed `Arc` whose address the next
+/// settings reuse would pass for unchanged.
+#[derive(Clone, Debug, Default)]
 pub(crate) struct CachedPlan {
-    key: usize,
+    settings: Option<std::sync::Arc<PolicySettings>>,
     pub(crate) plan: Plan,
 }
 
@@ -97,21 +98,30 @@ impl Plan {
         plan
     }
 
-    /// The plan for `settings`, recomputed only when they changed (`cached` remembers
-    /// the last one by the settings' address).
+    /// The plan for `settings`, recomputed only when they changed.
     #[inline]
     pub(crate) fn cached<Req, Resp, P>(
         cached: &mut CachedPlan,
         tiers: &Tiers<Req, Resp, P>,
         settings: &std::sync::Arc<PolicySettings>,
     ) -> Plan {
-        let key = std::sync::Arc::as_ptr(settings) as usize;
-        if cached.key != key {
-            *cached = CachedPlan {
-                key,
-                plan: Plan::new(tiers, settings),
-            };
+        match &cached.settings {
+            Some(s) if std::sync::Arc::ptr_eq(s, settings) => cached.plan,
+            _ => Plan::recompute(cached, tiers, settings),
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn recompute<Req, Resp, P>(
+        cached: &mut CachedPlan,
+        tiers: &Tiers<Req, Resp, P>,
+        settings: &std::sync::Arc<PolicySettings>,
+    ) -> Plan {
+        *cached = CachedPlan {
+            settings: Some(settings.clone()),
+            plan: Plan::new(tiers, settings),
+        };
         cached.plan
     }
 

@@ -256,6 +256,7 @@ impl<S, Req: 'static, Resp: 'static, P: 'static, C: Clone> Layer<S>
             clock: *self.policy.clock(),
             plan: CachedPlan::default(),
             short: Short::No,
+            inner_ready: false,
             _policy: self.policy.clone(),
             _types: PhantomData,
         }
@@ -275,6 +276,9 @@ pub struct FallbackService<S, Req: 'static, Resp: 'static, P: 'static, C = Error
     plan: CachedPlan,
     /// Decided in `poll_ready`: the dependency will not be called.
     short: Short,
+    /// The inner service said it is ready: the call is committed to it (it may hold a
+    /// bulkhead slot or a trial permit for it), so `poll_ready` does not decide again.
+    inner_ready: bool,
     _policy: Policy,
     _types: PhantomData<fn(Req) -> Resp>,
 }
@@ -317,6 +321,7 @@ impl<S: Clone, Req: 'static, Resp: 'static, P: 'static, C: Clone> Clone
             clock: self.clock,
             plan: CachedPlan::default(),
             short: Short::No,
+            inner_ready: false,
             _policy: self._policy.clone(),
             _types: PhantomData,
         }
@@ -350,25 +355,29 @@ where
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        // Killed, or the policy's breaker open: the fallback answers without asking the
-        // dependency (nor the layers below, which would only reject).
-        let settings = self.settings.load();
-        self.short = if killed(self.core, settings) {
-            Short::Killed
-        } else if self
-            .core
-            .breaker
-            .rejects_now(settings.breaker.mode, &self.clock)
-        {
-            Short::Open
-        } else {
-            Short::No
-        };
-        if self.short != Short::No {
-            Plan::cached(&mut self.plan, self.tiers, settings);
-            return Poll::Ready(Ok(()));
+        if !self.inner_ready {
+            // Killed, or the policy's breaker open: the fallback answers without asking
+            // the dependency (nor the layers below, which would only reject).
+            let settings = self.settings.load();
+            self.short = if killed(self.core, settings) {
+                Short::Killed
+            } else if self
+                .core
+                .breaker
+                .rejects_now(settings.breaker.mode, &self.clock)
+            {
+                Short::Open
+            } else {
+                Short::No
+            };
+            if self.short != Short::No {
+                Plan::cached(&mut self.plan, self.tiers, settings);
+                return Poll::Ready(Ok(()));
+            }
         }
-        self.inner.poll_ready(cx).map_err(Into::into)
+        let ready = self.inner.poll_ready(cx).map_err(Into::into);
+        self.inner_ready = matches!(ready, Poll::Ready(Ok(())));
+        ready
     }
 
     #[inline]
@@ -378,6 +387,7 @@ where
             core: self.core,
             clock: self.clock,
         };
+        self.inner_ready = false;
         match std::mem::replace(&mut self.short, Short::No) {
             Short::No => {}
             short => {

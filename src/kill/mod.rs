@@ -6,6 +6,12 @@
 //! once with [`Killed`]. Inside a [`PolicyLayer`](crate::stack::PolicyLayer) with a
 //! fallback, a killed call goes straight to the fallback instead.
 //!
+//! The switch is read in `poll_ready`. A caller still waiting for the inner service to
+//! become ready (a reconnecting channel) is checked again on every `poll_ready`, so a
+//! kill preempts the wait. Once the inner service has said it is ready, the call is
+//! committed to it — the layers below may hold a bulkhead slot or a half-open trial
+//! for it — and the kill applies from the next call.
+//!
 //! ```
 //! use substation::{Policy, kill::{KillSwitchLayer, Killed}, settings::PolicySettings};
 //! use tower::{Layer, ServiceExt, service_fn};
@@ -88,6 +94,7 @@ impl<S> Layer<S> for KillSwitchLayer {
             settings: Cache::new(&self.policy.core().settings),
             core: self.policy.core(),
             killed: false,
+            inner_ready: false,
             _policy: self.policy.clone(),
         }
     }
@@ -99,6 +106,9 @@ pub struct KillSwitch<S> {
     settings: SettingsCache,
     core: &'static PolicyCore,
     killed: bool,
+    /// The inner service said it is ready: the call is committed to it (it may hold a
+    /// bulkhead slot or a trial permit for it), so `poll_ready` does not decide again.
+    inner_ready: bool,
     _policy: Policy,
 }
 
@@ -109,6 +119,7 @@ impl<S: Clone> Clone for KillSwitch<S> {
             settings: self.settings.clone(),
             core: self.core,
             killed: false,
+            inner_ready: false,
             _policy: self._policy.clone(),
         }
     }
@@ -133,14 +144,19 @@ where
     type Future = KillFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.killed = killed(self.core, self.settings.load());
-        if self.killed {
-            return Poll::Ready(Ok(()));
+        if !self.inner_ready {
+            self.killed = killed(self.core, self.settings.load());
+            if self.killed {
+                return Poll::Ready(Ok(()));
+            }
         }
-        self.inner.poll_ready(cx).map_err(Into::into)
+        let ready = self.inner.poll_ready(cx).map_err(Into::into);
+        self.inner_ready = matches!(ready, Poll::Ready(Ok(())));
+        ready
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
+        self.inner_ready = false;
         if std::mem::take(&mut self.killed) {
             self.core.metrics.killed.increment(1);
             return KillFuture { inner: None };

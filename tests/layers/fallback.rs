@@ -671,3 +671,226 @@ async fn a_killed_call_is_answered_by_the_first_tier_of_the_live_order() {
         assert_eq!(served[&format!("{name}/cache")], 1, "{name}: {served:?}");
     }
 }
+
+/// One long-lived service (not a clone per call) across many settings changes, some of
+/// them between `poll_ready` and `call`: every call follows the settings it was decided
+/// by. (A plan cached by the settings' bare address once served a freed `Arc`'s plan
+/// for the new settings that reused its address.)
+#[tokio::test]
+async fn a_long_lived_service_follows_every_settings_change() {
+    // (kill, fallback.on.killed, fallback.on.failure)
+    let variants = [
+        (false, true, true),
+        (false, true, false),
+        (true, true, true),
+        (true, false, true),
+    ];
+    let to_settings = |(kill, on_killed, on_failure): (bool, bool, bool)| {
+        settings(|s| {
+            s.kill = kill;
+            s.fallback.on.killed = on_killed;
+            s.fallback.on.failure = on_failure;
+            s.breaker.min_calls = 1_000_000; // keep the breaker out of it
+        })
+    };
+    // What a call decided under `x` (its `poll_ready`) and made under `y` answers: a
+    // killed decision stands; otherwise the dependency fails and `y`'s triggers decide.
+    let expect = |x: (bool, bool, bool), y: (bool, bool, bool)| -> Result<&str, &str> {
+        match (x, y) {
+            ((true, true, _), _) => Ok("static"),
+            ((true, false, _), _) => Err("killed"),
+            (_, (_, _, true)) => Ok("static"),
+            (_, (_, _, false)) => Err("503"),
+        }
+    };
+    for form in ["fused", "layered", "fallback-only"] {
+        let policy = Policy::new(&format!("fb-long-{form}"), to_settings(variants[0])).unwrap();
+        let dep = Dep::default();
+        dep.set_down(true);
+        let layer =
+            PolicyLayer::new(&policy).fallback(Fallback::new().static_value("static".to_owned()));
+        let mut svc = match form {
+            "fused" => tower::util::BoxService::new(layer.layer(dep.service())),
+            "layered" => tower::util::BoxService::new(layer.layered(dep.service())),
+            _ => tower::util::BoxService::new(
+                FallbackLayer::new(&policy, Fallback::new().static_value("static".to_owned()))
+                    .layer(dep.service()),
+            ),
+        };
+        for i in 0..64 {
+            let x = variants[i % 4];
+            // The dependency runs only when `x` is not a kill; `y` then must not be one.
+            let y = variants[(i / 4) % 2];
+            policy.update(to_settings(x)).unwrap();
+            let ready = svc.ready().await.unwrap();
+            policy.update(to_settings(y)).unwrap();
+            let got = ready.call(1).await;
+            let got = got.as_deref().map_err(|e| {
+                if e.is::<Killed>() {
+                    "killed"
+                } else if e.to_string() == "503" {
+                    "503"
+                } else {
+                    "other"
+                }
+            });
+            assert_eq!(
+                got,
+                expect(x, y),
+                "{form}, call {i}: decided under {x:?}, made under {y:?}"
+            );
+            // And a call decided and made under the same settings.
+            policy.update(to_settings(y)).unwrap();
+            let got = svc.ready().await.unwrap().call(2).await;
+            assert_eq!(got.is_ok(), y.2, "{form}, call {i} under {y:?}");
+        }
+    }
+}
+
+/// Each short-circuit trigger (open, bulkhead full) is its own: switched off, the caller
+/// gets that rejection; on, the static value. Fused and layered alike.
+#[tokio::test]
+async fn open_and_bulkhead_triggers_are_each_their_own() {
+    for fused in [true, false] {
+        let form = if fused { "fused" } else { "layered" };
+        let policy = Policy::new(
+            &format!("fb-triggers-{form}"),
+            settings(|s| {
+                s.breaker.min_calls = 2;
+                s.bulkhead.max_concurrent = Some(1);
+            }),
+        )
+        .unwrap();
+        let dep = Dep::default();
+        let layer =
+            PolicyLayer::new(&policy).fallback(Fallback::new().static_value("static".to_owned()));
+        let build = || {
+            if fused {
+                tower::util::BoxCloneService::new(layer.layer(dep.service()))
+            } else {
+                tower::util::BoxCloneService::new(layer.layered(dep.service()))
+            }
+        };
+        let with = |f: fn(&mut PolicySettings)| {
+            settings(|s| {
+                s.breaker.min_calls = 2;
+                s.bulkhead.max_concurrent = Some(1);
+                f(s)
+            })
+        };
+
+        // Bulkhead: one clone holds the only slot (ready, not yet called).
+        let mut holder = build();
+        let _ = holder.ready().await.unwrap();
+        assert_eq!(policy.in_flight(), 1, "{form}");
+        policy
+            .update(with(|s| s.fallback.on.bulkhead = false))
+            .unwrap();
+        let err = build().oneshot(1).await.unwrap_err();
+        assert!(err.is::<BulkheadFull>(), "{form}: {err}");
+        policy.update(with(|_| {})).unwrap();
+        assert_eq!(build().oneshot(1).await.unwrap(), "static", "{form}");
+        assert_eq!(holder.call(1).await.unwrap(), "primary 1", "{form}");
+        assert_eq!(policy.in_flight(), 0, "{form}");
+
+        // Open: tripped by real failures.
+        dep.set_down(true);
+        for i in 0..2 {
+            assert_eq!(build().oneshot(i).await.unwrap(), "static", "{form}");
+        }
+        assert_eq!(policy.breaker_state(), BreakerState::Open, "{form}");
+        policy.update(with(|s| s.fallback.on.open = false)).unwrap();
+        let err = build().oneshot(1).await.unwrap_err();
+        assert!(err.is::<OpenCircuit>(), "{form}: {err}");
+        policy.update(with(|_| {})).unwrap();
+        assert_eq!(build().oneshot(1).await.unwrap(), "static", "{form}");
+    }
+}
+
+/// Once a service said it is ready, the call is committed to the dependency: a kill
+/// flipped before `call` does not strand the bulkhead slot the readiness took.
+#[tokio::test]
+async fn a_kill_after_readiness_does_not_strand_the_bulkhead_slot() {
+    for fused in [true, false] {
+        let form = if fused { "fused" } else { "layered" };
+        let policy = Policy::new(
+            &format!("fb-committed-{form}"),
+            settings(|s| s.bulkhead.max_concurrent = Some(1)),
+        )
+        .unwrap();
+        let dep = Dep::default();
+        let layer =
+            PolicyLayer::new(&policy).fallback(Fallback::new().static_value("static".to_owned()));
+        let build = || {
+            if fused {
+                tower::util::BoxCloneService::new(layer.layer(dep.service()))
+            } else {
+                tower::util::BoxCloneService::new(layer.layered(dep.service()))
+            }
+        };
+        let mut svc = build();
+        let _ = svc.ready().await.unwrap();
+        assert_eq!(policy.in_flight(), 1, "{form}");
+        policy
+            .update(settings(|s| {
+                s.kill = true;
+                s.bulkhead.max_concurrent = Some(1);
+            }))
+            .unwrap();
+        let _ = svc.ready().await.unwrap(); // polled again: still committed
+        assert_eq!(svc.call(1).await.unwrap(), "primary 1", "{form}");
+        assert_eq!(policy.in_flight(), 0, "{form}: the slot is back");
+        policy
+            .update(settings(|s| s.bulkhead.max_concurrent = Some(1)))
+            .unwrap();
+        assert_eq!(build().oneshot(2).await.unwrap(), "primary 2", "{form}");
+    }
+}
+
+/// A caller waiting for the dependency to become ready (a reconnecting channel) is not
+/// stuck when the kill switch flips: its next `poll_ready` answers from the fallback,
+/// and the fused stack gives back the bulkhead slot it had taken.
+#[test]
+fn a_kill_preempts_a_pending_readiness() {
+    use crate::support::Gated;
+    use std::task::{Context, Poll, Waker};
+    let mut cx = Context::from_waker(Waker::noop());
+    for form in ["fused", "layered", "no-fallback"] {
+        let limited = |kill: bool| {
+            settings(|s| {
+                s.kill = kill;
+                s.bulkhead.max_concurrent = Some(1);
+            })
+        };
+        let policy = Policy::new(&format!("fb-preempt-{form}"), limited(false)).unwrap();
+        let gated = Gated::default();
+        let layer = PolicyLayer::new(&policy).fallback(Fallback::new().static_value(7u32));
+        let mut svc = match form {
+            "fused" => tower::util::BoxService::new(layer.layer(gated.clone())),
+            "layered" => tower::util::BoxService::new(layer.layered(gated.clone())),
+            _ => tower::util::BoxService::new(PolicyLayer::new(&policy).layer(gated.clone())),
+        };
+        assert!(svc.poll_ready(&mut cx).is_pending(), "{form}");
+        assert!(svc.poll_ready(&mut cx).is_pending(), "{form}: still");
+        assert_eq!(policy.in_flight(), 1, "{form}: the slot is taken");
+        policy.update(limited(true)).unwrap();
+        assert!(
+            matches!(svc.poll_ready(&mut cx), Poll::Ready(Ok(()))),
+            "{form}"
+        );
+        let got = tokio_test::block_on(svc.call(1));
+        match form {
+            "no-fallback" => assert!(got.unwrap_err().is::<Killed>()),
+            _ => assert_eq!(got.unwrap(), 7, "{form}: the static value"),
+        }
+        if form == "fused" {
+            assert_eq!(policy.in_flight(), 0, "the fused stack gives the slot back");
+        }
+        // Healed and opened: calls reach the dependency again, slot accounting intact.
+        policy.update(limited(false)).unwrap();
+        gated.open.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(matches!(svc.poll_ready(&mut cx), Poll::Ready(Ok(()))));
+        assert_eq!(tokio_test::block_on(svc.call(2)).unwrap(), 2, "{form}");
+        assert_eq!(policy.in_flight(), 0, "{form}");
+    }
+}

@@ -98,3 +98,28 @@ impl Service<u32> for Strict {
         std::future::ready(Ok(req))
     }
 }
+
+/// An inner service that is not ready until its gate opens (like a gRPC channel that is
+/// reconnecting); answers `req` once called.
+#[derive(Clone, Default)]
+pub(crate) struct Gated {
+    pub(crate) open: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Service<u32> for Gated {
+    type Response = u32;
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<u32, BoxError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        if self.open.load(Ordering::SeqCst) {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    }
+
+    fn call(&mut self, req: u32) -> Self::Future {
+        std::future::ready(Ok(req))
+    }
+}

@@ -32,7 +32,7 @@
 //! live data) and rewritten atomically after changes. The first load has a deadline
 //! ([`EtcdSource::connect_timeout`], 500 ms by default) after which
 //! [`Substation::initialized`](crate::Substation::initialized) resolves anyway, while
-//! the source keeps connecting in the background. [`Health`](crate::live::Health) tells
+//! the source keeps connecting in the background. [`Health`] tells
 //! the application which of these it is in.
 //!
 //! ```no_run
