@@ -85,3 +85,49 @@ impl Drop for Proxy {
         self.task.abort();
     }
 }
+
+/// A proxy to `target` (`host:port`) that delays every byte by `delay` each way (a
+/// round trip of twice that, like a WAN link); returns its endpoint.
+pub(crate) async fn delayed(target: String, delay: std::time::Duration) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((client, _)) = listener.accept().await else {
+                return;
+            };
+            let target = target.clone();
+            tokio::spawn(async move {
+                let Ok(server) = TcpStream::connect(&target).await else {
+                    return;
+                };
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                tokio::spawn(late_pipe(cr, sw, delay));
+                tokio::spawn(late_pipe(sr, cw, delay));
+            });
+        }
+    });
+    format!("http://127.0.0.1:{port}")
+}
+
+async fn late_pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    delay: std::time::Duration,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+    tokio::spawn(async move {
+        while let Some((at, bytes)) = rx.recv().await {
+            tokio::time::sleep_until(at).await;
+            if to.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut buf = vec![0u8; 65536];
+    while let Ok(n @ 1..) = from.read(&mut buf).await {
+        let _ = tx.send((tokio::time::Instant::now() + delay, buf[..n].to_vec()));
+    }
+}

@@ -234,3 +234,59 @@ async fn dropping_the_registry_stops_its_tasks() {
     .await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// With a shared prefix, two watches are created on one stream; the application's
+/// watch can replay or stream events before the shared one is acknowledged. Registries
+/// started one after another over a slow link while a writer keeps writing: none may
+/// miss a write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_during_watch_creation_are_not_lost() {
+    let etcd = Etcd::start().await;
+    let mut client = etcd.client().await;
+    let slow = crate::proxy::delayed(
+        etcd.endpoint().trim_start_matches("http://").to_owned(),
+        Duration::from_millis(40),
+    )
+    .await;
+    const N: u64 = 300;
+    let writer = {
+        let mut client = client.clone();
+        tokio::spawn(async move {
+            for i in 0..N {
+                put(
+                    &mut client,
+                    &format!("policies/k{i}"),
+                    &format!(r#"{{"timeout":{{"ms":{}}}}}"#, i + 1),
+                )
+                .await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let mut registries = Vec::new();
+    for _ in 0..6 {
+        let source = common::source(vec![slow.clone()])
+            .shared_prefix(SHARED)
+            .request_timeout(Duration::from_secs(5));
+        registries.push(Substation::builder().source(source).build().unwrap());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    writer.await.unwrap();
+    let last = put(&mut client, "policies/last", "{}").await;
+    for (n, sub) in registries.iter().enumerate() {
+        eventually(
+            &format!("registry {n} at the last revision"),
+            WAIT,
+            || async { sub.snapshot().revision() >= last },
+        )
+        .await;
+        let snapshot = sub.snapshot();
+        let missing: Vec<u64> = (0..N)
+            .filter(|i| {
+                let policy = snapshot.policy(&format!("k{i}"));
+                policy.and_then(|p| p.timeout.ms) != Some(i + 1)
+            })
+            .collect();
+        assert!(missing.is_empty(), "registry {n} missed {missing:?}");
+    }
+}

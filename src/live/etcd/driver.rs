@@ -236,11 +236,17 @@ impl Driver {
             if resp.canceled() {
                 return self.cancelled(&resp);
             }
+            if let Some(end) = self.check_header(&resp) {
+                return end;
+            }
             if resp.created() {
-                if let Some(end) = self.check_header(&resp) {
-                    return end;
-                }
                 ids.push((resp.watch_id(), layers[ids.len()]));
+            } else if let Some(&(_, layer)) = ids.iter().find(|(id, _)| *id == resp.watch_id()) {
+                // A watch already acknowledged replays or streams while the next one is
+                // being created: its events are applied like any others, never dropped.
+                if self.apply_events(layer, &resp).is_err() {
+                    return WatchEnd::Closed;
+                }
             }
         }
         self.became_live(self.high);
