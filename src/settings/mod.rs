@@ -458,6 +458,28 @@ impl PolicySettings {
             0,
             3_600_000,
         )?;
+        let fault = &self.fault;
+        range_f64(
+            "fault.abort_percent",
+            fault.abort_percent,
+            0.0,
+            100.0,
+            "0..=100",
+        )?;
+        range_f64(
+            "fault.delay_percent",
+            fault.delay_percent,
+            0.0,
+            100.0,
+            "0..=100",
+        )?;
+        range_u64("fault.delay_ms", fault.delay_ms, 0, 3_600_000)?;
+        if let FaultTarget::Keys(p) = fault.target {
+            range_f64("fault.target.keys", p, 0.0, 100.0, "0..=100")?;
+        }
+        if let Some(n) = fault.max_active {
+            range_u64("fault.max_active", u64::from(n), 1, 1_000_000)?;
+        }
         Ok(())
     }
 }
@@ -510,6 +532,36 @@ mod tests {
         assert_eq!(s.breaker.half_open_calls, 1);
         assert_eq!(s.breaker.slow_call_ms, None);
         assert_eq!(PolicySettings::from_json(b"{}").unwrap(), s);
+    }
+
+    #[test]
+    fn fault_settings_are_validated() {
+        for (json, want) in [
+            (
+                r#"{"fault":{"abort_percent":-5}}"#,
+                "fault.abort_percent: -5 is not in 0..=100",
+            ),
+            (
+                r#"{"fault":{"delay_percent":500}}"#,
+                "fault.delay_percent: 500 is not in 0..=100",
+            ),
+            (
+                r#"{"fault":{"delay_ms":18446744073709551615}}"#,
+                "fault.delay_ms: 18446744073709551615 is not in 0..=3600000",
+            ),
+            (
+                r#"{"fault":{"target":{"keys":-1}}}"#,
+                "fault.target.keys: -1 is not in 0..=100",
+            ),
+            (
+                r#"{"fault":{"max_active":0}}"#,
+                "fault.max_active: 0 is not in 1..=1000000",
+            ),
+        ] {
+            assert_eq!(err(json), want);
+        }
+        let ok = r#"{"fault":{"abort_percent":100,"delay_percent":0.5,"delay_ms":3600000,"target":{"keys":25},"max_active":1}}"#;
+        PolicySettings::from_json(ok.as_bytes()).unwrap();
     }
 
     #[test]
