@@ -352,8 +352,7 @@ where
             {
                 Some(admit) => admit,
                 None => {
-                    let b = settings.breaker.clone();
-                    decide(self.core, &b, self.clock, &mut self.permit).is_some()
+                    decide(self.core, &settings.breaker, self.clock, &mut self.permit).is_some()
                 }
             };
             self.state = if !admit {
@@ -411,10 +410,14 @@ where
             Some(s) => (s.clone_request)(&req),
             None => None,
         };
+        let start = self.clock.now_ms();
+        let inner = self.inner.call(req);
+        // Taken from the service only now: should the inner `call` panic, the service
+        // still holds the trial permit and gives it back when dropped.
         let fields = Fields {
             core: self.core,
             clock: self.clock,
-            start: self.clock.now_ms(),
+            start,
             slow_ms: settings
                 .breaker
                 .slow_call_ms
@@ -423,7 +426,7 @@ where
             trial: std::mem::replace(&mut self.permit.episode, NO_TRIAL),
         };
         let guarded = Guarded {
-            inner: self.inner.call(req),
+            inner,
             sleep: None,
             timeout: settings.timeout.ms.map(Duration::from_millis),
             fields,

@@ -118,6 +118,10 @@ pub(crate) fn decide(
     clock: Clock,
     permit: &mut Permit,
 ) -> Option<bool> {
+    // A permit still held here belongs to a call that never started (the inner `call`
+    // panicked): it goes back before anything is decided.
+    let held = std::mem::replace(&mut permit.episode, NO_TRIAL);
+    release_trial(core, permit.generation, held);
     match core.breaker.admit(clock.now_ms(), settings, &core.ctx()) {
         Admission::Admit => Some(true),
         Admission::Reject => None,
@@ -248,9 +252,9 @@ where
 
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
-        let trial = match std::mem::replace(&mut self.decision, Decision::Unpolled) {
-            Decision::Admit => NO_TRIAL,
-            Decision::Trial => std::mem::replace(&mut self.permit.episode, NO_TRIAL),
+        let is_trial = match std::mem::replace(&mut self.decision, Decision::Unpolled) {
+            Decision::Admit => false,
+            Decision::Trial => true,
             Decision::Reject => {
                 self.core.metrics.rejected.increment(1);
                 return future::ResponseFuture::rejected(self.core, self.clock);
@@ -258,25 +262,35 @@ where
             Decision::Unpolled => panic!("poll_ready must be called first"),
         };
         let settings = self.settings.load();
-        let b = &settings.breaker;
+        let slow_ms = settings
+            .breaker
+            .slow_call_ms
+            .map_or(0, |ms| ms.min(u64::from(u32::MAX)) as u32);
+        let start = self.clock.now_ms();
+        let inner = self.inner.call(req);
+        // Taken from the service only now: should the inner `call` panic, the service
+        // still holds the trial permit and gives it back when dropped.
+        let trial = if is_trial {
+            std::mem::replace(&mut self.permit.episode, NO_TRIAL)
+        } else {
+            NO_TRIAL
+        };
         let fields = future::Fields {
             core: self.core,
             clock: self.clock,
-            start: self.clock.now_ms(),
-            slow_ms: b
-                .slow_call_ms
-                .map_or(0, |ms| ms.min(u64::from(u32::MAX)) as u32),
+            start,
+            slow_ms,
             generation: self.generation,
             trial,
         };
-        future::ResponseFuture::called(self.inner.call(req), self.classify.clone(), fields)
+        future::ResponseFuture::called(inner, self.classify.clone(), fields)
     }
 }
 
 impl<S, C> CircuitBreaker<S, C> {
     #[cold]
     fn decide(&mut self) -> Decision {
-        let settings = self.settings.load().clone();
+        let settings = self.settings.load();
         match decide(self.core, &settings.breaker, self.clock, &mut self.permit) {
             Some(true) => Decision::Admit,
             Some(false) => Decision::Trial,

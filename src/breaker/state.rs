@@ -165,7 +165,13 @@ impl BreakerCore {
     pub(crate) fn admit(&self, now: u64, s: &BreakerSettings, ctx: &Ctx<'_>) -> Admission {
         match s.mode {
             BreakerMode::ForceOpen => return Admission::Reject,
-            BreakerMode::ForceClosed => return Admission::Admit,
+            BreakerMode::ForceClosed => {
+                // A trip racing with the switch to force-closed is undone here.
+                if !self.is_closed() {
+                    self.close(ctx);
+                }
+                return Admission::Admit;
+            }
             BreakerMode::Normal | BreakerMode::MetricsOnly => {}
         }
         let reject = || match s.mode {
@@ -258,6 +264,10 @@ impl BreakerCore {
                 let reopens = self.reopens.load(Relaxed) + 1;
                 w.next(OPEN, now + open_duration(s, reopens))
             } else if w.successes() + 1 >= w.trials() {
+                // Cleared before the switch: once closed, calls are admitted and counted
+                // at once, and must not read the window that tripped it. (Half-open,
+                // nothing but trials is recorded, so clearing early loses nothing.)
+                self.window.reset();
                 w.next(CLOSED, 0)
             } else {
                 Word(w.0 + (1 << (PAYLOAD_SHIFT + FIELD_BITS)))
@@ -274,7 +284,6 @@ impl BreakerCore {
                         }
                         CLOSED => {
                             self.reopens.store(0, Relaxed);
-                            self.window.reset();
                             transitioned(ctx, BreakerState::Closed, None);
                         }
                         _ => {}
@@ -310,19 +319,28 @@ impl BreakerCore {
 
     /// Forces the state to closed with an empty window (used when the mode becomes
     /// force-closed, and by tests).
+    /// Retries until the state is closed: a trial result or an admission racing with
+    /// it must not leave a force-closed breaker open.
+    #[cold]
     pub(crate) fn close(&self, ctx: &Ctx<'_>) {
-        let w = Word(self.word.load(Acquire));
-        if w.state() == CLOSED {
-            return;
-        }
-        if self
-            .word
-            .compare_exchange(w.0, w.next(CLOSED, 0).0, AcqRel, Acquire)
-            .is_ok()
-        {
-            self.reopens.store(0, Relaxed);
+        let mut w = Word(self.word.load(Acquire));
+        loop {
+            if w.state() == CLOSED {
+                return;
+            }
+            // Cleared before the switch (see `on_trial_result`).
             self.window.reset();
-            transitioned(ctx, BreakerState::Closed, None);
+            match self
+                .word
+                .compare_exchange(w.0, w.next(CLOSED, 0).0, AcqRel, Acquire)
+            {
+                Ok(_) => {
+                    self.reopens.store(0, Relaxed);
+                    transitioned(ctx, BreakerState::Closed, None);
+                    return;
+                }
+                Err(actual) => w = Word(actual),
+            }
         }
     }
 

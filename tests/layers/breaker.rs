@@ -438,3 +438,60 @@ fn http_5xx_open_the_breaker_and_4xx_do_not() {
     }
     assert_eq!(policy.breaker_state(), BreakerState::Open);
 }
+
+/// A half-open trial whose inner `call` panics (a `service_fn` that unwraps a bad
+/// request before building its future) gives its permit back: the breaker is not left
+/// half-open with no trial to finish, neither alone nor in the fused stack, and
+/// whether the service is dropped by the unwinding or kept and polled again.
+#[test]
+fn a_trial_whose_call_panics_gives_its_permit_back() {
+    for form in ["breaker", "stack"] {
+        for keep in [false, true] {
+            let (clock, time) = Clock::manual();
+            let policy = Policy::with_clock(
+                &format!("panicky-{form}-{keep}"),
+                settings(|s| s.breaker.min_calls = 4),
+                clock,
+            )
+            .unwrap();
+            let make = || {
+                let inner = service_fn(|req: u32| {
+                    assert_ne!(req, 2, "a bad request"); // panics in `call` itself
+                    async move {
+                        if req == 1 {
+                            Err::<u32, BoxError>("boom".into())
+                        } else {
+                            Ok(req)
+                        }
+                    }
+                });
+                if form == "breaker" {
+                    tower::util::BoxService::new(CircuitBreakerLayer::new(&policy).layer(inner))
+                } else {
+                    tower::util::BoxService::new(
+                        substation::stack::PolicyLayer::new(&policy).layer(inner),
+                    )
+                }
+            };
+            let mut svc = make();
+            for _ in 0..4 {
+                assert!(call_now(&mut svc, 1).is_err());
+            }
+            assert_eq!(policy.breaker_state(), BreakerState::Open, "{form}");
+            time.advance(Duration::from_secs(6)); // past the 5 s open duration
+            let mut trial = make();
+            let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let _ = call_now(&mut trial, 2);
+            }));
+            assert!(panicked.is_err());
+            let mut healthy = if keep {
+                trial
+            } else {
+                drop(trial);
+                make()
+            };
+            assert_eq!(call_now(&mut healthy, 3).unwrap(), 3, "{form}, keep {keep}");
+            assert_eq!(policy.breaker_state(), BreakerState::Closed, "{form}");
+        }
+    }
+}
