@@ -218,3 +218,39 @@ async fn a_lost_quorum_is_stale_not_hung_and_recovers() {
     assert_eq!(registry_state(&sub), etcd_state(&mut client).await);
     traffic.check().await;
 }
+
+/// etcd wiped while the watcher is cut off, then written past the revision the
+/// watcher had applied before it reconnects: no revision went backwards, yet the
+/// history is new. The watcher lists again on reconnecting and ends up with etcd's
+/// state (the old key gone, the new one there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wipe_overtaken_by_new_writes_while_away_is_noticed() {
+    let mut etcd = Etcd::start().await;
+    let mut client = etcd.client().await;
+    let proxy = Proxy::start(etcd.endpoint().trim_start_matches("http://").to_owned()).await;
+    let (sub, _changes) = common::registry(common::source(vec![proxy.endpoint()])).await;
+    let mut high = 0;
+    for n in 1..=10 {
+        high = put(&mut client, "policies/old", &value(n)).await;
+    }
+    eventually("caught up", WAIT, || async {
+        sub.snapshot().revision() >= high
+    })
+    .await;
+    proxy.cut();
+    eventually("stale", WAIT, || async { is_stale(&sub) }).await;
+    etcd.wipe_and_restart().await;
+    let mut client = etcd.client().await;
+    put(&mut client, "policies/early", &value(77)).await;
+    for n in 0..high + 3 {
+        client
+            .put("/elsewhere/k", format!("{n}"), None)
+            .await
+            .unwrap();
+    }
+    proxy.restore();
+    eventually("etcd's state", WAIT, || async {
+        is_live(&sub) && registry_state(&sub) == vec![("early".to_owned(), Some(77))]
+    })
+    .await;
+}

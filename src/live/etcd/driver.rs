@@ -103,6 +103,12 @@ impl Driver {
                     client = Some(c);
                 }
                 WatchEnd::Failed(e) => {
+                    // Listed again before watching again, rather than resumed from the
+                    // last revision: while it was away, etcd may have been wiped or
+                    // restored and then written past that revision, and a resumed watch
+                    // would follow the new history from the middle, silently. A listing
+                    // is diffed against the registry, so it changes only what changed.
+                    self.need_list = true;
                     client = self.keep(c);
                     self.failed(e).await;
                 }

@@ -15,8 +15,11 @@
 //! 1. List both prefixes (linearizable) at one revision R; apply as one snapshot.
 //! 2. Watch both from R + 1. Apply the events of each revision as one snapshot swap,
 //!    in order; the revision advances only over what was seen.
-//! 3. On a stream error or end: mark the settings stale, back off (jittered), re-watch
-//!    from the last applied revision + 1 — no event lost, none applied twice.
+//! 3. On a stream error or end: mark the settings stale, back off (jittered), list
+//!    again and watch from there (the registry diffs the listing: only what changed
+//!    changes). Resuming from the last applied revision + 1 would be cheaper, but an
+//!    etcd wiped or restored, then written past that revision while the watcher was
+//!    away, would be followed from the middle of a new history.
 //! 4. Watch cancelled because R + 1 was compacted: list again (the registry diffs).
 //! 5. A revision below the last applied one (etcd restored or wiped): list again, and
 //!    log it loudly.
