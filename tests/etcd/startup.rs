@@ -107,3 +107,79 @@ async fn cold_start_without_a_snapshot_uses_defaults_then_converges() {
     .await;
     assert_eq!(registry_state(&sub), vec![("a".to_owned(), Some(77))]);
 }
+
+/// The disk snapshot holds the last good values, not the last written ones: a value
+/// the registry rejected (through the watch, or in a listing) is not what a cold start
+/// from disk serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_disk_snapshot_keeps_the_last_good_values() {
+    let path = snapshot_path("good");
+    let mut etcd = Etcd::start().await;
+    let mut client = etcd.client().await;
+    put(&mut client, "policies/a", r#"{"timeout": {"ms": 150}}"#).await;
+    let source = |endpoint: String| common::source(vec![endpoint]).snapshot_file(&path);
+    let written = |rev: u64| {
+        let path = path.clone();
+        move || {
+            let path = path.clone();
+            async move {
+                std::fs::read_to_string(&path)
+                    .is_ok_and(|s| s.contains(&format!("\"revision\":{rev}")))
+            }
+        }
+    };
+    {
+        let sub = Substation::builder()
+            .source(source(etcd.endpoint()))
+            .build()
+            .unwrap();
+        sub.initialized().await;
+        put(&mut client, "policies/a", r#"{"timeout": {"ms": 0}}"#).await;
+        put(&mut client, "policies/c", r#"{"timeout": {"ms": 0}}"#).await;
+        let rev = put(&mut client, "policies/b", r#"{"timeout": {"ms": 7}}"#).await;
+        eventually("snapshot written", WAIT, written(rev)).await;
+        assert_eq!(sub.snapshot().rejected().count(), 2);
+        assert_eq!(sub.policy("a").settings().timeout.ms, Some(150));
+    }
+    let expected = vec![("a".to_owned(), Some(150)), ("b".to_owned(), Some(7))];
+    etcd.kill();
+    {
+        let sub = Substation::builder()
+            .source(source(etcd.endpoint()))
+            .build()
+            .unwrap();
+        sub.initialized().await;
+        assert!(matches!(sub.snapshot().health(), Health::FromDisk { .. }));
+        assert_eq!(
+            registry_state(&sub),
+            expected,
+            "after rejections by the watch"
+        );
+    }
+    // Through a listing: etcd still holds the bad values when the registry lists it.
+    etcd.restart().await;
+    let mut client = etcd.client().await;
+    let rev = put(&mut client, "policies/d", r#"{"timeout": {"ms": 9}}"#).await;
+    {
+        let sub = Substation::builder()
+            .source(source(etcd.endpoint()))
+            .build()
+            .unwrap();
+        eventually("listed and written", WAIT, written(rev)).await;
+        assert_eq!(sub.policy("a").settings().timeout.ms, Some(150));
+    }
+    etcd.kill();
+    let sub = Substation::builder()
+        .source(source(etcd.endpoint()))
+        .build()
+        .unwrap();
+    sub.initialized().await;
+    let mut expected = expected;
+    expected.push(("d".to_owned(), Some(9)));
+    assert_eq!(
+        registry_state(&sub),
+        expected,
+        "after rejections in a listing"
+    );
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
+}

@@ -168,25 +168,32 @@ impl Driver {
                 .map_err(|_| "listing etcd timed out")??;
             layers.push((Layer::Shared, self.entries(Layer::Shared, resp.kvs())));
         }
-        {
-            let mut m = self.mirror.lock().unwrap_or_else(PoisonError::into_inner);
-            *m = Mirror {
-                revision,
-                ..Mirror::default()
-            };
-            for (layer, entries) in &layers {
-                let map = mirror_layer(&mut m, *layer);
-                for (k, v) in entries {
-                    map.insert(k.clone(), String::from_utf8_lossy(v).into_owned());
-                }
+        let mut fresh = Mirror {
+            revision,
+            ..Mirror::default()
+        };
+        for (layer, entries) in &layers {
+            let map = mirror_layer(&mut fresh, *layer);
+            for (k, v) in entries {
+                map.insert(k.clone(), String::from_utf8_lossy(v).into_owned());
             }
         }
-        if self
-            .sink
-            .apply(Update::Replace { revision, layers })
-            .is_err()
-        {
+        let Ok(rejected) = self.sink.apply(Update::Replace { revision, layers }) else {
             return Ok(()); // closed: `run` notices
+        };
+        {
+            // The disk keeps the last good values: a rejected one is replaced by the
+            // value it failed to replace (if any).
+            let mut m = self.mirror.lock().unwrap_or_else(PoisonError::into_inner);
+            for r in &rejected {
+                let kept = mirror_layer(&mut m, r.layer).get(&r.key).cloned();
+                let map = mirror_layer(&mut fresh, r.layer);
+                match kept {
+                    Some(v) => map.insert(r.key.clone(), v),
+                    None => map.remove(&r.key),
+                };
+            }
+            *m = fresh;
         }
         self.last = [revision; 2];
         self.high = revision;
@@ -344,20 +351,35 @@ impl Driver {
         revision: u64,
         changes: Vec<Change>,
     ) -> Result<(), ()> {
+        let mirrored: Vec<(String, Option<String>)> = changes
+            .iter()
+            .map(|c| {
+                let value = c
+                    .value
+                    .as_ref()
+                    .map(|v| String::from_utf8_lossy(v).into_owned());
+                (c.key.clone(), value)
+            })
+            .collect();
+        let rejected = self
+            .sink
+            .apply(Update::Changes { revision, changes })
+            .map_err(|_| ())?;
         {
+            // The disk keeps the last good values: a rejected value is not mirrored.
             let mut m = self.mirror.lock().unwrap_or_else(PoisonError::into_inner);
             m.revision = m.revision.max(revision);
             let map = mirror_layer(&mut m, layer);
-            for c in &changes {
-                match &c.value {
-                    Some(v) => map.insert(c.key.clone(), String::from_utf8_lossy(v).into_owned()),
-                    None => map.remove(&c.key),
+            for (key, value) in mirrored {
+                if rejected.iter().any(|r| r.layer == layer && r.key == key) {
+                    continue;
+                }
+                match value {
+                    Some(v) => map.insert(key, v),
+                    None => map.remove(&key),
                 };
             }
         }
-        self.sink
-            .apply(Update::Changes { revision, changes })
-            .map_err(|_| ())?;
         self.last[layer.index()] = revision;
         self.high = self.high.max(revision);
         self.dirty();
