@@ -16,9 +16,10 @@
 //!   events (short-circuit, rejection, timeout, failure).
 //! - **Bulkhead outside the breaker**: a call rejected for lack of room says nothing
 //!   about the dependency's health, so the breaker must not count it (failsafe-go and
-//!   Microsoft order them the same way; Hystrix checks the breaker first, so an open
-//!   breaker also spares the semaphore — here an open breaker still rejects in
-//!   nanoseconds and the slot is held only for that instant).
+//!   Microsoft order them the same way; Hystrix checks the breaker first). With the
+//!   breaker open and the bulkhead full, the caller meets the bulkhead
+//!   (`BulkheadFull`); with only the breaker open, no slot is taken — the bulkhead's
+//!   count is read, not changed.
 //! - **Timeout innermost**: it bounds the dependency itself, and the breaker counts a
 //!   timeout as a failure (Hystrix, resilience4j, failsafe-go all do).
 //!
@@ -345,31 +346,29 @@ where
                 return Poll::Ready(Ok(()));
             }
             let max = settings.bulkhead.max_concurrent;
-            let admit = match self
+            // The bulkhead is outside the breaker: a full bulkhead answers first, and a
+            // call it refuses never reaches the breaker (no half-open trial taken).
+            self.state = match self
                 .core
                 .breaker
                 .quick_admit(settings.breaker.mode, &self.clock)
             {
-                Some(admit) => admit,
-                None => {
-                    decide(self.core, &settings.breaker, self.clock, &mut self.permit).is_some()
-                }
-            };
-            self.state = if !admit {
-                Ready::Short(Short::Open)
-            } else {
-                match Slot::acquire(self.core, max) {
+                Some(true) => match Slot::acquire(self.core, max) {
                     Ok(slot) => Ready::Call(slot),
-                    Err(()) => {
-                        // A trial permit taken above goes back: this call is not made.
-                        release_trial(
-                            self.core,
-                            self.generation,
-                            std::mem::replace(&mut self.permit.episode, NO_TRIAL),
-                        );
-                        Ready::Short(Short::Bulkhead)
+                    Err(()) => Ready::Short(Short::Bulkhead),
+                },
+                // Read, not taken: the slot would be given back at once.
+                Some(false) if Slot::is_full(self.core, max) => Ready::Short(Short::Bulkhead),
+                Some(false) => Ready::Short(Short::Open),
+                None => match Slot::acquire(self.core, max) {
+                    Err(()) => Ready::Short(Short::Bulkhead),
+                    Ok(slot) => {
+                        match decide(self.core, &settings.breaker, self.clock, &mut self.permit) {
+                            Some(_) => Ready::Call(slot),
+                            None => Ready::Short(Short::Open), // the slot goes back
+                        }
                     }
-                }
+                },
             };
             if let Ready::Short(_) = self.state {
                 Plan::cached(&mut self.plan, self.tiers, settings);

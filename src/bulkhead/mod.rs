@@ -81,6 +81,12 @@ impl Slot {
         }
         Ok(Slot { core: Some(core) })
     }
+
+    /// Whether [`Slot::acquire`] would fail now, without taking a slot.
+    #[inline]
+    pub(crate) fn is_full(core: &PolicyCore, max: Option<u32>) -> bool {
+        max.is_some_and(|max| core.inflight.load(Ordering::Acquire) >= max)
+    }
 }
 
 impl Drop for Slot {

@@ -69,6 +69,7 @@ use tower::{Layer, Service, ServiceExt};
 
 pub use self::tiers::Cause;
 use self::tiers::{KeyedCache, ServiceTier, StaticTier, Tiers};
+use crate::bulkhead::Slot;
 use crate::classify::{Classify, ErrorsAsFailures};
 use crate::clock::Clock;
 use crate::kill::killed;
@@ -365,6 +366,8 @@ where
                 .core
                 .breaker
                 .rejects_now(settings.breaker.mode, &self.clock)
+                // A full bulkhead (outside the breaker) answers first: from below.
+                && !Slot::is_full(self.core, settings.bulkhead.max_concurrent)
             {
                 Short::Open
             } else {

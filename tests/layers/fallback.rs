@@ -894,3 +894,42 @@ fn a_kill_preempts_a_pending_readiness() {
         assert_eq!(policy.in_flight(), 0, "{form}");
     }
 }
+
+/// The bulkhead is outside the breaker: with the breaker open and the bulkhead full,
+/// the call is refused by the bulkhead — in the fused stack as in the layered one.
+#[tokio::test]
+async fn a_full_bulkhead_answers_before_an_open_breaker() {
+    for fused in [true, false] {
+        let form = if fused { "fused" } else { "layered" };
+        let with = |max: u32, on_bulkhead: bool| {
+            settings(|s| {
+                s.breaker.min_calls = 2;
+                s.bulkhead.max_concurrent = Some(max);
+                s.fallback.on.bulkhead = on_bulkhead;
+            })
+        };
+        let policy = Policy::new(&format!("fb-order-{form}"), with(2, true)).unwrap();
+        let dep = Dep::default();
+        let layer =
+            PolicyLayer::new(&policy).fallback(Fallback::new().static_value("static".to_owned()));
+        let build = || {
+            if fused {
+                tower::util::BoxCloneService::new(layer.layer(dep.service()))
+            } else {
+                tower::util::BoxCloneService::new(layer.layered(dep.service()))
+            }
+        };
+        let mut holder = build();
+        let _ = holder.ready().await.unwrap(); // one slot held
+        dep.set_down(true);
+        for i in 0..2 {
+            assert_eq!(build().oneshot(i).await.unwrap(), "static", "{form}");
+        }
+        assert_eq!(policy.breaker_state(), BreakerState::Open, "{form}");
+        policy.update(with(1, false)).unwrap(); // now full, and its trigger off
+        let err = build().oneshot(3).await.unwrap_err();
+        assert!(err.is::<BulkheadFull>(), "{form}: {err}");
+        drop(holder);
+        assert_eq!(policy.in_flight(), 0, "{form}");
+    }
+}
