@@ -356,7 +356,9 @@ struct Writer {
     defaults: HashMap<Key, Value>,
     /// The last good value of every key, per layer.
     layers: [BTreeMap<Key, Value>; 2],
-    rejected: BTreeMap<(Layer, String), Rejection>,
+    /// Each rejection with the raw value it refused (a listing that brings the same
+    /// value again is not rejected, logged and counted again).
+    rejected: BTreeMap<(Layer, String), (Rejection, Vec<u8>)>,
     policies: HashMap<String, Policy>,
     switches: HashMap<String, Switch>,
     /// Effective settings of every policy / switch with a default or a stored value;
@@ -584,7 +586,14 @@ impl Writer {
         key: String,
         revision: u64,
         error: SettingsError,
+        bytes: Vec<u8>,
     ) -> Rejection {
+        if let Some((old, refused)) = self.rejected.get(&(layer, key.clone()))
+            && *refused == bytes
+            && old.error.to_string() == error.to_string()
+        {
+            return old.clone(); // the same value refused again (a listing): said once
+        }
         tracing::warn!(%key, ?layer, revision, %error, "settings value rejected; keeping the last good value");
         metrics::counter!(crate::metrics::SETTINGS_REJECTED, "key" => key.clone()).increment(1);
         let r = Rejection {
@@ -593,7 +602,8 @@ impl Writer {
             revision,
             error,
         };
-        self.rejected.insert((layer, key.clone()), r.clone());
+        self.rejected
+            .insert((layer, key.clone()), (r.clone(), bytes));
         self.rejected_view.insert((layer, key), r.clone());
         r
     }
@@ -620,7 +630,7 @@ impl Writer {
             Ok(key) => key,
             Err(error) => {
                 return match value {
-                    Some(_) => Some(self.reject(layer, raw, revision, error)),
+                    Some(bytes) => Some(self.reject(layer, raw, revision, error, bytes)),
                     None => {
                         self.clear_rejection(layer, &raw);
                         None
@@ -667,7 +677,7 @@ impl Writer {
                         }
                         None
                     }
-                    Err(error) => Some(self.reject(layer, raw, revision, error)),
+                    Err(error) => Some(self.reject(layer, raw, revision, error, bytes)),
                 }
             }
         }

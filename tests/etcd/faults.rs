@@ -254,3 +254,28 @@ async fn a_wipe_overtaken_by_new_writes_while_away_is_noticed() {
     })
     .await;
 }
+
+/// A reconnect lists again; a value still refused is not refused (logged, counted)
+/// again: its rejection keeps the revision of the write that was refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_does_not_reject_the_same_value_twice() {
+    let etcd = Etcd::start().await;
+    let mut client = etcd.client().await;
+    let proxy = Proxy::start(etcd.endpoint().trim_start_matches("http://").to_owned()).await;
+    let (sub, _changes) = common::registry(common::source(vec![proxy.endpoint()])).await;
+    let refused = put(&mut client, "policies/bad", r#"{"timeout": {"ms": 0}}"#).await;
+    eventually("refused", WAIT, || async {
+        sub.snapshot().rejected().any(|r| r.revision == refused)
+    })
+    .await;
+    proxy.cut();
+    eventually("stale", WAIT, || async { is_stale(&sub) }).await;
+    let later = put(&mut client, "policies/good", &value(5)).await;
+    proxy.restore();
+    eventually("listed again", WAIT, || async {
+        is_live(&sub) && sub.snapshot().revision() >= later
+    })
+    .await;
+    let revisions: Vec<u64> = sub.snapshot().rejected().map(|r| r.revision).collect();
+    assert_eq!(revisions, vec![refused]);
+}
