@@ -351,7 +351,12 @@ impl BreakerCore {
 
     /// Returns the breaker to its initial state (a recycled core).
     pub(crate) fn reset(&self) {
-        self.word.store(0, Release);
+        // Closed, but the episode moves on rather than restarting at 0: a late future
+        // of the previous owner that slipped past its generation check cannot name an
+        // episode of the new one.
+        let w = Word(self.word.load(Acquire));
+        self.word
+            .store(Word::make(CLOSED, w.episode() + 1, 0).0, Release);
         self.reopens.store(0, Relaxed);
         self.window.reset();
     }
