@@ -171,13 +171,15 @@ impl Window {
     /// Forgets everything (a new window shape, or the breaker closed).
     pub(crate) fn reset(&self) {
         for stripe in self.stripes.iter() {
-            stripe.head.store(0, Relaxed);
             for bucket in &stripe.buckets {
                 bucket.epoch.store(NO_EPOCH, Relaxed);
                 bucket.ok.store(0, Relaxed);
                 bucket.fail.store(0, Relaxed);
                 bucket.slow.store(0, Relaxed);
             }
+            // Last: a head a racing `rotate` stored for a bucket just cleared is undone
+            // (and `rotate` checks its bucket again after storing the head).
+            stripe.head.store(0, Release);
         }
     }
 }
@@ -216,7 +218,12 @@ fn rotate(stripe: &Stripe, now_ms: u64, shape: Shape) -> usize {
             break;
         }
     }
-    stripe.head.store(end << SLOT_BITS | slot as u64, Relaxed);
+    stripe.head.store(end << SLOT_BITS | slot as u64, Release);
+    if bucket.epoch.load(Acquire) != index {
+        // A reset cleared the bucket meanwhile: without this, every call of the stripe
+        // would count into a bucket no reader sees until it ends.
+        stripe.head.store(0, Release);
+    }
     slot
 }
 
