@@ -379,6 +379,9 @@ impl Shared {
     pub(crate) fn apply(&self, update: Update) -> Vec<Rejection> {
         let mut w = self.lock();
         let mut rejections = Vec::new();
+        // A listing sets the revision (it may go down: a wiped or restored etcd); the
+        // events of a watch only move it forward (two layers' streams may interleave).
+        let listing = matches!(update, Update::Replace { .. });
         let (revision, changes) = match update {
             Update::Changes { revision, changes } => (revision, changes),
             Update::Replace { revision, layers } => {
@@ -424,18 +427,26 @@ impl Shared {
                 changed.push(key.to_string());
             }
         }
-        w.revision = revision;
+        w.revision = if listing {
+            revision
+        } else {
+            w.revision.max(revision)
+        };
         if let Health::Live { .. } | Health::DefaultsOnly = w.health {
-            w.health = Health::Live { revision };
+            w.health = Health::Live {
+                revision: w.revision,
+            };
         }
         self.snapshot.store(Arc::new(w.snapshot()));
-        drop(w);
         if !changed.is_empty() {
+            // Sent under the lock (a broadcast send never waits): notices arrive in the
+            // order the snapshots were published.
             let _ = self.changes.send(Changed {
                 revision,
                 keys: changed.into(),
             });
         }
+        drop(w);
         rejections
     }
 

@@ -357,3 +357,43 @@ fn shedding_non_critical_kills_them_all_at_once() {
     let err = app.put("global", r#"{"shed": true}"#).unwrap_err();
     assert!(err.to_string().contains("unknown field"), "{err}");
 }
+
+/// The events of two layers' watches may interleave out of revision order: the
+/// snapshot's revision only moves forward with them; a listing sets it (it may go down,
+/// after a wiped etcd).
+#[test]
+fn the_revision_moves_forward_with_events_and_is_set_by_a_listing() {
+    let slot = Arc::new(std::sync::Mutex::new(None));
+    let sub = Substation::builder()
+        .source(Manual(slot.clone()))
+        .build()
+        .unwrap();
+    let sink = slot.lock().unwrap().clone().unwrap();
+    let change = |layer: Layer, ms: u32| Change {
+        layer,
+        key: "policies/p".into(),
+        value: Some(format!(r#"{{"timeout": {{"ms": {ms}}}}}"#).into_bytes()),
+    };
+    let mut notices = sub.subscribe();
+    for (revision, layer, ms) in [(9, Layer::App, 5), (7, Layer::Shared, 6)] {
+        sink.apply(Update::Changes {
+            revision,
+            changes: vec![change(layer, ms)],
+        })
+        .unwrap();
+    }
+    assert_eq!(sub.snapshot().revision(), 9);
+    assert_eq!(*sub.snapshot().health(), Health::Live { revision: 9 });
+    assert_eq!(
+        sub.policy("p").settings().timeout.ms,
+        Some(5),
+        "the app layer wins"
+    );
+    assert_eq!(notices.try_recv().unwrap().revision, 9);
+    sink.apply(Update::Replace {
+        revision: 3,
+        layers: vec![(Layer::App, vec![("policies/p".into(), b"{}".to_vec())])],
+    })
+    .unwrap();
+    assert_eq!(sub.snapshot().revision(), 3);
+}
