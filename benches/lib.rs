@@ -1,9 +1,12 @@
 //! What the benchmarks share: the inner services' error and the one-call harness.
 //! The benchmarks themselves are this crate's bench targets (`overhead`, `stack`,
-//! `fault`, `apply`, `switches`).
+//! `fault`, `apply`, `switches`, `recorder`).
 
 use std::future::Future;
-use std::task::{Context, Poll};
+use std::hint::black_box;
+use std::sync::Barrier;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 use tower::Service;
 
@@ -38,4 +41,37 @@ pub fn drive<S: Service<u64>>(
         Poll::Ready(r) => r,
         Poll::Pending => panic!("the call's future returned Pending on its first poll"),
     }
+}
+
+/// Two threads, each with its own clone of `svc`, each making `iters` calls (that must
+/// succeed) started together by a barrier; returns the slower thread's elapsed time, so
+/// that criterion reports time per call per thread.
+pub fn two_threads<S>(svc: &S, iters: u64) -> Duration
+where
+    S: Service<u64> + Clone + Send,
+{
+    let barrier = Barrier::new(2);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..2)
+            .map(|_| {
+                let mut svc = svc.clone();
+                let barrier = &barrier;
+                scope.spawn(move || {
+                    let mut cx = Context::from_waker(Waker::noop());
+                    barrier.wait();
+                    let start = Instant::now();
+                    for i in 0..iters {
+                        let ok = drive(&mut svc, black_box(i), &mut cx).is_ok();
+                        assert!(black_box(ok), "a call was refused");
+                    }
+                    start.elapsed()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("bench thread panicked"))
+            .max()
+            .expect("two threads")
+    })
 }

@@ -38,13 +38,12 @@
 //! Run with `cargo bench --workspace --bench overhead`.
 
 use std::hint::black_box;
-use std::sync::Barrier;
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, criterion_group, criterion_main};
-use substation_benches::{Boom, drive};
+use substation_benches::{Boom, drive, two_threads};
 use tower::{Layer, Service};
 
 /// The open duration every breaker is given for `breaker_open`: longer than any run.
@@ -124,42 +123,6 @@ where
             Err(e) => black_box(e),
         })
     });
-}
-
-/// Two threads, each with its own clone of `svc`, each making `iters` calls; returns the
-/// slower thread's elapsed time, so that criterion reports time per call per thread.
-fn two_threads<S>(svc: &S, iters: u64) -> Duration
-where
-    S: Service<u64, Response = u64> + Clone + Send,
-{
-    let barrier = Barrier::new(2);
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..2)
-            .map(|_| {
-                let mut svc = svc.clone();
-                let barrier = &barrier;
-                scope.spawn(move || {
-                    let mut cx = noop_cx();
-                    barrier.wait();
-                    let start = Instant::now();
-                    for i in 0..iters {
-                        match drive(&mut svc, black_box(i), &mut cx) {
-                            Ok(v) => {
-                                black_box(v);
-                            }
-                            Err(_) => panic!("a call was refused"),
-                        }
-                    }
-                    start.elapsed()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("bench thread panicked"))
-            .max()
-            .expect("two threads")
-    })
 }
 
 /// A current-thread tokio runtime with its clock, for layers that read tokio's time.

@@ -20,9 +20,7 @@
 //! `cargo bench --workspace --bench recorder`.
 
 use std::hint::black_box;
-use std::sync::Barrier;
 use std::task::{Context, Waker};
-use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use substation::Policy;
@@ -30,7 +28,7 @@ use substation::breaker::CircuitBreakerLayer;
 use substation::fallback::Fallback;
 use substation::settings::PolicySettings;
 use substation::stack::PolicyLayer;
-use substation_benches::{Boom, drive};
+use substation_benches::{Boom, drive, two_threads};
 use tower::{Layer, Service};
 
 fn ok_service()
@@ -38,37 +36,6 @@ fn ok_service()
 + Clone
 + Send {
     tower::service_fn(|req: u64| std::future::ready(Ok::<u64, Boom>(req)))
-}
-
-/// Two threads with a clone each, `iters` calls each; the slower thread's time.
-fn two_threads<S>(svc: &S, iters: u64) -> Duration
-where
-    S: Service<u64, Response = u64> + Clone + Send,
-{
-    let barrier = Barrier::new(2);
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..2)
-            .map(|_| {
-                let mut svc = svc.clone();
-                let barrier = &barrier;
-                scope.spawn(move || {
-                    let mut cx = Context::from_waker(Waker::noop());
-                    barrier.wait();
-                    let start = Instant::now();
-                    for i in 0..iters {
-                        let ok = drive(&mut svc, black_box(i), &mut cx).is_ok();
-                        assert!(black_box(ok), "a call was refused");
-                    }
-                    start.elapsed()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("bench thread panicked"))
-            .max()
-            .expect("two threads")
-    })
 }
 
 /// Runs `build` with `recorder` as the thread's recorder, if any: handles are
