@@ -117,7 +117,10 @@ async fn the_disk_snapshot_keeps_the_last_good_values() {
     let mut etcd = Etcd::start().await;
     let mut client = etcd.client().await;
     put(&mut client, "policies/a", r#"{"timeout": {"ms": 150}}"#).await;
-    let source = |endpoint: String| common::source(vec![endpoint]).snapshot_file(&path);
+    let start = |endpoint: String| {
+        let source = common::source(vec![endpoint]).snapshot_file(&path);
+        Substation::builder().source(source).build().unwrap()
+    };
     let written = |rev: u64| {
         let path = path.clone();
         move || {
@@ -129,10 +132,7 @@ async fn the_disk_snapshot_keeps_the_last_good_values() {
         }
     };
     {
-        let sub = Substation::builder()
-            .source(source(etcd.endpoint()))
-            .build()
-            .unwrap();
+        let sub = start(etcd.endpoint());
         sub.initialized().await;
         put(&mut client, "policies/a", r#"{"timeout": {"ms": 0}}"#).await;
         put(&mut client, "policies/c", r#"{"timeout": {"ms": 0}}"#).await;
@@ -144,10 +144,7 @@ async fn the_disk_snapshot_keeps_the_last_good_values() {
     let expected = vec![("a".to_owned(), Some(150)), ("b".to_owned(), Some(7))];
     etcd.kill();
     {
-        let sub = Substation::builder()
-            .source(source(etcd.endpoint()))
-            .build()
-            .unwrap();
+        let sub = start(etcd.endpoint());
         sub.initialized().await;
         assert!(matches!(sub.snapshot().health(), Health::FromDisk { .. }));
         assert_eq!(
@@ -161,18 +158,12 @@ async fn the_disk_snapshot_keeps_the_last_good_values() {
     let mut client = etcd.client().await;
     let rev = put(&mut client, "policies/d", r#"{"timeout": {"ms": 9}}"#).await;
     {
-        let sub = Substation::builder()
-            .source(source(etcd.endpoint()))
-            .build()
-            .unwrap();
+        let sub = start(etcd.endpoint());
         eventually("listed and written", WAIT, written(rev)).await;
         assert_eq!(sub.policy("a").settings().timeout.ms, Some(150));
     }
     etcd.kill();
-    let sub = Substation::builder()
-        .source(source(etcd.endpoint()))
-        .build()
-        .unwrap();
+    let sub = start(etcd.endpoint());
     sub.initialized().await;
     let mut expected = expected;
     expected.push(("d".to_owned(), Some(9)));

@@ -13,9 +13,9 @@ use substation::fallback::{Fallback, FallbackLayer};
 use substation::kill::Killed;
 use substation::live::InMemorySource;
 use substation::settings::{PolicySettings, Tier};
-use substation::stack::PolicyLayer;
+use substation::stack::{PolicyLayer, PolicyLayerWithFallback};
 use substation::timeout::error::Elapsed;
-use substation::{Policy, Substation};
+use substation::{BoxError, Policy, Substation};
 use tower::{Layer, Service, ServiceExt, service_fn};
 
 use crate::support::call_now;
@@ -24,6 +24,26 @@ fn settings(f: impl FnOnce(&mut PolicySettings)) -> PolicySettings {
     let mut s = PolicySettings::default();
     f(&mut s);
     s
+}
+
+/// `layer` around `inner`: the fused `PolicyService`, or the same individual layers.
+fn protect<Resp, P, S>(
+    layer: &PolicyLayerWithFallback<u32, Resp, P>,
+    fused: bool,
+    inner: S,
+) -> tower::util::BoxCloneService<u32, Resp, BoxError>
+where
+    Resp: Send + 'static,
+    P: Send + 'static,
+    S: Service<u32, Response = Resp> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    if fused {
+        tower::util::BoxCloneService::new(layer.layer(inner))
+    } else {
+        tower::util::BoxCloneService::new(layer.layered(inner))
+    }
 }
 
 /// A dependency whose health a test switches; answers `format!("primary {req}")`.
@@ -598,11 +618,7 @@ async fn a_killed_call_is_answered_by_the_first_tier_of_the_live_order() {
                     .cache(10)
                     .static_value("static".to_owned()),
             );
-            if fused {
-                tower::util::BoxCloneService::new(layer.layer(dep.service()))
-            } else {
-                tower::util::BoxCloneService::new(layer.layered(dep.service()))
-            }
+            protect(&layer, fused, dep.service())
         });
         assert_eq!(svc.clone().oneshot(1).await.unwrap(), "primary 1");
 
@@ -764,13 +780,7 @@ async fn open_and_bulkhead_triggers_are_each_their_own() {
         let dep = Dep::default();
         let layer =
             PolicyLayer::new(&policy).fallback(Fallback::new().static_value("static".to_owned()));
-        let build = || {
-            if fused {
-                tower::util::BoxCloneService::new(layer.layer(dep.service()))
-            } else {
-                tower::util::BoxCloneService::new(layer.layered(dep.service()))
-            }
-        };
+        let build = || protect(&layer, fused, dep.service());
         let with = |f: fn(&mut PolicySettings)| {
             settings(|s| {
                 s.breaker.min_calls = 2;
@@ -821,13 +831,7 @@ async fn a_kill_after_readiness_does_not_strand_the_bulkhead_slot() {
         let dep = Dep::default();
         let layer =
             PolicyLayer::new(&policy).fallback(Fallback::new().static_value("static".to_owned()));
-        let build = || {
-            if fused {
-                tower::util::BoxCloneService::new(layer.layer(dep.service()))
-            } else {
-                tower::util::BoxCloneService::new(layer.layered(dep.service()))
-            }
-        };
+        let build = || protect(&layer, fused, dep.service());
         let mut svc = build();
         let _ = svc.ready().await.unwrap();
         assert_eq!(policy.in_flight(), 1, "{form}");
@@ -912,13 +916,7 @@ async fn a_full_bulkhead_answers_before_an_open_breaker() {
         let dep = Dep::default();
         let layer =
             PolicyLayer::new(&policy).fallback(Fallback::new().static_value("static".to_owned()));
-        let build = || {
-            if fused {
-                tower::util::BoxCloneService::new(layer.layer(dep.service()))
-            } else {
-                tower::util::BoxCloneService::new(layer.layered(dep.service()))
-            }
-        };
+        let build = || protect(&layer, fused, dep.service());
         let mut holder = build();
         let _ = holder.ready().await.unwrap(); // one slot held
         dep.set_down(true);

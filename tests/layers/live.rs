@@ -131,6 +131,19 @@ fn a_bad_value_is_rejected_for_its_key_alone() {
 /// A source that hands its sink to the test, like a store that pushes asynchronously.
 struct Manual(Arc<std::sync::Mutex<Option<substation::live::Sink>>>);
 
+impl Manual {
+    /// A registry fed by a `Manual` source, and that source's sink.
+    fn registry() -> (Substation, substation::live::Sink) {
+        let slot = Arc::new(std::sync::Mutex::new(None));
+        let sub = Substation::builder()
+            .source(Manual(slot.clone()))
+            .build()
+            .unwrap();
+        let sink = slot.lock().unwrap().clone().unwrap();
+        (sub, sink)
+    }
+}
+
 impl Source for Manual {
     fn start(self: Box<Self>, sink: substation::live::Sink) -> Result<(), BoxError> {
         *self.0.lock().unwrap() = Some(sink);
@@ -140,12 +153,7 @@ impl Source for Manual {
 
 #[test]
 fn an_update_is_one_atomic_snapshot_and_replace_diffs() {
-    let slot = Arc::new(std::sync::Mutex::new(None));
-    let sub = Substation::builder()
-        .source(Manual(slot.clone()))
-        .build()
-        .unwrap();
-    let sink = slot.lock().unwrap().clone().unwrap();
+    let (sub, sink) = Manual::registry();
     let put = |name: &str, json: &str| Change {
         layer: Layer::App,
         key: format!("policies/{name}"),
@@ -363,12 +371,7 @@ fn shedding_non_critical_kills_them_all_at_once() {
 /// after a wiped etcd).
 #[test]
 fn the_revision_moves_forward_with_events_and_is_set_by_a_listing() {
-    let slot = Arc::new(std::sync::Mutex::new(None));
-    let sub = Substation::builder()
-        .source(Manual(slot.clone()))
-        .build()
-        .unwrap();
-    let sink = slot.lock().unwrap().clone().unwrap();
+    let (sub, sink) = Manual::registry();
     let change = |layer: Layer, ms: u32| Change {
         layer,
         key: "policies/p".into(),
