@@ -31,7 +31,34 @@
 //! sources), [`policy`] (named live policies), [`breaker`], [`timeout`], [`classify`]
 //! (what counts as a failure), [`metrics`] (names and `describe()`), [`clock`].
 
-#![forbid(unsafe_code)]
+// `unsafe` is confined to `lease` (shared ownership without a locked instruction per
+// call; see its docs and ARCHITECTURE.md), which allows it explicitly.
+#![deny(unsafe_code)]
+
+/// A zero-sized error type (boxing it into a `BoxError` allocates nothing), with a
+/// lowercase message.
+macro_rules! unit_error {
+    ($(#[$doc:meta])* $name:ident, $msg:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+        pub struct $name(());
+
+        impl $name {
+            #[doc = concat!("A new `", stringify!($name), "`.")]
+            pub fn new() -> Self {
+                $name(())
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str($msg)
+            }
+        }
+
+        impl std::error::Error for $name {}
+    };
+}
 
 pub mod breaker;
 pub mod bulkhead;
@@ -39,7 +66,9 @@ pub mod classify;
 pub mod clock;
 pub mod fallback;
 pub mod fault;
+pub mod guard;
 pub mod kill;
+mod lease;
 pub mod live;
 pub mod metrics;
 pub mod policy;

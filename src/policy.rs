@@ -1,10 +1,11 @@
 //! Policies: the named, live protection of one dependency.
 //!
 //! A [`Policy`] is a cheap handle to one dependency's settings and runtime state (its
-//! breaker and window). Every layer built from the same policy shares that state, and
-//! reads the policy's settings on each call, so [`Policy::update`] (or a change from a
-//! settings [`Source`](crate::live::Source)) applies to the next call without
-//! rebuilding any service and without losing breaker state.
+//! breaker and window, its bulkhead count, its metric handles). Every layer built from
+//! the same policy shares that state, and reads the policy's settings on each call, so
+//! [`Policy::update`] (or a change from a settings [`Source`](crate::live::Source))
+//! applies to the next call without rebuilding any service and without losing breaker
+//! state.
 //!
 //! ```
 //! use substation::{Policy, settings::PolicySettings};
@@ -18,15 +19,13 @@
 //! ```
 //!
 //! # Lifetime of the runtime state
-//! The request path may not bump a shared reference count per call (under two threads
-//! that alone costs more than the whole call), so response futures refer to a policy's
-//! runtime state by `&'static` reference. That state is allocated once per policy name
-//! and recycled: when the last handle and service of a policy are dropped, its state
-//! returns to a pool and is reused by the next policy of the same name. A generation
-//! number keeps late futures of the old owner from touching the new owner's breaker.
-//! Memory is therefore bounded by the number of policies alive at once.
+//! The state belongs to the policy's handles, the layers and services built from it,
+//! and their unfinished response futures: it is freed when the last of them is gone,
+//! and a new policy of the same name starts from scratch (a fresh breaker, its metric
+//! handles registered with the recorder current at its creation). Response futures
+//! hold it by a lease that costs two plain stores per call instead of an `Arc` clone
+//! (see `ARCHITECTURE.md`, "Ownership").
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -36,14 +35,15 @@ use arc_swap::ArcSwap;
 use crate::breaker::state::{BreakerCore, Ctx};
 use crate::breaker::{BreakerState, WindowCounts};
 use crate::clock::Clock;
+use crate::lease::{Shared, WeakShared};
+use crate::live::valid_name;
 use crate::metrics::PolicyMetrics;
 use crate::settings::{BreakerMode, PolicySettings, SettingsError};
 
-/// The runtime state of one policy; `'static` and recycled (see the module docs).
-#[derive(Debug)]
+/// The runtime state of one policy, shared by its handles, services and futures.
 pub(crate) struct PolicyCore {
     pub(crate) name: Box<str>,
-    pub(crate) generation: AtomicU32,
+    pub(crate) clock: Clock,
     pub(crate) settings: ArcSwap<PolicySettings>,
     pub(crate) breaker: BreakerCore,
     pub(crate) metrics: PolicyMetrics,
@@ -51,6 +51,9 @@ pub(crate) struct PolicyCore {
     pub(crate) shed: AtomicBool,
     /// Calls in flight through the bulkhead.
     pub(crate) inflight: AtomicU32,
+    /// Serializes `Policy::update`, so that each compares the settings it replaced
+    /// with the ones it stored.
+    updates: Mutex<()>,
 }
 
 impl PolicyCore {
@@ -60,68 +63,24 @@ impl PolicyCore {
             metrics: &self.metrics,
         }
     }
-}
 
-static POOL: Mutex<Option<HashMap<Box<str>, Vec<&'static PolicyCore>>>> = Mutex::new(None);
-
-fn acquire(name: &str, settings: PolicySettings) -> (&'static PolicyCore, u32) {
-    let recycled = POOL
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .as_mut()
-        .and_then(|pool| pool.get_mut(name)?.pop());
-    let core = match recycled {
-        Some(core) => {
-            core.breaker.reset();
-            core.settings.store(Arc::new(settings));
-            core
-        }
-        None => Box::leak(Box::new(PolicyCore {
-            name: name.into(),
-            generation: AtomicU32::new(0),
-            settings: ArcSwap::from_pointee(settings),
-            breaker: BreakerCore::new(),
-            metrics: PolicyMetrics::new(name),
-            shed: AtomicBool::new(false),
-            inflight: AtomicU32::new(0),
-        })),
-    };
-    core.metrics.state.set(0.0);
-    core.shed.store(false, Ordering::Relaxed);
-    (core, core.generation.load(Ordering::Acquire))
-}
-
-fn release(core: &'static PolicyCore) {
-    core.generation.fetch_add(1, Ordering::AcqRel);
-    POOL.lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .get_or_insert_with(HashMap::new)
-        .entry(core.name.clone())
-        .or_default()
-        .push(core);
-}
-
-struct Owner {
-    core: &'static PolicyCore,
-    generation: u32,
-    clock: Clock,
-}
-
-impl Drop for Owner {
-    fn drop(&mut self) {
-        release(self.core);
+    /// Whether calls are killed now, given the settings in force.
+    #[inline]
+    pub(crate) fn killed(&self, settings: &PolicySettings) -> bool {
+        settings.kill || self.shed.load(Ordering::Relaxed)
     }
 }
 
 /// A named, live policy; see the [module docs](self).
 #[derive(Clone)]
 pub struct Policy {
-    owner: Arc<Owner>,
+    core: Shared<PolicyCore>,
 }
 
 impl Policy {
     /// A policy of its own, with the coarse clock, outside any
-    /// [`Substation`](crate::Substation). Fails if `settings` are invalid.
+    /// [`Substation`](crate::Substation). Fails if the name is not a valid name (1 to
+    /// 128 of `A-Z a-z 0-9 _ . -`) or `settings` are invalid.
     pub fn new(name: &str, settings: PolicySettings) -> Result<Self, SettingsError> {
         Self::with_clock(name, settings, Clock::coarse())
     }
@@ -133,25 +92,37 @@ impl Policy {
         settings: PolicySettings,
         clock: Clock,
     ) -> Result<Self, SettingsError> {
+        if !valid_name(name) {
+            return Err(SettingsError::new(
+                "",
+                format!("{name:?} is not a valid policy name (1 to 128 of A-Z a-z 0-9 _ . -)"),
+            ));
+        }
         settings.validate()?;
-        let (core, generation) = acquire(name, settings);
+        let metrics = PolicyMetrics::new(name);
+        metrics.state.set(0.0);
         Ok(Policy {
-            owner: Arc::new(Owner {
-                core,
-                generation,
+            core: Shared::new(PolicyCore {
+                name: name.into(),
                 clock,
+                settings: ArcSwap::from_pointee(settings),
+                breaker: BreakerCore::new(),
+                metrics,
+                shed: AtomicBool::new(false),
+                inflight: AtomicU32::new(0),
+                updates: Mutex::new(()),
             }),
         })
     }
 
     /// The policy's name (the dependency it protects).
     pub fn name(&self) -> &str {
-        &self.owner.core.name
+        &self.core.name
     }
 
     /// The settings in force now.
     pub fn settings(&self) -> Arc<PolicySettings> {
-        self.owner.core.settings.load_full()
+        self.core.settings.load_full()
     }
 
     /// Replaces the settings; the next call through any layer of this policy uses them.
@@ -162,9 +133,10 @@ impl Policy {
     /// sources, which overwrite values set here on their next change.
     pub fn update(&self, settings: PolicySettings) -> Result<(), SettingsError> {
         settings.validate()?;
-        let core = self.owner.core;
-        let old = core.settings.swap(Arc::new(settings));
-        let new = core.settings.load();
+        let core = &*self.core;
+        let _serial = core.updates.lock().unwrap_or_else(PoisonError::into_inner);
+        let new = Arc::new(settings);
+        let old = core.settings.swap(new.clone());
         if !old.breaker.same_window(&new.breaker) {
             core.breaker.window.reset();
         }
@@ -179,45 +151,47 @@ impl Policy {
     /// Whether calls are killed now: by the policy's kill switch, or because it is
     /// non-critical and the registry sheds non-critical dependencies.
     pub fn is_killed(&self) -> bool {
-        let core = self.owner.core;
-        core.settings.load().kill || core.shed.load(Ordering::Relaxed)
+        self.core.killed(&self.core.settings.load())
     }
 
     pub(crate) fn set_shed(&self, shed: bool) {
-        self.owner.core.shed.store(shed, Ordering::Relaxed);
+        self.core.shed.store(shed, Ordering::Relaxed);
     }
 
     /// Calls in flight through the policy's bulkhead now.
     pub fn in_flight(&self) -> u32 {
-        self.owner.core.inflight.load(Ordering::Relaxed)
+        self.core.inflight.load(Ordering::Relaxed)
     }
 
-    /// The breaker's state.
+    /// The breaker's state as callers meet it: a forced mode (`force_open`,
+    /// `force_closed`) wins over the state machine, which keeps running underneath.
     pub fn breaker_state(&self) -> BreakerState {
-        self.owner.core.breaker.state()
+        match self.core.settings.load().breaker.mode {
+            BreakerMode::ForceOpen => BreakerState::ForcedOpen,
+            BreakerMode::ForceClosed => BreakerState::ForcedClosed,
+            BreakerMode::Normal | BreakerMode::MetricsOnly => self.core.breaker.state(),
+        }
     }
 
     /// The counts in the breaker's rolling window now (empty unless closed: the window
     /// is cleared whenever the breaker closes).
     pub fn window(&self) -> WindowCounts {
-        let s = self.owner.core.settings.load();
-        self.owner
-            .core
-            .breaker
-            .counts(self.owner.clock.now_ms(), &s.breaker)
+        let s = self.core.settings.load();
+        self.core.breaker.counts(self.core.clock.now_ms(), &s.breaker)
     }
 
     /// The clock this policy reads.
     pub fn clock(&self) -> &Clock {
-        &self.owner.clock
+        &self.core.clock
     }
 
-    pub(crate) fn core(&self) -> &'static PolicyCore {
-        self.owner.core
+    pub(crate) fn shared(&self) -> &Shared<PolicyCore> {
+        &self.core
     }
 
-    pub(crate) fn generation(&self) -> u32 {
-        self.owner.generation
+    /// A handle that does not keep the policy alive.
+    pub(crate) fn downgrade(&self) -> WeakPolicy {
+        WeakPolicy(self.core.downgrade())
     }
 }
 
@@ -227,6 +201,17 @@ impl fmt::Debug for Policy {
             .field("name", &self.name())
             .field("breaker", &self.breaker_state())
             .finish_non_exhaustive()
+    }
+}
+
+/// A [`Policy`] that is not kept alive by this handle (the registry's view).
+#[derive(Clone, Debug)]
+pub(crate) struct WeakPolicy(WeakShared<PolicyCore>);
+
+impl WeakPolicy {
+    /// The policy, if some handle, service or future still holds it.
+    pub(crate) fn upgrade(&self) -> Option<Policy> {
+        self.0.upgrade().map(|core| Policy { core })
     }
 }
 
@@ -247,22 +232,31 @@ mod tests {
             50.0,
             "last good value kept"
         );
+        assert!(Policy::new("not a name", PolicySettings::default()).is_err());
     }
 
     #[test]
-    fn runtime_state_is_recycled_by_name() {
-        let a = Policy::new("recycled-policy", PolicySettings::default()).unwrap();
-        let core_a = a.core() as *const PolicyCore;
-        let gen_a = a.generation();
+    fn a_policy_of_the_same_name_starts_afresh() {
+        let a = Policy::new("reused-name", PolicySettings::default()).unwrap();
+        let weak = a.downgrade();
+        let b = Policy::new("reused-name", PolicySettings::default()).unwrap();
+        assert!(!a.core.ptr_eq(&b.core), "live policies never share");
         drop(a);
-        let b = Policy::new("recycled-policy", PolicySettings::default()).unwrap();
-        assert_eq!(b.core() as *const PolicyCore, core_a);
-        assert_ne!(b.generation(), gen_a);
-        let c = Policy::new("recycled-policy", PolicySettings::default()).unwrap();
-        assert_ne!(
-            c.core() as *const PolicyCore,
-            core_a,
-            "live policies never share"
-        );
+        assert!(weak.upgrade().is_none(), "freed with its last handle");
+    }
+
+    #[test]
+    fn forced_modes_are_what_callers_meet() {
+        let p = Policy::new("forced", PolicySettings::default()).unwrap();
+        let mut s = PolicySettings::default();
+        s.breaker.mode = BreakerMode::ForceOpen;
+        p.update(s.clone()).unwrap();
+        assert_eq!(p.breaker_state(), BreakerState::ForcedOpen);
+        s.breaker.mode = BreakerMode::ForceClosed;
+        p.update(s.clone()).unwrap();
+        assert_eq!(p.breaker_state(), BreakerState::ForcedClosed);
+        s.breaker.mode = BreakerMode::Normal;
+        p.update(s).unwrap();
+        assert_eq!(p.breaker_state(), BreakerState::Closed);
     }
 }

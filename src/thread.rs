@@ -1,24 +1,101 @@
-//! A small, stable index per thread, for per-thread stripes of counters.
+//! A small, dense index per live thread, for per-thread stripes of counters.
+//!
+//! Indices are handed out on a thread's first use, lowest free first, and given back
+//! when the thread exits, so a process whose threads come and go (a blocking pool) keeps
+//! using the same few stripes. At any time an index belongs to at most one live thread:
+//! that is what lets a stripe owned by one index be written with plain loads and stores
+//! (`switch::counts`, `lease`). The hand-over from an exiting thread to the next one goes
+//! through a mutex, so the next owner sees every count the previous one wrote.
 
-use std::cell::Cell;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::Mutex;
+use std::sync::PoisonError;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
-static NEXT_THREAD: AtomicUsize = AtomicUsize::new(0);
+/// Indices given back by exited threads, smallest first.
+static FREE: Mutex<BinaryHeap<Reverse<usize>>> = Mutex::new(BinaryHeap::new());
+/// The next index never handed out.
+static NEXT: AtomicUsize = AtomicUsize::new(0);
 
-thread_local! {
-    static THREAD_INDEX: Cell<usize> = const { Cell::new(usize::MAX) };
+/// The value [`index`] returns on a thread that is being torn down (its index is gone):
+/// no stripe is exclusively its own.
+pub(crate) const NONE: usize = usize::MAX;
+
+struct Slot(usize);
+
+impl Slot {
+    fn acquire() -> Slot {
+        let free = FREE.lock().unwrap_or_else(PoisonError::into_inner).pop();
+        Slot(match free {
+            Some(Reverse(i)) => i,
+            None => NEXT.fetch_add(1, Relaxed),
+        })
+    }
 }
 
-/// This thread's index: unique in the process, handed out in order of first use.
+impl Drop for Slot {
+    fn drop(&mut self) {
+        FREE.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Reverse(self.0));
+    }
+}
+
+thread_local! {
+    static SLOT: Slot = Slot::acquire();
+}
+
+/// This thread's index: dense, unique among live threads; [`NONE`] while the thread's
+/// thread-locals are being destroyed.
 #[inline]
-pub(crate) fn thread_index() -> usize {
-    THREAD_INDEX.with(|cell| {
-        let i = cell.get();
-        if i != usize::MAX {
-            return i;
+pub(crate) fn index() -> usize {
+    SLOT.try_with(|s| s.0).unwrap_or(NONE)
+}
+
+/// How many threads get a stripe of their own in per-thread counters (`2 × cores`,
+/// between 4 and 64); later threads share one.
+pub(crate) fn exclusive_stripes() -> usize {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    match N.load(Relaxed) {
+        0 => {
+            let n = std::thread::available_parallelism()
+                .map_or(4, |n| n.get())
+                .saturating_mul(2)
+                .clamp(4, 64);
+            N.store(n, Relaxed);
+            n
         }
-        let i = NEXT_THREAD.fetch_add(1, Relaxed);
-        cell.set(i);
-        i
-    })
+        n => n,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn indices_are_unique_among_live_threads_and_reused() {
+        let mine = index();
+        let both = std::sync::Barrier::new(2);
+        let (a, b) = std::thread::scope(|s| {
+            let live = || {
+                let i = index();
+                both.wait(); // both threads are alive here
+                i
+            };
+            let a = s.spawn(live);
+            let b = s.spawn(live);
+            (a.join().unwrap(), b.join().unwrap())
+        });
+        assert!(a != mine && b != mine && a != b);
+        // Threads that come and go one after another reuse freed indices: without
+        // recycling, 100 threads would take 100 indices.
+        let mut seen: Vec<usize> = (0..100)
+            .map(|_| std::thread::spawn(index).join().unwrap())
+            .collect();
+        seen.sort_unstable();
+        seen.dedup();
+        assert!(seen.len() < 50, "{} distinct indices", seen.len());
+    }
 }

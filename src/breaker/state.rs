@@ -17,8 +17,9 @@ use crate::clock::Clock;
 use crate::metrics::PolicyMetrics;
 use crate::settings::{BreakerMode, BreakerSettings};
 
-/// The state of a circuit breaker.
+/// The state of a circuit breaker as callers meet it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum BreakerState {
     /// Calls pass and are counted.
     Closed,
@@ -26,16 +27,29 @@ pub enum BreakerState {
     Open,
     /// A limited number of trial calls decide whether to close or re-open.
     HalfOpen,
+    /// `breaker.mode` is `force_open`: every call is rejected.
+    ForcedOpen,
+    /// `breaker.mode` is `force_closed`: every call passes; the breaker never opens.
+    ForcedClosed,
 }
 
 impl BreakerState {
-    /// The state's name as used in metrics and logs (`closed`, `open`, `half_open`).
+    /// The state's name as used in metrics and logs (`closed`, `open`, `half_open`,
+    /// `forced_open`, `forced_closed`).
     pub fn as_str(self) -> &'static str {
         match self {
             BreakerState::Closed => "closed",
             BreakerState::Open => "open",
             BreakerState::HalfOpen => "half_open",
+            BreakerState::ForcedOpen => "forced_open",
+            BreakerState::ForcedClosed => "forced_closed",
         }
+    }
+
+    /// Whether calls are rejected in this state (half-open rejects only those beyond
+    /// its trials, so it is not counted here).
+    pub fn rejects(self) -> bool {
+        matches!(self, BreakerState::Open | BreakerState::ForcedOpen)
     }
 }
 
@@ -144,20 +158,6 @@ impl BreakerCore {
             CLOSED => Some(true),
             OPEN if clock.now_ms() < w >> PAYLOAD_SHIFT => Some(false),
             _ => None,
-        }
-    }
-
-    /// Whether a call would be rejected now without a state change: forced open, or
-    /// open and not yet due for a trial. (Half-open is left to [`Self::admit`].)
-    #[inline]
-    pub(crate) fn rejects_now(&self, mode: BreakerMode, clock: &Clock) -> bool {
-        match mode {
-            BreakerMode::ForceOpen => true,
-            BreakerMode::Normal => {
-                let w = self.word.load(Acquire);
-                w & STATE_MASK == OPEN && clock.now_ms() < w >> PAYLOAD_SHIFT
-            }
-            BreakerMode::ForceClosed | BreakerMode::MetricsOnly => false,
         }
     }
 
@@ -348,18 +348,6 @@ impl BreakerCore {
     pub(crate) fn counts(&self, now: u64, s: &BreakerSettings) -> WindowCounts {
         self.window.counts(now, shape(s))
     }
-
-    /// Returns the breaker to its initial state (a recycled core).
-    pub(crate) fn reset(&self) {
-        // Closed, but the episode moves on rather than restarting at 0: a late future
-        // of the previous owner that slipped past its generation check cannot name an
-        // episode of the new one.
-        let w = Word(self.word.load(Acquire));
-        self.word
-            .store(Word::make(CLOSED, w.episode() + 1, 0).0, Release);
-        self.reopens.store(0, Relaxed);
-        self.window.reset();
-    }
 }
 
 #[inline]
@@ -426,7 +414,7 @@ fn transitioned(ctx: &Ctx<'_>, to: BreakerState, counts: Option<&WindowCounts>) 
                 "circuit breaker half-open: admitting trial calls"
             );
         }
-        BreakerState::Closed => {
+        _ => {
             m.to_closed.increment(1);
             m.state.set(0.0);
             tracing::info!(policy = ctx.policy, "circuit breaker closed");

@@ -108,7 +108,7 @@ pub(crate) struct Window {
     mask: usize,
 }
 
-use crate::thread::thread_index;
+use crate::thread::index as thread_index;
 
 fn stripe_count() -> usize {
     let cores = std::thread::available_parallelism().map_or(4, |n| n.get());

@@ -96,22 +96,6 @@ impl std::error::Error for TierFailed {
     }
 }
 
-macro_rules! unit_error {
-    ($(#[$doc:meta])* $name:ident, $msg:literal) => {
-        $(#[$doc])*
-        #[derive(Debug, Default)]
-        pub struct $name(pub(crate) ());
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str($msg)
-            }
-        }
-
-        impl std::error::Error for $name {}
-    };
-}
-
 unit_error!(
     /// The cache tier had no response for the key, or only one older than
     /// `fallback.cache_max_stale_ms`.

@@ -15,26 +15,14 @@ use crate::BoxError;
 use crate::breaker::error::OpenCircuit;
 use crate::bulkhead::BulkheadFull;
 use crate::classify::{Classify, Outcome};
-use crate::clock::Clock;
+use crate::guard::Short;
 use crate::kill::Killed;
-use crate::policy::PolicyCore;
+use crate::lease::Lease;
 use crate::settings::{PolicySettings, Tier};
 use crate::timeout::error::Elapsed;
 
-/// What every future of one fallback layer shares: `Copy`, no reference count.
-pub(crate) struct Ctx<Req: 'static, Resp: 'static, P: 'static> {
-    pub(crate) tiers: &'static Tiers<Req, Resp, P>,
-    pub(crate) core: &'static PolicyCore,
-    pub(crate) clock: Clock,
-}
-
-impl<Req: 'static, Resp: 'static, P: 'static> Clone for Ctx<Req, Resp, P> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-
-impl<Req: 'static, Resp: 'static, P: 'static> Copy for Ctx<Req, Resp, P> {}
+/// A future's hold on its layer's tiers (and through them, its policy).
+type TiersLease<Req, Resp, P> = Lease<Tiers<Req, Resp, P>>;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -54,9 +42,9 @@ pub(crate) struct Plan {
     max_stale_ms: u64,
 }
 
-pub(crate) const ON_OPEN: u8 = 1;
-pub(crate) const ON_KILLED: u8 = 2;
-pub(crate) const ON_BULKHEAD: u8 = 4;
+const ON_OPEN: u8 = Short::Open as u8;
+const ON_KILLED: u8 = Short::Killed as u8;
+const ON_BULKHEAD: u8 = Short::Bulkhead as u8;
 const ON_TIMEOUT: u8 = 8;
 const ON_FAILURE: u8 = 16;
 const ON_ALL: u8 = 31;
@@ -131,7 +119,7 @@ impl Plan {
     pub(crate) fn short_value<Req, Resp, P>(
         &self,
         tiers: &Tiers<Req, Resp, P>,
-        short: super::Short,
+        short: Short,
     ) -> Option<Resp> {
         if self.value_first & short as u8 == 0 {
             return None;
@@ -194,7 +182,7 @@ struct Running<Resp> {
     fut: BoxFuture<Result<Resp, BoxError>>,
     deadline: Pin<Box<tokio::time::Sleep>>,
     started: u64,
-    slot: &'static std::sync::atomic::AtomicU32,
+    slot: std::sync::Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl<Resp> Drop for Running<Resp> {
@@ -251,7 +239,8 @@ pin_project! {
         Working {
             #[pin]
             state: State<F, Req, Resp, P>,
-            ctx: Ctx<Req, Resp, P>,
+            // After `state`: dropped last, once nothing of the call uses the tiers.
+            tiers: TiersLease<Req, Resp, P>,
             plan: Plan,
             classify: C,
         },
@@ -265,7 +254,7 @@ impl<F, Req: 'static, Resp: 'static, P: 'static, C> std::fmt::Debug
         let mut d = f.debug_struct("ResponseFuture");
         match &self.kind {
             Kind::Answered { .. } => d.field("answered", &true),
-            Kind::Working { ctx, .. } => d.field("policy", &ctx.core.name),
+            Kind::Working { tiers, .. } => d.field("policy", &tiers.policy.name()),
         }
         .finish_non_exhaustive()
     }
@@ -274,7 +263,7 @@ impl<F, Req: 'static, Resp: 'static, P: 'static, C> std::fmt::Debug
 impl<F, Req: 'static, Resp: 'static, P: 'static, C> ResponseFuture<F, Req, Resp, P, C> {
     #[inline]
     pub(crate) fn primary(
-        ctx: Ctx<Req, Resp, P>,
+        tiers: TiersLease<Req, Resp, P>,
         classify: C,
         plan: Plan,
         fut: F,
@@ -288,7 +277,7 @@ impl<F, Req: 'static, Resp: 'static, P: 'static, C> ResponseFuture<F, Req, Resp,
                     parts: Some(parts),
                     spare,
                 },
-                ctx,
+                tiers,
                 plan,
                 classify,
             },
@@ -306,29 +295,25 @@ impl<F, Req: 'static, Resp: 'static, P: 'static, C> ResponseFuture<F, Req, Resp,
     /// The dependency is not called (killed, or its breaker open): the fallback answers.
     #[inline]
     pub(crate) fn short(
-        ctx: Ctx<Req, Resp, P>,
+        tiers: TiersLease<Req, Resp, P>,
         classify: C,
         plan: Plan,
         parts: P,
         req: Req,
-        why: super::Short,
+        why: Short,
     ) -> Self {
         // The cause is passed by reference to the fast tiers; it is boxed only if the
         // walk must go on.
         let cause: &Cause = match why {
-            super::Short::Killed => &Killed(()),
-            super::Short::Bulkhead => &BulkheadFull(()),
-            _ => &OpenCircuit(()),
+            Short::Killed => &Killed::new(),
+            Short::Bulkhead => &BulkheadFull::new(),
+            Short::Open => &OpenCircuit::new(),
         };
         let order = plan.order_for_bit(why as u8);
-        let state = match fast_tiers(ctx, plan, order, &parts, cause) {
+        let state = match fast_tiers(&tiers, plan, order, &parts, cause) {
             Some(resp) => return ResponseFuture::answered(resp),
             None => {
-                let original: Result<Resp, BoxError> = Err(match why {
-                    super::Short::Killed => Killed(()).into(),
-                    super::Short::Bulkhead => BulkheadFull(()).into(),
-                    _ => OpenCircuit::new().into(),
-                });
+                let original: Result<Resp, BoxError> = Err(why.error());
                 State::Fallback {
                     progress: Box::new(Progress::new(order, parts, Some(req), original)),
                 }
@@ -337,7 +322,7 @@ impl<F, Req: 'static, Resp: 'static, P: 'static, C> ResponseFuture<F, Req, Resp,
         ResponseFuture {
             kind: Kind::Working {
                 state,
-                ctx,
+                tiers,
                 plan,
                 classify,
             },
@@ -379,10 +364,10 @@ where
             },
             KindProj::Working {
                 state,
-                ctx,
+                tiers,
                 plan,
                 classify,
-            } => poll_working(state, *ctx, *plan, classify, cx),
+            } => poll_working(state, tiers, *plan, classify, cx),
         }
     }
 }
@@ -390,7 +375,7 @@ where
 #[inline]
 fn poll_working<F, Req, Resp, P, C, E>(
     mut state: Pin<&mut State<F, Req, Resp, P>>,
-    ctx: Ctx<Req, Resp, P>,
+    tiers: &Tiers<Req, Resp, P>,
     plan: Plan,
     classify: &mut C,
     cx: &mut Context<'_>,
@@ -410,9 +395,10 @@ where
                 let outcome = classify.classify(&result);
                 if outcome == Outcome::Success {
                     if let (Ok(resp), Some(cache), Some(parts)) =
-                        (&result, &ctx.tiers.cache, parts.as_ref())
+                        (&result, &tiers.cache, parts.as_ref())
                     {
-                        cache.fill(parts, resp, ctx.clock.now_ms(), plan.refresh_ms);
+                        let now = tiers.policy.clock().now_ms();
+                        cache.fill(parts, resp, now, plan.refresh_ms);
                     }
                     state.set(State::Done);
                     return Poll::Ready(result);
@@ -424,9 +410,9 @@ where
                 let order = plan.order_for(&result);
                 let cause: &Cause = match &result {
                     Err(e) => &**e,
-                    Ok(_) => &FailedResponse(()),
+                    Ok(_) => &FailedResponse::new(),
                 };
-                if let Some(resp) = fast_tiers(ctx, plan, order, &parts, cause) {
+                if let Some(resp) = fast_tiers(tiers, plan, order, &parts, cause) {
                     state.set(State::Done);
                     return Poll::Ready(Ok(resp));
                 }
@@ -435,7 +421,7 @@ where
                 });
             }
             StateProj::Fallback { progress } => {
-                let out = ready!(poll_tiers(progress, ctx, cx));
+                let out = ready!(poll_tiers(progress, tiers, cx));
                 state.set(State::Done);
                 return Poll::Ready(out);
             }
@@ -448,13 +434,12 @@ where
 /// static tier, or a cache hit. `None` when the full walk is needed.
 #[inline]
 fn fast_tiers<Req, Resp, P>(
-    ctx: Ctx<Req, Resp, P>,
+    tiers: &Tiers<Req, Resp, P>,
     plan: Plan,
     order: Order,
     parts: &P,
     cause: &Cause,
 ) -> Option<Resp> {
-    let tiers = ctx.tiers;
     match order.get(0)? {
         Tier::Static => {
             let build = tiers.static_fn.as_ref()?;
@@ -465,7 +450,7 @@ fn fast_tiers<Req, Resp, P>(
         Tier::Cache => {
             let cache = tiers.cache.as_ref()?;
             let resp = cache
-                .get(parts, ctx.clock.now_ms(), plan.max_stale_ms)
+                .get(parts, tiers.policy.clock().now_ms(), plan.max_stale_ms)
                 .ok()?;
             tiers.tier_metrics(Tier::Cache).served.increment(1);
             Some(resp)
@@ -476,14 +461,14 @@ fn fast_tiers<Req, Resp, P>(
 
 fn poll_tiers<Req, Resp, P: 'static>(
     p: &mut Progress<Req, Resp, P>,
-    ctx: Ctx<Req, Resp, P>,
+    tiers: &Tiers<Req, Resp, P>,
     cx: &mut Context<'_>,
 ) -> Poll<Result<Resp, BoxError>>
 where
     Req: Send + 'static,
     Resp: Send + 'static,
 {
-    let tiers = ctx.tiers;
+    let core = tiers.policy.shared();
     loop {
         if let Some(run) = &mut p.running {
             let m = tiers.tier_metrics(Tier::Service);
@@ -494,7 +479,7 @@ where
                     Poll::Pending => return Poll::Pending,
                 },
             };
-            let took = ctx.clock.now_ms().saturating_sub(run.started);
+            let took = core.clock.now_ms().saturating_sub(run.started);
             tiers.service_duration.record(took as f64 * 1e-3);
             p.running = None;
             match outcome {
@@ -518,7 +503,7 @@ where
                 if let Some(build) = &tiers.static_fn {
                     let cause: &Cause = match &p.original {
                         Err(e) => &**e,
-                        Ok(_) => &FailedResponse(()),
+                        Ok(_) => &FailedResponse::new(),
                     };
                     let resp = build.build(&p.parts, cause);
                     m.served.increment(1);
@@ -527,8 +512,8 @@ where
             }
             Tier::Cache => {
                 if let Some(cache) = &tiers.cache {
-                    let max_stale = ctx.core.settings.load().fallback.cache_max_stale_ms;
-                    match cache.get(&p.parts, ctx.clock.now_ms(), max_stale) {
+                    let max_stale = core.settings.load().fallback.cache_max_stale_ms;
+                    match cache.get(&p.parts, core.clock.now_ms(), max_stale) {
                         Ok(resp) => {
                             m.served.increment(1);
                             return Poll::Ready(Ok(resp));
@@ -544,21 +529,21 @@ where
                 let Some(st) = &tiers.service else { continue };
                 let Some(req) = p.spare.take() else {
                     m.failed.increment(1);
-                    p.errors.push((Tier::Service, NoRequest(()).into()));
+                    p.errors.push((Tier::Service, NoRequest::new().into()));
                     continue;
                 };
-                let f = ctx.core.settings.load().fallback.clone();
+                let f = core.settings.load().fallback.clone();
                 if st.in_flight.fetch_add(1, Ordering::AcqRel) >= f.max_concurrent {
                     st.in_flight.fetch_sub(1, Ordering::AcqRel);
                     m.failed.increment(1);
-                    p.errors.push((Tier::Service, FallbackBusy(()).into()));
+                    p.errors.push((Tier::Service, FallbackBusy::new().into()));
                     continue;
                 }
                 p.running = Some(Running {
                     fut: Box::pin(st.service.clone().oneshot(req)),
                     deadline: Box::pin(tokio::time::sleep(Duration::from_millis(f.timeout_ms))),
-                    started: ctx.clock.now_ms(),
-                    slot: &st.in_flight,
+                    started: core.clock.now_ms(),
+                    slot: st.in_flight.clone(),
                 });
             }
         }
@@ -568,7 +553,7 @@ where
 fn all_failed<Req: 'static, Resp: 'static, P: 'static>(
     p: &mut Progress<Req, Resp, P>,
 ) -> Result<Resp, BoxError> {
-    let original = std::mem::replace(&mut p.original, Err(FailedResponse(()).into()));
+    let original = std::mem::replace(&mut p.original, Err(FailedResponse::new().into()));
     let errors = std::mem::take(&mut p.errors);
     match original {
         Ok(resp) => Ok(resp),

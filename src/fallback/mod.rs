@@ -49,9 +49,18 @@
 //! ```
 //!
 //! # Lifetime
-//! Response futures reach the tiers by `&'static` reference (no reference count per
-//! call), so a [`FallbackLayer`] allocates its tiers once and keeps them for the life of
-//! the process: build layers at start-up, not per request.
+//! The tiers — the cache, the alternate service and whatever they own — belong to the
+//! layer, the services built from it and their unfinished response futures, and are
+//! dropped with the last of them. Futures hold them by a lease (two plain stores per
+//! call, no reference-count change).
+//!
+//! The service is the crate's one [`Guard`](crate::guard::Guard) (here with the kill
+//! stage: "killed" is answered by the fallback) wrapped by the fallback; the policy
+//! stack ([`PolicyLayer::fallback`](crate::stack::PolicyLayer::fallback)) is the same
+//! service with every stage, so an open circuit or a full bulkhead is answered here
+//! without an error built and walked. Composed by hand over a separate
+//! [`CircuitBreaker`](crate::breaker::CircuitBreaker), the fallback sees its
+//! `OpenCircuit` error like any other.
 
 pub mod error;
 pub(crate) mod future;
@@ -59,38 +68,33 @@ pub(crate) mod tiers;
 
 use std::fmt;
 use std::hash::Hash;
-use std::marker::PhantomData;
+use std::sync::Arc;
 use std::sync::atomic::AtomicU32;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
-use arc_swap::{ArcSwap, Cache};
 use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service, ServiceExt};
 
 pub use self::tiers::Cause;
-use self::tiers::{KeyedCache, ServiceTier, StaticTier, Tiers};
-use crate::bulkhead::Slot;
+use self::tiers::{Config, KeyedCache, ServiceTier, StaticTier, Tiers};
 use crate::classify::{Classify, ErrorsAsFailures};
-use crate::clock::Clock;
-use crate::kill::killed;
-use crate::policy::PolicyCore;
-use crate::settings::{PolicySettings, Tier};
+use crate::guard::{Guard, Stages, stages};
+use crate::lease::Shared;
+use crate::settings::Tier;
 use crate::{BoxError, Policy};
 
 pub use self::future::ResponseFuture;
 use self::future::{CachedPlan, Plan};
 
-type SettingsCache = Cache<&'static ArcSwap<PolicySettings>, std::sync::Arc<PolicySettings>>;
-
 /// The tiers of a fallback, built in code; see the [module docs](self).
 pub struct Fallback<Req, Resp, P = ()> {
-    tiers: Tiers<Req, Resp, P>,
+    config: Config<Req, Resp, P>,
 }
 
 impl<Req: 'static, Resp: 'static, P: 'static> fmt::Debug for Fallback<Req, Resp, P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Fallback")
-            .field("tiers", &self.tiers.added)
+            .field("tiers", &self.config.added)
             .finish_non_exhaustive()
     }
 }
@@ -98,9 +102,7 @@ impl<Req: 'static, Resp: 'static, P: 'static> fmt::Debug for Fallback<Req, Resp,
 impl<Req: 'static, Resp: 'static> Fallback<Req, Resp, ()> {
     /// A fallback that keeps nothing of the request (static tiers only need the error).
     pub fn new() -> Self {
-        Fallback {
-            tiers: Tiers::new(Box::new(|_: &Req| ())),
-        }
+        Self::with_parts(|_: &Req| ())
     }
 }
 
@@ -115,13 +117,19 @@ impl<Req: 'static, Resp: 'static, P: 'static> Fallback<Req, Resp, P> {
     /// from it, the cache tier uses it as the key. Keep it cheap: it runs on every call.
     pub fn with_parts(parts: impl Fn(&Req) -> P + Send + Sync + 'static) -> Self {
         Fallback {
-            tiers: Tiers::new(Box::new(parts)),
+            config: Config {
+                parts: Box::new(parts),
+                added: Vec::new(),
+                static_fn: None,
+                cache: None,
+                service: None,
+            },
         }
     }
 
     fn add(mut self, tier: Tier) -> Self {
-        self.tiers.added.retain(|t| *t != tier);
-        self.tiers.added.push(tier);
+        self.config.added.retain(|t| *t != tier);
+        self.config.added.push(tier);
         self
     }
 
@@ -132,7 +140,7 @@ impl<Req: 'static, Resp: 'static, P: 'static> Fallback<Req, Resp, P> {
     where
         Resp: Clone + Send + Sync + 'static,
     {
-        self.tiers.static_fn = Some(StaticTier::Value(Box::new(move || response.clone())));
+        self.config.static_fn = Some(StaticTier::Value(Box::new(move || response.clone())));
         self.add(Tier::Static)
     }
 
@@ -142,7 +150,7 @@ impl<Req: 'static, Resp: 'static, P: 'static> Fallback<Req, Resp, P> {
         mut self,
         build: impl Fn(&P, &Cause) -> Resp + Send + Sync + 'static,
     ) -> Self {
-        self.tiers.static_fn = Some(StaticTier::With(Box::new(build)));
+        self.config.static_fn = Some(StaticTier::With(Box::new(build)));
         self.add(Tier::Static)
     }
 
@@ -152,7 +160,7 @@ impl<Req: 'static, Resp: 'static, P: 'static> Fallback<Req, Resp, P> {
         P: Hash + Eq + Clone + Send + Sync + 'static,
         Resp: Clone + Send + Sync + 'static,
     {
-        self.tiers.cache = Some(Box::new(KeyedCache::<P, Resp>::new(capacity)));
+        self.config.cache = Some(Box::new(KeyedCache::<P, Resp>::new(capacity)));
         self.add(Tier::Cache)
     }
 
@@ -167,12 +175,11 @@ impl<Req: 'static, Resp: 'static, P: 'static> Fallback<Req, Resp, P> {
         S: Service<Req, Response = Resp> + Clone + Send + Sync + 'static,
         S::Error: Into<BoxError>,
         S::Future: Send + 'static,
-        Req: 'static,
     {
-        self.tiers.service = Some(ServiceTier {
+        self.config.service = Some(ServiceTier {
             service: BoxCloneSyncService::new(service.map_err(Into::into)),
             clone_request: Box::new(clone_request),
-            in_flight: AtomicU32::new(0),
+            in_flight: Arc::new(AtomicU32::new(0)),
         });
         self.add(Tier::Service)
     }
@@ -180,22 +187,14 @@ impl<Req: 'static, Resp: 'static, P: 'static> Fallback<Req, Resp, P> {
 
 /// Builds [`FallbackService`]s; see the [module docs](self).
 pub struct FallbackLayer<Req: 'static, Resp: 'static, P: 'static, C = ErrorsAsFailures> {
-    policy: Policy,
-    tiers: &'static Tiers<Req, Resp, P>,
+    tiers: Shared<Tiers<Req, Resp, P>>,
     classify: C,
-}
-
-impl<Req: 'static, Resp: 'static, P: 'static, C> FallbackLayer<Req, Resp, P, C> {
-    pub(crate) fn tiers(&self) -> &'static Tiers<Req, Resp, P> {
-        self.tiers
-    }
 }
 
 impl<Req: 'static, Resp: 'static, P: 'static, C: Clone> Clone for FallbackLayer<Req, Resp, P, C> {
     fn clone(&self) -> Self {
         FallbackLayer {
-            policy: self.policy.clone(),
-            tiers: self.tiers,
+            tiers: self.tiers.clone(),
             classify: self.classify.clone(),
         }
     }
@@ -204,7 +203,7 @@ impl<Req: 'static, Resp: 'static, P: 'static, C: Clone> Clone for FallbackLayer<
 impl<Req: 'static, Resp: 'static, P: 'static, C> fmt::Debug for FallbackLayer<Req, Resp, P, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FallbackLayer")
-            .field("policy", &self.policy.name())
+            .field("policy", &self.tiers.policy.name())
             .field("tiers", &self.tiers.added)
             .finish_non_exhaustive()
     }
@@ -213,18 +212,9 @@ impl<Req: 'static, Resp: 'static, P: 'static, C> fmt::Debug for FallbackLayer<Re
 impl<Req: 'static, Resp: 'static, P: 'static> FallbackLayer<Req, Resp, P> {
     /// A layer answering from `fallback` when `policy`'s dependency fails (every `Err`
     /// counts as a failure; see [`FallbackLayer::classify`]).
-    pub fn new(policy: &Policy, fallback: Fallback<Req, Resp, P>) -> Self
-    where
-        Req: 'static,
-        Resp: 'static,
-        P: 'static,
-    {
-        let mut tiers = fallback.tiers;
-        tiers.name_metrics(policy.name());
-        tiers.seal();
+    pub fn new(policy: &Policy, fallback: Fallback<Req, Resp, P>) -> Self {
         FallbackLayer {
-            policy: policy.clone(),
-            tiers: Box::leak(Box::new(tiers)),
+            tiers: Shared::new(Tiers::new(policy, fallback.config)),
             classify: ErrorsAsFailures,
         }
     }
@@ -234,9 +224,20 @@ impl<Req: 'static, Resp: 'static, P: 'static, C> FallbackLayer<Req, Resp, P, C> 
     /// Decides with `classify` which responses are failures (e.g. HTTP 5xx).
     pub fn classify<C2>(self, classify: C2) -> FallbackLayer<Req, Resp, P, C2> {
         FallbackLayer {
-            policy: self.policy,
             tiers: self.tiers,
             classify,
+        }
+    }
+
+    /// The service with the stages `K` of the guard under the fallback.
+    pub(crate) fn service<S, K: Stages>(&self, inner: S) -> FallbackService<S, Req, Resp, P, C, K>
+    where
+        C: Clone,
+    {
+        FallbackService {
+            guard: Guard::with_classify(inner, &self.tiers.policy, self.classify.clone()),
+            tiers: self.tiers.clone(),
+            plan: CachedPlan::default(),
         }
     }
 }
@@ -247,177 +248,102 @@ impl<S, Req: 'static, Resp: 'static, P: 'static, C: Clone> Layer<S>
     type Service = FallbackService<S, Req, Resp, P, C>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        let core = self.policy.core();
-        FallbackService {
-            inner,
-            classify: self.classify.clone(),
-            tiers: self.tiers,
-            settings: Cache::new(&core.settings),
-            core,
-            clock: *self.policy.clock(),
-            plan: CachedPlan::default(),
-            short: Short::No,
-            inner_ready: false,
-            _policy: self.policy.clone(),
-            _types: PhantomData,
-        }
+        self.service(inner)
     }
 }
 
-/// Answers from the fallback's tiers when the call fails or is killed; see the
-/// [module docs](self).
-pub struct FallbackService<S, Req: 'static, Resp: 'static, P: 'static, C = ErrorsAsFailures> {
-    inner: S,
-    classify: C,
-    tiers: &'static Tiers<Req, Resp, P>,
-    settings: SettingsCache,
-    core: &'static PolicyCore,
-    clock: Clock,
+/// Answers from the fallback's tiers when the call fails or is not made (killed, and in
+/// the policy stack also an open circuit or a full bulkhead); see the
+/// [module docs](self). `K` are the stages of the [`Guard`] it wraps.
+pub struct FallbackService<S, Req: 'static, Resp: 'static, P: 'static, C = ErrorsAsFailures, K = stages::Kill> {
+    guard: Guard<S, C, K>,
+    tiers: Shared<Tiers<Req, Resp, P>>,
     /// The plan for the settings in force: recomputed on change only.
     plan: CachedPlan,
-    /// Decided in `poll_ready`: the dependency will not be called.
-    short: Short,
-    /// The inner service said it is ready: the call is committed to it (it may hold a
-    /// bulkhead slot or a trial permit for it), so `poll_ready` does not decide again.
-    inner_ready: bool,
-    _policy: Policy,
-    _types: PhantomData<fn(Req) -> Resp>,
 }
 
-impl Short {
-    /// Counts the call under its outcome.
-    #[inline]
-    pub(crate) fn count(self, core: &PolicyCore) {
-        let m = &core.metrics;
-        match self {
-            Short::No => {}
-            Short::Killed => m.killed.increment(1),
-            Short::Open => m.rejected.increment(1),
-            Short::Bulkhead => m.bulkhead_full.increment(1),
-        }
+impl<S, Req: 'static, Resp: 'static, P: 'static, C, K> FallbackService<S, Req, Resp, P, C, K> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        self.guard.get_ref()
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        self.guard.get_mut()
     }
 }
 
-/// Why `poll_ready` decided not to call the dependency; each reason is its
-/// `fallback.on` trigger bit.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub(crate) enum Short {
-    No = 0,
-    Open = future::ON_OPEN,
-    Killed = future::ON_KILLED,
-    Bulkhead = future::ON_BULKHEAD,
-}
-
-impl<S: Clone, Req: 'static, Resp: 'static, P: 'static, C: Clone> Clone
-    for FallbackService<S, Req, Resp, P, C>
+impl<S: Clone, Req: 'static, Resp: 'static, P: 'static, C: Clone, K> Clone
+    for FallbackService<S, Req, Resp, P, C, K>
 {
+    /// A clone starts unpolled: readiness, slots and permits are not shared.
     fn clone(&self) -> Self {
         FallbackService {
-            inner: self.inner.clone(),
-            classify: self.classify.clone(),
-            tiers: self.tiers,
-            settings: self.settings.clone(),
-            core: self.core,
-            clock: self.clock,
+            guard: self.guard.clone(),
+            tiers: self.tiers.clone(),
             plan: CachedPlan::default(),
-            short: Short::No,
-            inner_ready: false,
-            _policy: self._policy.clone(),
-            _types: PhantomData,
         }
     }
 }
 
-impl<S: fmt::Debug, Req: 'static, Resp: 'static, P: 'static, C> fmt::Debug
-    for FallbackService<S, Req, Resp, P, C>
+impl<S: fmt::Debug, Req: 'static, Resp: 'static, P: 'static, C, K> fmt::Debug
+    for FallbackService<S, Req, Resp, P, C, K>
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FallbackService")
-            .field("inner", &self.inner)
-            .field("policy", &self.core.name)
+            .field("guard", &self.guard)
+            .field("tiers", &self.tiers.added)
             .finish_non_exhaustive()
     }
 }
 
-impl<S, Req: 'static, Resp: 'static, P: 'static, C> Service<Req>
-    for FallbackService<S, Req, Resp, P, C>
+impl<S, Req: 'static, Resp: 'static, P: 'static, C, K> Service<Req>
+    for FallbackService<S, Req, Resp, P, C, K>
 where
     S: Service<Req, Response = Resp>,
     S::Error: Into<BoxError>,
     C: Classify<Resp, BoxError> + Clone,
+    K: Stages,
     Req: Send + 'static,
     Resp: Send + 'static,
     P: Send + 'static,
 {
     type Response = Resp;
     type Error = BoxError;
-    type Future = ResponseFuture<S::Future, Req, Resp, P, C>;
+    type Future = ResponseFuture<crate::guard::future::ResponseFuture<S::Future, C>, Req, Resp, P, C>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        if !self.inner_ready {
-            // Killed, or the policy's breaker open: the fallback answers without asking
-            // the dependency (nor the layers below, which would only reject).
-            let settings = self.settings.load();
-            self.short = if killed(self.core, settings) {
-                Short::Killed
-            } else if self
-                .core
-                .breaker
-                .rejects_now(settings.breaker.mode, &self.clock)
-                // A full bulkhead (outside the breaker) answers first: from below.
-                && !Slot::is_full(self.core, settings.bulkhead.max_concurrent)
-            {
-                Short::Open
-            } else {
-                Short::No
-            };
-            if self.short != Short::No {
-                Plan::cached(&mut self.plan, self.tiers, settings);
-                return Poll::Ready(Ok(()));
-            }
+        if ready!(self.guard.poll_decide(cx))?.is_some() {
+            // The call will not be made: its plan now, for the settings decided by.
+            let settings = self.guard.settings();
+            Plan::cached(&mut self.plan, &self.tiers, settings);
         }
-        let ready = self.inner.poll_ready(cx).map_err(Into::into);
-        self.inner_ready = matches!(ready, Poll::Ready(Ok(())));
-        ready
+        Poll::Ready(Ok(()))
     }
 
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
-        let ctx = future::Ctx {
-            tiers: self.tiers,
-            core: self.core,
-            clock: self.clock,
-        };
-        self.inner_ready = false;
-        match std::mem::replace(&mut self.short, Short::No) {
-            Short::No => {}
-            short => {
-                // `poll_ready` cached the plan for the settings it decided by.
-                short.count(self.core);
-                let plan = self.plan.plan;
-                if let Some(resp) = plan.short_value(self.tiers, short) {
-                    return ResponseFuture::answered(resp);
-                }
-                let parts = (self.tiers.parts)(&req);
-                return ResponseFuture::short(ctx, self.classify.clone(), plan, parts, req, short);
+        if let Some(short) = self.guard.take_short() {
+            // `poll_ready` cached the plan for the settings it decided by.
+            let plan = self.plan.plan;
+            if let Some(resp) = plan.short_value(&self.tiers, short) {
+                return ResponseFuture::answered(resp);
             }
+            let parts = (self.tiers.parts)(&req);
+            let classify = self.guard.classify().clone();
+            return ResponseFuture::short(self.tiers.lease(), classify, plan, parts, req, short);
         }
-        let settings = self.settings.load();
-        let plan = Plan::cached(&mut self.plan, self.tiers, settings);
+        let settings = self.guard.settings();
+        let plan = Plan::cached(&mut self.plan, &self.tiers, settings);
         let parts = (self.tiers.parts)(&req);
         let spare = match &self.tiers.service {
             Some(s) => (s.clone_request)(&req),
             None => None,
         };
-        ResponseFuture::primary(
-            ctx,
-            self.classify.clone(),
-            plan,
-            self.inner.call(req),
-            parts,
-            spare,
-        )
+        let classify = self.guard.classify().clone();
+        let call = self.guard.call_inner(req);
+        ResponseFuture::primary(self.tiers.lease(), classify, plan, call, parts, spare)
     }
 }

@@ -1,14 +1,15 @@
 //! The configured tiers: what each needs and how it answers.
 
 use std::hash::{BuildHasher, Hash};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use metrics::{Counter, Histogram};
 use tower::util::BoxCloneSyncService;
 
 use super::error::NoCachedResponse;
-use crate::BoxError;
 use crate::settings::{FallbackSettings, Tier};
+use crate::{BoxError, Policy};
 
 /// What a fallback is answering for: the dependency's error, or why it was not called.
 pub type Cause = dyn std::error::Error + Send + Sync + 'static;
@@ -46,7 +47,11 @@ const RECENT_SLOTS: usize = 4096;
 
 pub(crate) struct KeyedCache<P, Resp> {
     cache: quick_cache::sync::Cache<P, (u64, Resp)>,
-    /// Per key-hash slot, when it was last written: bounds refreshes without a lookup.
+    /// Per key-hash slot, which key last refreshed it and when: the high 32 bits are
+    /// the key's hash (its upper half), the low 32 the time in ms (wrapping). Bounds
+    /// refreshes per key without a lookup; a slot another key stamped since does not
+    /// hold this key back (it is refreshed: a collision costs an insert, never a
+    /// missing entry).
     recent: Box<[AtomicU64]>,
     hasher: std::collections::hash_map::RandomState,
 }
@@ -73,18 +78,22 @@ where
     fn get(&self, parts: &P, now: u64, max_stale_ms: u64) -> Result<Resp, BoxError> {
         match self.cache.get(parts) {
             Some((at, resp)) if now.saturating_sub(at) <= max_stale_ms => Ok(resp),
-            _ => Err(NoCachedResponse(()).into()),
+            _ => Err(NoCachedResponse::new().into()),
         }
     }
 
     #[inline]
     fn fill(&self, parts: &P, resp: &Resp, now: u64, refresh_ms: u64) {
-        let slot = &self.recent[self.hasher.hash_one(parts) as usize % RECENT_SLOTS];
-        let last = slot.load(Ordering::Relaxed);
-        if refresh_ms != 0 && last != 0 && now.saturating_sub(last) < refresh_ms {
+        let hash = self.hasher.hash_one(parts);
+        let slot = &self.recent[hash as usize % RECENT_SLOTS];
+        let tag = hash >> 32;
+        let stamp = slot.load(Ordering::Relaxed);
+        let same_key = stamp >> 32 == tag && stamp != 0;
+        let since = (now as u32).wrapping_sub(stamp as u32);
+        if refresh_ms != 0 && same_key && u64::from(since) < refresh_ms {
             return;
         }
-        slot.store(now, Ordering::Relaxed);
+        slot.store(tag << 32 | u64::from(now as u32), Ordering::Relaxed);
         self.cache.insert(parts.clone(), (now, resp.clone()));
     }
 }
@@ -92,7 +101,8 @@ where
 pub(crate) struct ServiceTier<Req, Resp> {
     pub(crate) service: BoxCloneSyncService<Req, Resp, BoxError>,
     pub(crate) clone_request: CloneFn<Req>,
-    pub(crate) in_flight: AtomicU32,
+    /// Service-tier calls in flight (each holds a clone while it runs).
+    pub(crate) in_flight: Arc<AtomicU32>,
 }
 
 pub(crate) struct TierMetrics {
@@ -110,10 +120,22 @@ impl TierMetrics {
     }
 }
 
-/// Everything the fallback needs, shared by every service and future of one layer.
-pub(crate) struct Tiers<Req, Resp, P> {
+/// The tiers as the builder collects them, before they belong to a policy.
+pub(crate) struct Config<Req, Resp, P> {
     pub(crate) parts: Box<dyn Fn(&Req) -> P + Send + Sync>,
     /// The tiers in the order the code added them.
+    pub(crate) added: Vec<Tier>,
+    pub(crate) static_fn: Option<StaticTier<P, Resp>>,
+    pub(crate) cache: Option<Box<dyn CacheTier<P, Resp>>>,
+    pub(crate) service: Option<ServiceTier<Req, Resp>>,
+}
+
+/// Everything the fallback needs, shared by every service and future of one layer, and
+/// dropped with the last of them. Holds its policy, so a lease on the tiers keeps the
+/// policy's state alive too.
+pub(crate) struct Tiers<Req, Resp, P> {
+    pub(crate) policy: Policy,
+    pub(crate) parts: Box<dyn Fn(&Req) -> P + Send + Sync>,
     pub(crate) added: Vec<Tier>,
     pub(crate) static_fn: Option<StaticTier<P, Resp>>,
     pub(crate) cache: Option<Box<dyn CacheTier<P, Resp>>>,
@@ -125,26 +147,25 @@ pub(crate) struct Tiers<Req, Resp, P> {
 }
 
 impl<Req, Resp, P> Tiers<Req, Resp, P> {
-    pub(crate) fn new(parts: Box<dyn Fn(&Req) -> P + Send + Sync>) -> Self {
-        Tiers {
-            parts,
-            added: Vec::new(),
-            static_fn: None,
-            cache: None,
-            service: None,
-            metrics: [Tier::Static, Tier::Cache, Tier::Service].map(|t| TierMetrics::new("", t)),
-            service_duration: Histogram::noop(),
+    /// The tiers of `config` for `policy`: metric handles registered under its name,
+    /// the orders used when the settings name none precomputed.
+    pub(crate) fn new(policy: &Policy, config: Config<Req, Resp, P>) -> Self {
+        let name = policy.name();
+        let mut tiers = Tiers {
+            policy: policy.clone(),
+            parts: config.parts,
+            added: config.added,
+            static_fn: config.static_fn,
+            cache: config.cache,
+            service: config.service,
+            metrics: [Tier::Static, Tier::Cache, Tier::Service].map(|t| TierMetrics::new(name, t)),
+            service_duration: metrics::histogram!(crate::metrics::FALLBACK_DURATION, "policy" => name.to_owned()),
             default_order: Order::default(),
             static_order: Order::default(),
-        }
-    }
-
-    /// Registers the metric handles under the policy's name (when the layer is built).
-    pub(crate) fn name_metrics(&mut self, policy: &str) {
-        self.metrics =
-            [Tier::Static, Tier::Cache, Tier::Service].map(|t| TierMetrics::new(policy, t));
-        self.service_duration =
-            metrics::histogram!(crate::metrics::FALLBACK_DURATION, "policy" => policy.to_owned());
+        };
+        tiers.default_order = tiers.compute_order(&tiers.added, true);
+        tiers.static_order = tiers.compute_order(&tiers.added, false);
+        tiers
     }
 
     pub(crate) fn tier_metrics(&self, tier: Tier) -> &TierMetrics {
@@ -164,12 +185,6 @@ impl<Req, Resp, P> Tiers<Req, Resp, P> {
             (None, false) => self.static_order,
             (Some(wanted), _) => self.compute_order(wanted, critical),
         }
-    }
-
-    /// Precomputes the orders used when the settings name none.
-    pub(crate) fn seal(&mut self) {
-        self.default_order = self.compute_order(&self.added.clone(), true);
-        self.static_order = self.compute_order(&self.added.clone(), false);
     }
 
     fn compute_order(&self, wanted: &[Tier], critical: bool) -> Order {

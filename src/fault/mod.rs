@@ -33,63 +33,68 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use arc_swap::{ArcSwap, Cache};
 use metrics::Counter;
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 use tower::{Layer, Service};
 
-use crate::policy::PolicyCore;
-use crate::settings::{FaultSettings, FaultTarget, PolicySettings};
+use crate::guard::{SettingsCache, settings_cache};
+use crate::settings::{FaultSettings, FaultTarget};
 use crate::switch::murmur::Prefix;
 use crate::{BoxError, Policy};
 
-type SettingsCache = Cache<&'static ArcSwap<PolicySettings>, Arc<PolicySettings>>;
 type KeyFn<Req> = Arc<dyn Fn(&Req, &mut dyn FnMut(&[u8])) + Send + Sync>;
 type MarkFn<Req> = Arc<dyn Fn(&Req) -> bool + Send + Sync>;
 type AbortFn<Req, Resp> = Arc<dyn Fn(&Req) -> Resp + Send + Sync>;
 
-/// The call failed because a fault was injected. Zero-sized.
-#[derive(Debug, Default)]
-pub struct InjectedFault(());
+unit_error!(
+    /// The call failed because a fault was injected. Zero-sized.
+    InjectedFault,
+    "fault injected"
+);
 
-impl InjectedFault {
-    /// A new `InjectedFault`.
-    pub fn new() -> Self {
-        InjectedFault(())
-    }
-}
-
-impl fmt::Display for InjectedFault {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("fault injected")
-    }
-}
-
-impl std::error::Error for InjectedFault {}
-
+/// What every service of one layer shares.
 struct Shared<Req, Resp> {
+    policy: Policy,
     key: Option<KeyFn<Req>>,
     marked: Option<MarkFn<Req>>,
     abort: Option<AbortFn<Req, Resp>>,
     prefix: Prefix,
+    /// Faults in progress (delays), across the layer's services.
     active: Arc<AtomicU32>,
     seed: Option<u64>,
-    clones: AtomicU64,
+    /// Services made so far (each draws from its own stream of a seed).
+    clones: Arc<AtomicU64>,
     aborts: Counter,
     delays: Counter,
 }
 
-/// Builds [`Fault`] services; see the [module docs](self).
+impl<Req, Resp> Clone for Shared<Req, Resp> {
+    fn clone(&self) -> Self {
+        Shared {
+            policy: self.policy.clone(),
+            key: self.key.clone(),
+            marked: self.marked.clone(),
+            abort: self.abort.clone(),
+            prefix: self.prefix.clone(),
+            active: self.active.clone(),
+            seed: self.seed,
+            clones: self.clones.clone(),
+            aborts: self.aborts.clone(),
+            delays: self.delays.clone(),
+        }
+    }
+}
+
+/// Builds [`Fault`] services; see the [module docs](self). Its builder methods may be
+/// called on a clone too: each layer value is configured on its own.
 pub struct FaultLayer<Req, Resp> {
-    policy: Policy,
-    shared: Arc<Shared<Req, Resp>>,
+    shared: Shared<Req, Resp>,
 }
 
 impl<Req, Resp> Clone for FaultLayer<Req, Resp> {
     fn clone(&self) -> Self {
         FaultLayer {
-            policy: self.policy.clone(),
             shared: self.shared.clone(),
         }
     }
@@ -98,7 +103,7 @@ impl<Req, Resp> Clone for FaultLayer<Req, Resp> {
 impl<Req, Resp> fmt::Debug for FaultLayer<Req, Resp> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FaultLayer")
-            .field("policy", &self.policy.name())
+            .field("policy", &self.shared.policy.name())
             .finish_non_exhaustive()
     }
 }
@@ -109,48 +114,45 @@ impl<Req, Resp> FaultLayer<Req, Resp> {
         let name = policy.name().to_owned();
         let kind = |k: &'static str| metrics::counter!(crate::metrics::FAULTS, "policy" => name.clone(), "kind" => k);
         FaultLayer {
-            policy: policy.clone(),
-            shared: Arc::new(Shared {
+            shared: Shared {
+                policy: policy.clone(),
                 key: None,
                 marked: None,
                 abort: None,
                 prefix: Prefix::new(policy.name().as_bytes()),
                 active: Arc::new(AtomicU32::new(0)),
                 seed: None,
-                clones: AtomicU64::new(0),
+                clones: Arc::new(AtomicU64::new(0)),
                 aborts: kind("abort"),
                 delays: kind("delay"),
-            }),
+            },
         }
-    }
-
-    fn with(mut self, f: impl FnOnce(&mut Shared<Req, Resp>)) -> Self {
-        let shared =
-            Arc::get_mut(&mut self.shared).expect("configure a FaultLayer before cloning it");
-        f(shared);
-        self
     }
 
     /// The key of a request, for `"target": {"keys": p}` (a user id, a tenant): the
     /// function hands its bytes to the callback.
-    pub fn key(self, key: impl Fn(&Req, &mut dyn FnMut(&[u8])) + Send + Sync + 'static) -> Self {
-        self.with(|s| s.key = Some(Arc::new(key)))
+    pub fn key(mut self, key: impl Fn(&Req, &mut dyn FnMut(&[u8])) + Send + Sync + 'static) -> Self {
+        self.shared.key = Some(Arc::new(key));
+        self
     }
 
     /// Whether a request carries the marker, for `"target": "marked"` (e.g. a header).
-    pub fn marker(self, marked: impl Fn(&Req) -> bool + Send + Sync + 'static) -> Self {
-        self.with(|s| s.marked = Some(Arc::new(marked)))
+    pub fn marker(mut self, marked: impl Fn(&Req) -> bool + Send + Sync + 'static) -> Self {
+        self.shared.marked = Some(Arc::new(marked));
+        self
     }
 
     /// Aborts answer with this response instead of failing with [`InjectedFault`].
-    pub fn abort_with(self, respond: impl Fn(&Req) -> Resp + Send + Sync + 'static) -> Self {
-        self.with(|s| s.abort = Some(Arc::new(respond)))
+    pub fn abort_with(mut self, respond: impl Fn(&Req) -> Resp + Send + Sync + 'static) -> Self {
+        self.shared.abort = Some(Arc::new(respond));
+        self
     }
 
-    /// Draws from a seeded random source (reproducible tests); each service clone gets
+    /// Draws from a seeded random source (reproducible tests); each service built gets
     /// its own stream derived from the seed.
-    pub fn seed(self, seed: u64) -> Self {
-        self.with(|s| s.seed = Some(seed))
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.shared.seed = Some(seed);
+        self
     }
 }
 
@@ -158,7 +160,7 @@ impl<S, Req, Resp> Layer<S> for FaultLayer<Req, Resp> {
     type Service = Fault<S, Req, Resp>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Fault::new(inner, &self.policy, self.shared.clone())
+        Fault::new(inner, Arc::new(self.shared.clone()))
     }
 }
 
@@ -166,14 +168,12 @@ impl<S, Req, Resp> Layer<S> for FaultLayer<Req, Resp> {
 pub struct Fault<S, Req, Resp> {
     inner: S,
     settings: SettingsCache,
-    core: &'static PolicyCore,
     shared: Arc<Shared<Req, Resp>>,
     rng: fastrand::Rng,
-    _policy: Policy,
 }
 
 impl<S, Req, Resp> Fault<S, Req, Resp> {
-    fn new(inner: S, policy: &Policy, shared: Arc<Shared<Req, Resp>>) -> Self {
+    fn new(inner: S, shared: Arc<Shared<Req, Resp>>) -> Self {
         let n = shared.clones.fetch_add(1, Ordering::Relaxed);
         let rng = match shared.seed {
             Some(seed) => fastrand::Rng::with_seed(seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
@@ -181,18 +181,26 @@ impl<S, Req, Resp> Fault<S, Req, Resp> {
         };
         Fault {
             inner,
-            settings: Cache::new(&policy.core().settings),
-            core: policy.core(),
+            settings: settings_cache(&shared.policy),
             shared,
             rng,
-            _policy: policy.clone(),
         }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
     }
 }
 
 impl<S: Clone, Req, Resp> Clone for Fault<S, Req, Resp> {
     fn clone(&self) -> Self {
-        let mut c = Fault::new(self.inner.clone(), &self._policy, self.shared.clone());
+        let mut c = Fault::new(self.inner.clone(), self.shared.clone());
         c.settings = self.settings.clone();
         c
     }
@@ -202,7 +210,7 @@ impl<S: fmt::Debug, Req, Resp> fmt::Debug for Fault<S, Req, Resp> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Fault")
             .field("inner", &self.inner)
-            .field("policy", &self.core.name)
+            .field("policy", &self.shared.policy.name())
             .finish_non_exhaustive()
     }
 }
@@ -240,17 +248,11 @@ impl<S, Req, Resp> Fault<S, Req, Resp> {
 }
 
 /// A fault in progress, counted against `fault.max_active` until dropped.
-pub(crate) struct Active(Arc<AtomicU32>);
+struct Active(Arc<AtomicU32>);
 
 impl Drop for Active {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-impl fmt::Debug for Active {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Active")
     }
 }
 
@@ -304,38 +306,43 @@ where
             self.shared.aborts.increment(1);
             let answer = match &self.shared.abort {
                 Some(respond) => Ok(respond(&req)),
-                None => Err(InjectedFault(()).into()),
+                None => Err(InjectedFault::new().into()),
             };
-            return FaultFuture::Fault {
-                inner: None,
-                fault: Box::new(Injected {
+            return FaultFuture::fault(
+                None,
+                Injected {
                     sleep: None,
                     answer: Some(answer),
                     active: None,
-                }) as Box<dyn InjectedState<Resp>>,
-            };
+                },
+            );
         }
         self.shared.delays.increment(1);
-        FaultFuture::Fault {
-            inner: Some(self.inner.call(req)),
-            fault: Box::new(Injected {
+        FaultFuture::fault(
+            Some(self.inner.call(req)),
+            Injected {
                 sleep: Some(Box::pin(tokio::time::sleep(Duration::from_millis(
                     f.delay_ms,
                 )))),
                 answer: None,
                 active: Some(active),
-            }),
-        }
+            },
+        )
     }
 }
 
 pin_project! {
-    /// The response future of [`Fault`]: the inner future (`inner`) and, when a fault
-    /// was injected, what it does (`fault`).
-    #[project = FaultProj]
-    #[allow(missing_docs)]
-    pub enum FaultFuture<F, Resp> {
-        /// No fault: the inner future, untouched.
+    /// The response future of [`Fault`]: the inner future, untouched unless a fault was
+    /// injected into this call.
+    pub struct FaultFuture<F, Resp> {
+        #[pin]
+        kind: Kind<F, Resp>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F, Resp> {
         Pass {
             #[pin]
             inner: F,
@@ -350,7 +357,7 @@ pin_project! {
 }
 
 /// What an injected fault does to one call.
-pub struct Injected<Resp> {
+struct Injected<Resp> {
     sleep: Option<Pin<Box<Sleep>>>,
     answer: Option<Result<Resp, BoxError>>,
     active: Option<Active>,
@@ -358,8 +365,7 @@ pub struct Injected<Resp> {
 
 /// The injected fault's state behind a trait object: the untouched path's drop glue
 /// stays a tag check (a concrete box here made it an out-of-line call on every call).
-pub trait InjectedState<Resp>: Send {
-    /// The fault itself.
+trait InjectedState<Resp>: Send {
     fn state(&mut self) -> &mut Injected<Resp>;
 }
 
@@ -369,22 +375,33 @@ impl<Resp: Send> InjectedState<Resp> for Injected<Resp> {
     }
 }
 
-impl<Resp> fmt::Debug for Injected<Resp> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Injected").finish_non_exhaustive()
-    }
-}
-
 impl<F, Resp> fmt::Debug for FaultFuture<F, Resp> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FaultFuture").finish_non_exhaustive()
+        let injected = matches!(self.kind, Kind::Fault { .. });
+        f.debug_struct("FaultFuture")
+            .field("injected", &injected)
+            .finish_non_exhaustive()
     }
 }
 
 impl<F, Resp> FaultFuture<F, Resp> {
     #[inline]
     fn pass(inner: F) -> Self {
-        FaultFuture::Pass { inner }
+        FaultFuture {
+            kind: Kind::Pass { inner },
+        }
+    }
+
+    fn fault(inner: Option<F>, fault: Injected<Resp>) -> Self
+    where
+        Resp: Send + 'static,
+    {
+        FaultFuture {
+            kind: Kind::Fault {
+                inner,
+                fault: Box::new(fault),
+            },
+        }
     }
 }
 
@@ -397,9 +414,9 @@ where
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project() {
-            FaultProj::Pass { inner } => inner.poll(cx).map_err(Into::into),
-            FaultProj::Fault { inner, fault } => {
+        match self.project().kind.project() {
+            KindProj::Pass { inner } => inner.poll(cx).map_err(Into::into),
+            KindProj::Fault { inner, fault } => {
                 let fault = fault.state();
                 if let Some(answer) = fault.answer.take() {
                     return Poll::Ready(answer);
@@ -411,7 +428,7 @@ where
                 }
                 match inner.as_pin_mut() {
                     Some(inner) => inner.poll(cx).map_err(Into::into),
-                    None => Poll::Ready(Err(InjectedFault(()).into())),
+                    None => Poll::Ready(Err(InjectedFault::new().into())),
                 }
             }
         }

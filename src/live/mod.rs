@@ -231,7 +231,7 @@ impl Substation {
             Some(s) => (**s).clone(),
             None => PolicySettings::default(),
         };
-        let policy = Policy::with_clock(name, settings, self.shared.clock)
+        let policy = Policy::with_clock(name, settings, self.shared.clock.clone())
             .expect("effective settings are validated");
         policy.set_shed(w.global.shed_non_critical && !policy.settings().critical);
         w.policies.insert(name.to_owned(), policy.clone());
@@ -281,7 +281,7 @@ impl Substation {
 
     /// The clock the registry's policies read.
     pub fn clock(&self) -> Clock {
-        self.shared.clock
+        self.shared.clock.clone()
     }
 }
 

@@ -62,7 +62,7 @@ pub(crate) struct Counts {
     drained: Mutex<Vec<(Box<str>, u64)>>,
 }
 
-use crate::thread::thread_index;
+use crate::thread::index as thread_index;
 
 impl Counts {
     pub(crate) fn new(labels: Labels) -> Counts {

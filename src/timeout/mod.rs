@@ -10,7 +10,9 @@
 //! no timer; the deadline of any other call runs from its first poll. A timer needs a
 //! tokio runtime with time enabled, as `tower::timeout` does.
 //!
-//! Readiness: back-pressure is the inner service's; `poll_ready` is passed through.
+//! Readiness: back-pressure is the inner service's; `poll_ready` is passed through. The
+//! service is the crate's one [`Guard`](crate::guard::Guard) with the timeout stage
+//! alone.
 //!
 //! ```
 //! use std::time::Duration;
@@ -35,94 +37,18 @@ pub mod error;
 pub mod future;
 mod layer;
 
-use std::fmt;
-use std::task::{Context, Poll};
-use std::time::Duration;
-
-use arc_swap::{ArcSwap, Cache};
-use tower::Service;
-
-use crate::policy::PolicyCore;
-use crate::settings::PolicySettings;
-use crate::{BoxError, Policy};
+use crate::Policy;
+use crate::classify::ErrorsAsFailures;
+use crate::guard::{Guard, stages};
 
 pub use self::layer::TimeoutLayer;
 
-type SettingsCache = Cache<&'static ArcSwap<PolicySettings>, std::sync::Arc<PolicySettings>>;
-
 /// Applies the policy's live timeout; see the [module docs](self).
-pub struct Timeout<S> {
-    inner: S,
-    settings: SettingsCache,
-    core: &'static PolicyCore,
-    _policy: Policy,
-}
+pub type Timeout<S> = Guard<S, ErrorsAsFailures, stages::Timeout>;
 
-impl<S> Timeout<S> {
+impl<S> Guard<S, ErrorsAsFailures, stages::Timeout> {
     /// Wraps `inner` with `policy`'s timeout.
     pub fn new(inner: S, policy: &Policy) -> Self {
-        let core = policy.core();
-        Timeout {
-            inner,
-            settings: Cache::new(&core.settings),
-            core,
-            _policy: policy.clone(),
-        }
-    }
-
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
-}
-
-impl<S: Clone> Clone for Timeout<S> {
-    fn clone(&self) -> Self {
-        Timeout {
-            inner: self.inner.clone(),
-            settings: self.settings.clone(),
-            core: self.core,
-            _policy: self._policy.clone(),
-        }
-    }
-}
-
-impl<S: fmt::Debug> fmt::Debug for Timeout<S> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Timeout")
-            .field("inner", &self.inner)
-            .field("policy", &self.core.name)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<S, Req> Service<Req> for Timeout<S>
-where
-    S: Service<Req>,
-    S::Error: Into<BoxError>,
-{
-    type Response = S::Response;
-    type Error = BoxError;
-    type Future = future::ResponseFuture<S::Future>;
-
-    #[inline]
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
-    }
-
-    #[inline]
-    fn call(&mut self, req: Req) -> Self::Future {
-        let timeout = self.settings.load().timeout.ms.map(Duration::from_millis);
-        future::ResponseFuture::new(self.inner.call(req), timeout)
+        Guard::plain(inner, policy)
     }
 }

@@ -97,7 +97,7 @@ fn the_window_forgets() {
     // One peer needs 10,000 failures to open after 10,000 successes; a time window
     // forgets the successes once they are older than the window.
     let (clock, time) = Clock::manual();
-    let policy = Policy::with_clock("forgets", PolicySettings::default(), clock).unwrap();
+    let policy = Policy::with_clock("forgets", PolicySettings::default(), clock.clone()).unwrap();
     let flaky = Flaky::default();
     let mut svc = CircuitBreakerLayer::new(&policy).layer(flaky.clone());
     for _ in 0..10_000 {
@@ -187,17 +187,22 @@ fn modes_apply_live_and_keep_the_window() {
     policy
         .update(settings(|s| s.breaker.mode = BreakerMode::ForceClosed))
         .unwrap();
-    assert_eq!(policy.breaker_state(), BreakerState::Closed);
+    assert_eq!(policy.breaker_state(), BreakerState::ForcedClosed);
     for _ in 0..50 {
         assert!(!call_now(&mut svc, 1).unwrap_err().is::<OpenCircuit>());
     }
-    assert_eq!(policy.breaker_state(), BreakerState::Closed);
+    assert_eq!(policy.breaker_state(), BreakerState::ForcedClosed);
 
     // ... force-open rejects everything, even a healthy dependency ...
     flaky.fail(false);
     policy
         .update(settings(|s| s.breaker.mode = BreakerMode::ForceOpen))
         .unwrap();
+    assert_eq!(
+        policy.breaker_state(),
+        BreakerState::ForcedOpen,
+        "what callers meet, not the closed machine underneath"
+    );
     let calls = flaky.calls();
     assert!(call_now(&mut svc, 1).unwrap_err().is::<OpenCircuit>());
     assert_eq!(flaky.calls(), calls);
@@ -206,6 +211,7 @@ fn modes_apply_live_and_keep_the_window() {
     policy
         .update(settings(|s| s.breaker.min_calls = 5))
         .unwrap();
+    assert_eq!(policy.breaker_state(), BreakerState::Closed, "normal again");
     call_now(&mut svc, 1).unwrap();
     assert_eq!(policy.window().calls, 51);
     policy

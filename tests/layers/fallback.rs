@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use substation::breaker::BreakerState;
 use substation::breaker::error::OpenCircuit;
+use substation::breaker::CircuitBreakerLayer;
 use substation::bulkhead::{BulkheadFull, BulkheadLayer};
 use substation::clock::Clock;
 use substation::fallback::error::{FallbackBusy, FallbackFailed, NoCachedResponse, TierFailed};
@@ -13,10 +14,11 @@ use substation::fallback::{Fallback, FallbackLayer};
 use substation::kill::Killed;
 use substation::live::InMemorySource;
 use substation::settings::{PolicySettings, Tier};
-use substation::stack::{PolicyLayer, PolicyLayerWithFallback};
+use substation::stack::PolicyLayer;
+use substation::timeout::TimeoutLayer;
 use substation::timeout::error::Elapsed;
 use substation::{BoxError, Policy, Substation};
-use tower::{Layer, Service, ServiceExt, service_fn};
+use tower::{Layer, Service, ServiceBuilder, ServiceExt, service_fn};
 
 use crate::support::call_now;
 
@@ -26,9 +28,33 @@ fn settings(f: impl FnOnce(&mut PolicySettings)) -> PolicySettings {
     s
 }
 
-/// `layer` around `inner`: the fused `PolicyService`, or the same individual layers.
+/// The protections of the policy stack as individual layers, composed in its order:
+/// fallback (with the kill switch) → bulkhead → breaker → timeout.
+fn layered<Resp, P, S>(
+    policy: &Policy,
+    fallback: Fallback<u32, Resp, P>,
+    inner: S,
+) -> impl Service<u32, Response = Resp, Error = BoxError, Future: Send> + Clone + Send + use<Resp, P, S>
+where
+    Resp: Send + 'static,
+    P: Send + 'static,
+    S: Service<u32, Response = Resp> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    ServiceBuilder::new()
+        .layer(FallbackLayer::new(policy, fallback))
+        .layer(BulkheadLayer::new(policy))
+        .layer(CircuitBreakerLayer::new(policy))
+        .layer(TimeoutLayer::new(policy))
+        .service(inner)
+}
+
+/// The stack with the fallback `make()` around `inner`: the fused `PolicyService`, or
+/// the same protections as individual layers.
 fn protect<Resp, P, S>(
-    layer: &PolicyLayerWithFallback<u32, Resp, P>,
+    policy: &Policy,
+    make: &dyn Fn() -> Fallback<u32, Resp, P>,
     fused: bool,
     inner: S,
 ) -> tower::util::BoxCloneService<u32, Resp, BoxError>
@@ -40,9 +66,9 @@ where
     S::Future: Send + 'static,
 {
     if fused {
-        tower::util::BoxCloneService::new(layer.layer(inner))
+        tower::util::BoxCloneService::new(PolicyLayer::new(policy).fallback(make()).layer(inner))
     } else {
-        tower::util::BoxCloneService::new(layer.layered(inner))
+        tower::util::BoxCloneService::new(layered(policy, make(), inner))
     }
 }
 
@@ -588,7 +614,11 @@ async fn the_fused_stack_times_out_opens_trials_and_closes() {
     assert_eq!(policy.breaker_state(), BreakerState::Closed);
 
     // The fused service and the individual layers answer alike.
-    let mut layered = layer.layered(inner);
+    let mut layered = layered(
+        &policy,
+        Fallback::new().static_value("static".to_owned()),
+        inner,
+    );
     assert_eq!(
         layered.ready().await.unwrap().call(12).await.unwrap(),
         "primary 12"
@@ -613,12 +643,12 @@ async fn a_killed_call_is_answered_by_the_first_tier_of_the_live_order() {
         let policy = Policy::new(name, PolicySettings::default()).unwrap();
         let dep = Dep::default();
         let svc = metrics::with_local_recorder(&recorder, || {
-            let layer = PolicyLayer::new(&policy).fallback(
+            let make = || {
                 Fallback::with_parts(|req: &u32| *req)
                     .cache(10)
-                    .static_value("static".to_owned()),
-            );
-            protect(&layer, fused, dep.service())
+                    .static_value("static".to_owned())
+            };
+            protect(&policy, &make, fused, dep.service())
         });
         assert_eq!(svc.clone().oneshot(1).await.unwrap(), "primary 1");
 
@@ -727,7 +757,11 @@ async fn a_long_lived_service_follows_every_settings_change() {
             PolicyLayer::new(&policy).fallback(Fallback::new().static_value("static".to_owned()));
         let mut svc = match form {
             "fused" => tower::util::BoxService::new(layer.layer(dep.service())),
-            "layered" => tower::util::BoxService::new(layer.layered(dep.service())),
+            "layered" => tower::util::BoxService::new(layered(
+                &policy,
+                Fallback::new().static_value("static".to_owned()),
+                dep.service(),
+            )),
             _ => tower::util::BoxService::new(
                 FallbackLayer::new(&policy, Fallback::new().static_value("static".to_owned()))
                     .layer(dep.service()),
@@ -778,9 +812,8 @@ async fn open_and_bulkhead_triggers_are_each_their_own() {
         )
         .unwrap();
         let dep = Dep::default();
-        let layer =
-            PolicyLayer::new(&policy).fallback(Fallback::new().static_value("static".to_owned()));
-        let build = || protect(&layer, fused, dep.service());
+        let make = || Fallback::new().static_value("static".to_owned());
+        let build = || protect(&policy, &make, fused, dep.service());
         let with = |f: fn(&mut PolicySettings)| {
             settings(|s| {
                 s.breaker.min_calls = 2;
@@ -829,9 +862,8 @@ async fn a_kill_after_readiness_does_not_strand_the_bulkhead_slot() {
         )
         .unwrap();
         let dep = Dep::default();
-        let layer =
-            PolicyLayer::new(&policy).fallback(Fallback::new().static_value("static".to_owned()));
-        let build = || protect(&layer, fused, dep.service());
+        let make = || Fallback::new().static_value("static".to_owned());
+        let build = || protect(&policy, &make, fused, dep.service());
         let mut svc = build();
         let _ = svc.ready().await.unwrap();
         assert_eq!(policy.in_flight(), 1, "{form}");
@@ -871,7 +903,11 @@ fn a_kill_preempts_a_pending_readiness() {
         let layer = PolicyLayer::new(&policy).fallback(Fallback::new().static_value(7u32));
         let mut svc = match form {
             "fused" => tower::util::BoxService::new(layer.layer(gated.clone())),
-            "layered" => tower::util::BoxService::new(layer.layered(gated.clone())),
+            "layered" => tower::util::BoxService::new(layered(
+                &policy,
+                Fallback::new().static_value(7u32),
+                gated.clone(),
+            )),
             _ => tower::util::BoxService::new(PolicyLayer::new(&policy).layer(gated.clone())),
         };
         assert!(svc.poll_ready(&mut cx).is_pending(), "{form}");
@@ -914,9 +950,8 @@ async fn a_full_bulkhead_answers_before_an_open_breaker() {
         };
         let policy = Policy::new(&format!("fb-order-{form}"), with(2, true)).unwrap();
         let dep = Dep::default();
-        let layer =
-            PolicyLayer::new(&policy).fallback(Fallback::new().static_value("static".to_owned()));
-        let build = || protect(&layer, fused, dep.service());
+        let make = || Fallback::new().static_value("static".to_owned());
+        let build = || protect(&policy, &make, fused, dep.service());
         let mut holder = build();
         let _ = holder.ready().await.unwrap(); // one slot held
         dep.set_down(true);

@@ -74,6 +74,8 @@ fn an_open_breaker_is_ready_without_polling_the_inner_service() {
     assert!(matches!(poll_ready(&mut svc), Poll::Ready(Ok(()))));
     assert_eq!(polls.load(Ordering::SeqCst), 0);
     assert!(call_now(&mut svc, 1).is_err());
+    assert_eq!(policy.breaker_state(), BreakerState::ForcedOpen);
+    policy.update(PolicySettings::default()).unwrap();
     assert_eq!(
         policy.breaker_state(),
         BreakerState::Closed,

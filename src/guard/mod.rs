@@ -1,0 +1,526 @@
+//! The engine of every protection of a call: kill switch, bulkhead, circuit breaker and
+//! timeout, each written once here, and switched on per service by its [`Stages`].
+//!
+//! [`KillSwitch`](crate::kill::KillSwitch), [`Bulkhead`](crate::bulkhead::Bulkhead),
+//! [`CircuitBreaker`](crate::breaker::CircuitBreaker) and
+//! [`Timeout`](crate::timeout::Timeout) are this [`Guard`] with one stage each;
+//! [`stack::Protected`](crate::stack::Protected) is it with all four, in the documented
+//! order (kill → bulkhead → breaker → timeout); the fallback
+//! ([`FallbackService`](crate::fallback::FallbackService),
+//! [`stack::PolicyService`](crate::stack::PolicyService)) wraps it and answers the calls
+//! it decides not to make. The stages are constants of the type, so a one-stage view
+//! compiles to that stage alone.
+//!
+//! One call goes: `poll_ready` **decides** — killed, the bulkhead full, the breaker open
+//! (each answered `Ready` without polling the inner service), or admitted with a
+//! [`Ticket`] that holds the bulkhead slot and any half-open trial permit — then polls
+//! the inner service; `call` consumes the decision; the [response
+//! future](future::ResponseFuture) arms the timeout only if the inner future is pending,
+//! and when the call ends records its outcome in the breaker and frees the slot. A
+//! ticket that is dropped unused (the service or future dropped, the inner `call`
+//! panicked) gives its slot and permit back.
+//!
+//! ```
+//! use substation::{Policy, settings::PolicySettings, stack::PolicyLayer};
+//! use tower::{Layer, ServiceExt, service_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let policy = Policy::new("inventory", PolicySettings::default()).unwrap();
+//! // kill switch → bulkhead → breaker → timeout, one `Guard` with every stage on:
+//! let svc = PolicyLayer::new(&policy).layer(service_fn(|n: u32| async move { Ok::<_, std::io::Error>(n) }));
+//! assert_eq!(svc.oneshot(3).await.unwrap(), 3);
+//! # }
+//! ```
+
+pub mod future;
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use arc_swap::{ArcSwap, Cache};
+use tower::Service;
+
+use crate::breaker::error::OpenCircuit;
+use crate::breaker::state::Admission;
+use crate::bulkhead::BulkheadFull;
+use crate::classify::{Classify, ErrorsAsFailures};
+use crate::kill::Killed;
+use crate::lease::Lease;
+use crate::policy::PolicyCore;
+use crate::settings::PolicySettings;
+use crate::{BoxError, Policy};
+
+use self::future::{Record, ResponseFuture};
+
+/// Which protections a [`Guard`] applies; implemented by the markers in [`stages`].
+pub trait Stages: sealed::Sealed + Send + Sync + 'static {
+    /// The kill switch (`kill`, and shedding of non-critical dependencies).
+    const KILL: bool;
+    /// The bulkhead (`bulkhead.max_concurrent`).
+    const BULKHEAD: bool;
+    /// The circuit breaker (`breaker.*`).
+    const BREAKER: bool;
+    /// The timeout (`timeout.ms`).
+    const TIMEOUT: bool;
+}
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// The stage sets of the layers: one marker type per view of the [`Guard`].
+pub mod stages {
+    use super::{Stages, sealed::Sealed};
+
+    macro_rules! stages {
+        ($($(#[$doc:meta])* $name:ident: $kill:literal $bulkhead:literal $breaker:literal $timeout:literal;)*) => {$(
+            $(#[$doc])*
+            #[derive(Debug)]
+            pub enum $name {}
+            impl Sealed for $name {}
+            impl Stages for $name {
+                const KILL: bool = $kill;
+                const BULKHEAD: bool = $bulkhead;
+                const BREAKER: bool = $breaker;
+                const TIMEOUT: bool = $timeout;
+            }
+        )*};
+    }
+
+    stages! {
+        /// The kill switch alone ([`KillSwitch`](crate::kill::KillSwitch)).
+        Kill: true false false false;
+        /// The bulkhead alone ([`Bulkhead`](crate::bulkhead::Bulkhead)).
+        Bulkhead: false true false false;
+        /// The circuit breaker alone ([`CircuitBreaker`](crate::breaker::CircuitBreaker)).
+        Breaker: false false true false;
+        /// The timeout alone ([`Timeout`](crate::timeout::Timeout)).
+        Timeout: false false false true;
+        /// Everything, outermost first: kill switch → bulkhead → breaker → timeout
+        /// ([`Protected`](crate::stack::Protected)).
+        All: true true true true;
+    }
+}
+
+/// Why a call was not made. Each reason is its `fallback.on` trigger bit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Short {
+    Open = 1,
+    Killed = 2,
+    Bulkhead = 4,
+}
+
+impl Short {
+    /// Counts the call under its outcome.
+    #[inline]
+    pub(crate) fn count(self, core: &PolicyCore) {
+        let m = &core.metrics;
+        match self {
+            Short::Killed => m.killed.increment(1),
+            Short::Open => m.rejected.increment(1),
+            Short::Bulkhead => m.bulkhead_full.increment(1),
+        }
+    }
+
+    /// The error a caller without a fallback gets (zero-sized: boxing it allocates
+    /// nothing).
+    pub(crate) fn error(self) -> BoxError {
+        match self {
+            Short::Killed => Killed::new().into(),
+            Short::Open => OpenCircuit::new().into(),
+            Short::Bulkhead => BulkheadFull::new().into(),
+        }
+    }
+}
+
+/// A trial permit value meaning "not a trial".
+pub(crate) const NO_TRIAL: u32 = u32::MAX;
+
+/// What an admitted call holds from `poll_ready` until it ends: a lease on the policy's
+/// state, its bulkhead slot, its half-open trial permit. Dropped unused, it gives them
+/// back.
+pub(crate) struct Ticket {
+    pub(crate) core: Lease<PolicyCore>,
+    /// A bulkhead slot is held (`inflight` was incremented).
+    pub(crate) slot: bool,
+    /// The half-open episode this call is a trial of, or `NO_TRIAL`.
+    pub(crate) trial: u32,
+}
+
+impl Ticket {
+    /// Frees the bulkhead slot now (the call is done).
+    #[inline]
+    pub(crate) fn free_slot(&mut self) {
+        if std::mem::take(&mut self.slot) {
+            self.core.inflight.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl Drop for Ticket {
+    #[inline]
+    fn drop(&mut self) {
+        self.free_slot();
+        if self.trial != NO_TRIAL {
+            self.core.breaker.release_trial(u64::from(self.trial));
+        }
+    }
+}
+
+impl fmt::Debug for Ticket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ticket")
+            .field("slot", &self.slot)
+            .field("trial", &(self.trial != NO_TRIAL))
+            .finish()
+    }
+}
+
+/// Takes a bulkhead slot if there is room under `max`: `Ok(true)` taken, `Ok(false)` no
+/// limit (nothing taken), `Err(())` full.
+#[inline]
+fn acquire_slot(core: &PolicyCore, max: Option<u32>) -> Result<bool, ()> {
+    let Some(max) = max else {
+        return Ok(false);
+    };
+    if core.inflight.fetch_add(1, Ordering::AcqRel) >= max {
+        core.inflight.fetch_sub(1, Ordering::AcqRel);
+        return Err(());
+    }
+    Ok(true)
+}
+
+/// Whether [`acquire_slot`] would fail now, without taking a slot.
+#[inline]
+fn bulkhead_full(core: &PolicyCore, max: Option<u32>) -> bool {
+    max.is_some_and(|max| core.inflight.load(Ordering::Acquire) >= max)
+}
+
+/// The policy's settings, as an `arc_swap::Cache` source.
+#[derive(Clone)]
+pub(crate) struct SettingsOf(pub(crate) Policy);
+
+impl std::ops::Deref for SettingsOf {
+    type Target = ArcSwap<PolicySettings>;
+
+    #[inline]
+    fn deref(&self) -> &Self::Target {
+        &self.0.shared().settings
+    }
+}
+
+/// The per-service cache of the policy's settings: one pointer compare per read.
+pub(crate) type SettingsCache = Cache<SettingsOf, Arc<PolicySettings>>;
+
+pub(crate) fn settings_cache(policy: &Policy) -> SettingsCache {
+    Cache::new(SettingsOf(policy.clone()))
+}
+
+/// What `poll_ready` decided for the next `call`.
+#[derive(Debug)]
+enum Ready {
+    Unpolled,
+    /// The inner service will be called, with this ticket (none when no stage needs
+    /// one: no breaker, no bulkhead slot).
+    Call(Option<Ticket>),
+    /// It will not.
+    Short(Short),
+}
+
+/// Kill switch, bulkhead, breaker and timeout over `S`, as its stages `K` say; see the
+/// [module docs](self). Used through its aliases ([`CircuitBreaker`](crate::breaker::CircuitBreaker), …).
+pub struct Guard<S, C, K> {
+    inner: S,
+    classify: C,
+    policy: Policy,
+    settings: SettingsCache,
+    ready: Ready,
+    /// The inner service said it is ready: the call is committed to it (the ticket's
+    /// slot and permit are for it), so `poll_ready` does not decide again.
+    inner_ready: bool,
+    _stages: PhantomData<fn() -> K>,
+}
+
+impl<S, K: Stages> Guard<S, ErrorsAsFailures, K> {
+    /// Wraps `inner` with `policy`'s protections (every `Err` a failure).
+    pub(crate) fn plain(inner: S, policy: &Policy) -> Self {
+        Self::with_classify(inner, policy, ErrorsAsFailures)
+    }
+}
+
+impl<S, C, K> Guard<S, C, K> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service (a slot or trial permit it held goes back).
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
+    /// The policy whose settings and state this service uses.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+}
+
+impl<S, C, K: Stages> Guard<S, C, K> {
+    /// Wraps `inner` with `policy`'s protections, classifying outcomes with `classify`.
+    pub(crate) fn with_classify(inner: S, policy: &Policy, classify: C) -> Self {
+        Guard {
+            inner,
+            classify,
+            policy: policy.clone(),
+            settings: settings_cache(policy),
+            ready: Ready::Unpolled,
+            inner_ready: false,
+            _stages: PhantomData,
+        }
+    }
+
+    /// The classifier.
+    pub(crate) fn classify(&self) -> &C {
+        &self.classify
+    }
+
+    /// The settings in force (cached per service: one pointer compare).
+    #[inline]
+    pub(crate) fn settings(&mut self) -> &Arc<PolicySettings> {
+        self.settings.load()
+    }
+
+    /// Decides the next call: made (with a ticket when a stage needs one) or not.
+    #[inline]
+    fn decide(&mut self) {
+        // A ticket still held belongs to a call that never started (the inner `call`
+        // panicked): its slot and permit go back before anything is decided.
+        self.ready = Ready::Unpolled;
+        let core = &**self.policy.shared();
+        let settings = self.settings.load();
+        if K::KILL && core.killed(settings) {
+            self.ready = Ready::Short(Short::Killed);
+            return;
+        }
+        let max = if K::BULKHEAD {
+            settings.bulkhead.max_concurrent
+        } else {
+            None
+        };
+        if !K::BREAKER {
+            self.ready = match acquire_slot(core, max) {
+                Ok(true) => Ready::Call(Some(self.ticket(true, NO_TRIAL))),
+                Ok(false) => Ready::Call(None),
+                Err(()) => Ready::Short(Short::Bulkhead),
+            };
+            return;
+        }
+        // The bulkhead is outside the breaker: a full bulkhead answers first, and a
+        // call it refuses never reaches the breaker (no half-open trial taken).
+        self.ready = match core
+            .breaker
+            .quick_admit(settings.breaker.mode, &core.clock)
+        {
+            Some(true) => match acquire_slot(core, max) {
+                Ok(slot) => Ready::Call(Some(self.ticket(slot, NO_TRIAL))),
+                Err(()) => Ready::Short(Short::Bulkhead),
+            },
+            // Read, not taken: the slot would be given back at once.
+            Some(false) if bulkhead_full(core, max) => Ready::Short(Short::Bulkhead),
+            Some(false) => Ready::Short(Short::Open),
+            None => self.decide_cold(max),
+        };
+    }
+
+    /// Half-open, forced and metrics-only modes, or open and due for a trial.
+    #[cold]
+    #[inline(never)]
+    fn decide_cold(&mut self, max: Option<u32>) -> Ready {
+        let core = &**self.policy.shared();
+        let slot = match acquire_slot(core, max) {
+            Ok(slot) => slot,
+            Err(()) => return Ready::Short(Short::Bulkhead),
+        };
+        // Ticketed before the breaker is asked: a slot taken is given back by the
+        // ticket's drop if the breaker rejects.
+        let mut ticket = self.ticket(slot, NO_TRIAL);
+        let settings = self.settings.load();
+        let now = core.clock.now_ms();
+        match core.breaker.admit(now, &settings.breaker, &core.ctx()) {
+            Admission::Admit => Ready::Call(Some(ticket)),
+            Admission::Trial(episode) => {
+                ticket.trial = episode as u32;
+                Ready::Call(Some(ticket))
+            }
+            Admission::Reject => Ready::Short(Short::Open),
+        }
+    }
+
+    #[inline]
+    fn ticket(&self, slot: bool, trial: u32) -> Ticket {
+        Ticket {
+            core: self.policy.shared().lease(),
+            slot,
+            trial,
+        }
+    }
+
+    /// Readiness was pending when the kill switch flipped: the call will not be made,
+    /// so its slot and trial permit go back now.
+    #[cold]
+    fn preempt_pending(&mut self) {
+        let core = &**self.policy.shared();
+        if core.killed(self.settings.load()) {
+            self.ready = Ready::Short(Short::Killed); // drops the ticket
+        }
+    }
+
+    /// `poll_ready`, telling why when the call will not be made.
+    #[inline]
+    pub(crate) fn poll_decide<Req>(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Option<Short>, BoxError>>
+    where
+        S: Service<Req>,
+        S::Error: Into<BoxError>,
+    {
+        match self.ready {
+            Ready::Call(_) if self.inner_ready => {}
+            Ready::Call(_) => {
+                if K::KILL {
+                    self.preempt_pending();
+                }
+            }
+            Ready::Unpolled | Ready::Short(_) => self.decide(),
+        }
+        if let Ready::Short(short) = self.ready {
+            return Poll::Ready(Ok(Some(short)));
+        }
+        let ready = self.inner.poll_ready(cx).map_err(Into::into);
+        self.inner_ready = matches!(ready, Poll::Ready(Ok(())));
+        ready.map_ok(|()| None)
+    }
+
+    /// Consumes a decision not to call (counted under its outcome).
+    #[inline]
+    pub(crate) fn take_short(&mut self) -> Option<Short> {
+        if let Ready::Short(short) = self.ready {
+            self.ready = Ready::Unpolled;
+            self.inner_ready = false;
+            short.count(self.policy.shared());
+            return Some(short);
+        }
+        None
+    }
+
+    /// Makes the admitted call.
+    #[inline]
+    pub(crate) fn call_inner<Req>(&mut self, req: Req) -> ResponseFuture<S::Future, C>
+    where
+        S: Service<Req>,
+        C: Clone,
+    {
+        self.inner_ready = false;
+        match self.ready {
+            Ready::Call(_) => {}
+            Ready::Short(short) => {
+                self.ready = Ready::Unpolled;
+                short.count(self.policy.shared());
+                return ResponseFuture::rejected(short);
+            }
+            // A timeout alone decides nothing in `poll_ready`.
+            Ready::Unpolled if !(K::KILL || K::BULKHEAD || K::BREAKER) => {}
+            Ready::Unpolled => panic!("poll_ready must be called first"),
+        }
+        let settings = self.settings.load();
+        let timeout = if K::TIMEOUT {
+            settings.timeout.ms.map(Duration::from_millis)
+        } else {
+            None
+        };
+        let slow_ms = settings
+            .breaker
+            .slow_call_ms
+            .map_or(0, |ms| ms.min(u64::from(u32::MAX)) as u32);
+        let start = if K::BREAKER {
+            self.policy.shared().clock.now_ms()
+        } else {
+            0
+        };
+        let fut = self.inner.call(req);
+        // Taken from the service only now: should the inner `call` panic, the service
+        // still holds the ticket, and gives its slot and permit back when dropped.
+        let ticket = match std::mem::replace(&mut self.ready, Ready::Unpolled) {
+            Ready::Call(ticket) => ticket,
+            _ => None,
+        };
+        let record = ticket.map(|ticket| Record {
+            ticket,
+            classify: self.classify.clone(),
+            start,
+            slow_ms,
+            breaker: K::BREAKER,
+        });
+        ResponseFuture::called(fut, timeout, record)
+    }
+}
+
+impl<S: Clone, C: Clone, K> Clone for Guard<S, C, K> {
+    /// A clone starts unpolled: readiness, slots and permits are not shared.
+    fn clone(&self) -> Self {
+        Guard {
+            inner: self.inner.clone(),
+            classify: self.classify.clone(),
+            policy: self.policy.clone(),
+            settings: self.settings.clone(),
+            ready: Ready::Unpolled,
+            inner_ready: false,
+            _stages: PhantomData,
+        }
+    }
+}
+
+impl<S: fmt::Debug, C, K> fmt::Debug for Guard<S, C, K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Guard")
+            .field("inner", &self.inner)
+            .field("policy", &self.policy.name())
+            .field("stages", &std::any::type_name::<K>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, C, K, Req> Service<Req> for Guard<S, C, K>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    C: Classify<S::Response, BoxError> + Clone,
+    K: Stages,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future, C>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.poll_decide(cx).map_ok(|_| ())
+    }
+
+    #[inline]
+    fn call(&mut self, req: Req) -> Self::Future {
+        self.call_inner(req)
+    }
+}
