@@ -7,6 +7,7 @@
 //! (`switch::counts`, `lease`). The hand-over from an exiting thread to the next one goes
 //! through a mutex, so the next owner sees every count the previous one wrote.
 
+use std::cell::{Cell, RefCell};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::Mutex;
@@ -22,20 +23,23 @@ static NEXT: AtomicUsize = AtomicUsize::new(0);
 /// no stripe is exclusively its own.
 pub(crate) const NONE: usize = usize::MAX;
 
-struct Slot(usize);
-
-impl Slot {
-    fn acquire() -> Slot {
-        let free = FREE.lock().unwrap_or_else(PoisonError::into_inner).pop();
-        Slot(match free {
-            Some(Reverse(i)) => i,
-            None => NEXT.fetch_add(1, Relaxed),
-        })
-    }
+// This thread's index, or one of the two markers below: a `const` thread-local without
+// drop glue, so reading it is one load (`Slot` below only frees the index at exit).
+thread_local! {
+    static INDEX: Cell<usize> = const { Cell::new(UNSET) };
 }
+
+/// No index taken yet.
+const UNSET: usize = usize::MAX;
+/// The thread is exiting and gave its index back: [`NONE`] from now on.
+const GONE: usize = usize::MAX - 1;
+
+/// Owns the thread's index and gives it back when the thread exits.
+struct Slot(usize);
 
 impl Drop for Slot {
     fn drop(&mut self) {
+        let _ = INDEX.try_with(|i| i.set(GONE));
         FREE.lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(Reverse(self.0));
@@ -43,14 +47,39 @@ impl Drop for Slot {
 }
 
 thread_local! {
-    static SLOT: Slot = Slot::acquire();
+    static SLOT: RefCell<Option<Slot>> = const { RefCell::new(None) };
 }
 
-/// This thread's index: dense, unique among live threads; [`NONE`] while the thread's
-/// thread-locals are being destroyed.
+/// This thread's index: dense, unique among live threads; [`NONE`] while the thread is
+/// exiting.
 #[inline]
 pub(crate) fn index() -> usize {
-    SLOT.try_with(|s| s.0).unwrap_or(NONE)
+    match INDEX.try_with(Cell::get) {
+        Ok(i) if i < GONE => i,
+        Ok(UNSET) => acquire(),
+        _ => NONE,
+    }
+}
+
+#[cold]
+fn acquire() -> usize {
+    let free = FREE.lock().unwrap_or_else(PoisonError::into_inner).pop();
+    let i = match free {
+        Some(Reverse(i)) => i,
+        None => NEXT.fetch_add(1, Relaxed),
+    };
+    // The slot's drop (at thread exit) gives the index back; if the thread is already
+    // exiting, it is given back at once and this call is the thread's last use of it.
+    match SLOT.try_with(|s| *s.borrow_mut() = Some(Slot(i))) {
+        Ok(()) => {
+            INDEX.with(|c| c.set(i));
+            i
+        }
+        Err(_) => {
+            drop(Slot(i));
+            NONE
+        }
+    }
 }
 
 /// How many threads get a stripe of their own in per-thread counters (`2 × cores`,

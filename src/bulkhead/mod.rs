@@ -41,7 +41,8 @@ unit_error!(
 pub type Bulkhead<S> = Guard<S, ErrorsAsFailures, stages::Bulkhead>;
 
 /// The response future of [`Bulkhead`]: holds the slot until it finishes or drops.
-pub type BulkheadFuture<F> = crate::guard::future::ResponseFuture<F, ErrorsAsFailures>;
+pub type BulkheadFuture<F> =
+    crate::guard::future::ResponseFuture<F, ErrorsAsFailures, crate::guard::future::NoDeadline>;
 
 /// Builds [`Bulkhead`] services; see the [module docs](self).
 #[derive(Clone, Debug)]

@@ -261,7 +261,7 @@ impl<F, Req: 'static, Resp: 'static, P: 'static, C> std::fmt::Debug
 }
 
 impl<F, Req: 'static, Resp: 'static, P: 'static, C> ResponseFuture<F, Req, Resp, P, C> {
-    #[inline]
+    #[inline(always)]
     pub(crate) fn primary(
         tiers: TiersLease<Req, Resp, P>,
         classify: C,

@@ -311,7 +311,13 @@ where
 {
     type Response = Resp;
     type Error = BoxError;
-    type Future = ResponseFuture<crate::guard::future::ResponseFuture<S::Future, C>, Req, Resp, P, C>;
+    type Future = ResponseFuture<
+        crate::guard::future::ResponseFuture<S::Future, C, K::Timer>,
+        Req,
+        Resp,
+        P,
+        C,
+    >;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
@@ -343,7 +349,14 @@ where
             None => None,
         };
         let classify = self.guard.classify().clone();
-        let call = self.guard.call_inner(req);
-        ResponseFuture::primary(self.tiers.lease(), classify, plan, call, parts, spare)
+        let (fut, timeout, record) = self.guard.call_admitted(req);
+        ResponseFuture::primary(
+            self.tiers.lease(),
+            classify,
+            plan,
+            crate::guard::future::ResponseFuture::called(fut, timeout, record),
+            parts,
+            spare,
+        )
     }
 }

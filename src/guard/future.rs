@@ -13,34 +13,111 @@ use super::{NO_TRIAL, Short, Ticket};
 use crate::BoxError;
 use crate::breaker::window::Record as WindowRecord;
 use crate::classify::{Classify, Outcome};
+use crate::policy::PolicyCore;
 use crate::timeout::error::Elapsed;
 
-/// What a call reports when it ends: its ticket (slot, trial permit, lease on the
-/// policy), and for the breaker, its classifier, start time and slow-call threshold.
+/// What a call reports when it ends: its ticket (lease on the policy, slot, trial
+/// permit, what to record), its start time and its classifier.
 pub(crate) struct Record<C> {
     pub(crate) ticket: Ticket,
-    pub(crate) classify: C,
     pub(crate) start: u64,
-    /// Slow-call threshold in ms; 0 = off.
-    pub(crate) slow_ms: u32,
-    /// Whether the breaker counts this call.
-    pub(crate) breaker: bool,
+    pub(crate) classify: C,
 }
 
 impl<C> Record<C> {
-    /// The call ended with `result`: the breaker records it, the slot is freed, and
-    /// the lease ends with `self`.
-    #[inline]
-    fn finish<T>(mut self, result: &Result<T, BoxError>)
+    /// The call ended with `result`: the breaker records it, the slot is freed and
+    /// the lease ends. Once only (the ticket is empty afterwards).
+    #[inline(always)]
+    fn finish<T>(&mut self, result: &Result<T, BoxError>)
     where
         C: Classify<T, BoxError>,
     {
-        if self.breaker {
+        if let Some(core) = &self.ticket.core
+            && self.ticket.records()
+        {
             let outcome = self.classify.classify(result);
-            let trial = std::mem::replace(&mut self.ticket.trial, NO_TRIAL);
-            finish(&self, trial, outcome, result);
+            let (trial, slow_ms) = (self.ticket.trial(), self.ticket.slow_ms());
+            finish(core, self.start, slow_ms, trial, outcome, result);
         }
-        self.ticket.free_slot();
+        self.ticket.done();
+    }
+}
+
+/// The timeout's part of a response future: [`Deadline`] for stages with a timeout,
+/// [`NoDeadline`] (zero-sized) for the others, so that a future without a timeout
+/// carries no timer.
+pub trait Timer: sealed::Sealed + Send + Sync + 'static {
+    #[doc(hidden)]
+    type Slot: Send;
+    #[doc(hidden)]
+    fn slot(timeout: Option<Duration>) -> Self::Slot;
+    /// `Ready` once the deadline has passed; arms the timer on the first call.
+    #[doc(hidden)]
+    fn poll_elapsed(slot: Pin<&mut Self::Slot>, cx: &mut Context<'_>) -> Poll<()>;
+}
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// The futures of stages with a timeout: the deadline, and a timer armed only once the
+/// inner future has returned `Pending`.
+#[derive(Debug)]
+pub enum Deadline {}
+
+/// The futures of stages without a timeout.
+#[derive(Debug)]
+pub enum NoDeadline {}
+
+impl sealed::Sealed for Deadline {}
+impl sealed::Sealed for NoDeadline {}
+
+pin_project! {
+    #[doc(hidden)]
+    #[derive(Debug)]
+    pub struct DeadlineSlot {
+        #[pin]
+        sleep: Option<Sleep>,
+        timeout: Option<Duration>,
+    }
+}
+
+impl Timer for Deadline {
+    type Slot = DeadlineSlot;
+
+    #[inline]
+    fn slot(timeout: Option<Duration>) -> DeadlineSlot {
+        DeadlineSlot {
+            sleep: None,
+            timeout,
+        }
+    }
+
+    #[inline]
+    fn poll_elapsed(slot: Pin<&mut DeadlineSlot>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut slot = slot.project();
+        let Some(timeout) = *slot.timeout else {
+            return Poll::Pending;
+        };
+        if slot.sleep.is_none() {
+            slot.sleep.set(Some(tokio::time::sleep(timeout)));
+        }
+        match slot.sleep.as_pin_mut() {
+            Some(sleep) => sleep.poll(cx),
+            None => Poll::Pending,
+        }
+    }
+}
+
+impl Timer for NoDeadline {
+    type Slot = ();
+
+    #[inline(always)]
+    fn slot(_: Option<Duration>) {}
+
+    #[inline(always)]
+    fn poll_elapsed(_: Pin<&mut ()>, _: &mut Context<'_>) -> Poll<()> {
+        Poll::Pending
     }
 }
 
@@ -49,38 +126,37 @@ pin_project! {
     /// ([`CircuitBreaker`](crate::breaker::CircuitBreaker), [`Timeout`](crate::timeout::Timeout),
     /// [`Bulkhead`](crate::bulkhead::Bulkhead), [`KillSwitch`](crate::kill::KillSwitch)).
     ///
-    /// No timer exists until the inner future has returned `Pending` once. Dropping it
-    /// before it finishes gives its bulkhead slot and half-open trial permit back.
-    pub struct ResponseFuture<F, C> {
+    /// No timer exists until the inner future has returned `Pending` once (and none at
+    /// all without a timeout stage, `T` = [`NoDeadline`]). Dropping it before it
+    /// finishes gives its bulkhead slot and half-open trial permit back.
+    pub struct ResponseFuture<F, C, T: Timer = Deadline> {
         #[pin]
-        kind: Kind<F, C>,
+        kind: Kind<F, C, T>,
     }
 }
 
 pin_project! {
     #[project = KindProj]
-    enum Kind<F, C> {
+    enum Kind<F, C, T: Timer> {
         /// Not made: killed, bulkhead full, or the breaker open.
         Rejected { why: Short },
         Called {
             #[pin]
             inner: F,
             #[pin]
-            sleep: Option<Sleep>,
-            timeout: Option<Duration>,
-            record: Option<Record<C>>,
+            timer: T::Slot,
+            record: Record<C>,
         },
     }
 }
 
-impl<F, C> ResponseFuture<F, C> {
-    #[inline]
-    pub(crate) fn called(inner: F, timeout: Option<Duration>, record: Option<Record<C>>) -> Self {
+impl<F, C, T: Timer> ResponseFuture<F, C, T> {
+    #[inline(always)]
+    pub(crate) fn called(inner: F, timeout: Option<Duration>, record: Record<C>) -> Self {
         ResponseFuture {
             kind: Kind::Called {
                 inner,
-                sleep: None,
-                timeout,
+                timer: T::slot(timeout),
                 record,
             },
         }
@@ -94,22 +170,23 @@ impl<F, C> ResponseFuture<F, C> {
     }
 }
 
-impl<F, C> fmt::Debug for ResponseFuture<F, C> {
+impl<F, C, T: Timer> fmt::Debug for ResponseFuture<F, C, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("ResponseFuture");
         match &self.kind {
             Kind::Rejected { why } => d.field("rejected", why),
-            Kind::Called { record, .. } => d.field("finished", &record.is_none()),
+            Kind::Called { record, .. } => d.field("ticket", &record.ticket),
         }
         .finish_non_exhaustive()
     }
 }
 
-impl<F, C, T, E> Future for ResponseFuture<F, C>
+impl<F, C, D, T, E> Future for ResponseFuture<F, C, D>
 where
     F: Future<Output = Result<T, E>>,
     E: Into<BoxError>,
     C: Classify<T, BoxError>,
+    D: Timer,
 {
     type Output = Result<T, BoxError>;
 
@@ -119,29 +196,17 @@ where
             KindProj::Rejected { why } => Poll::Ready(Err(why.error())),
             KindProj::Called {
                 inner,
-                mut sleep,
-                timeout,
+                timer,
                 record,
             } => {
                 let result = match inner.poll(cx) {
                     Poll::Ready(r) => r.map_err(Into::into),
                     Poll::Pending => {
-                        let Some(timeout) = *timeout else {
-                            return Poll::Pending;
-                        };
-                        if sleep.is_none() {
-                            sleep.set(Some(tokio::time::sleep(timeout)));
-                        }
-                        match sleep.as_pin_mut() {
-                            Some(sleep) => ready!(sleep.poll(cx)),
-                            None => return Poll::Pending,
-                        }
+                        ready!(D::poll_elapsed(timer, cx));
                         Err(Elapsed::new().into())
                     }
                 };
-                if let Some(record) = record.take() {
-                    record.finish(&result);
-                }
+                record.finish(&result);
                 Poll::Ready(result)
             }
         }
@@ -150,13 +215,19 @@ where
 
 /// Records a finished call's outcome in the breaker and the metrics.
 #[inline]
-fn finish<C, T>(r: &Record<C>, trial: u32, outcome: Outcome, result: &Result<T, BoxError>) {
-    let core = &*r.ticket.core;
+fn finish<T>(
+    core: &PolicyCore,
+    start: u64,
+    slow_ms: u64,
+    trial: u32,
+    outcome: Outcome,
+    result: &Result<T, BoxError>,
+) {
     let now = core.clock.now_ms();
-    let elapsed = now.saturating_sub(r.start);
+    let elapsed = now.saturating_sub(start);
     let rec = WindowRecord {
         failed: outcome == Outcome::Failure,
-        slow: r.slow_ms != 0 && elapsed >= u64::from(r.slow_ms),
+        slow: slow_ms != 0 && elapsed >= slow_ms,
     };
     let m = &core.metrics;
     // Most calls finish within the clock's millisecond: skip the conversion then.
@@ -180,7 +251,7 @@ fn finish<C, T>(r: &Record<C>, trial: u32, outcome: Outcome, result: &Result<T, 
 
 #[cold]
 fn slow_path<T>(
-    core: &crate::policy::PolicyCore,
+    core: &PolicyCore,
     trial: u32,
     rec: WindowRecord,
     now: u64,

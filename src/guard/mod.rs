@@ -59,6 +59,9 @@ use self::future::{Record, ResponseFuture};
 
 /// Which protections a [`Guard`] applies; implemented by the markers in [`stages`].
 pub trait Stages: sealed::Sealed + Send + Sync + 'static {
+    /// The timeout's part of the response future ([`future::Deadline`] with the
+    /// timeout stage, else the zero-sized [`future::NoDeadline`]).
+    type Timer: future::Timer;
     /// The kill switch (`kill`, and shedding of non-critical dependencies).
     const KILL: bool;
     /// The bulkhead (`bulkhead.max_concurrent`).
@@ -78,32 +81,35 @@ pub mod stages {
     use super::{Stages, sealed::Sealed};
 
     macro_rules! stages {
-        ($($(#[$doc:meta])* $name:ident: $kill:literal $bulkhead:literal $breaker:literal $timeout:literal;)*) => {$(
+        ($($(#[$doc:meta])* $name:ident: $kill:literal $bulkhead:literal $breaker:literal $timeout:ident;)*) => {$(
             $(#[$doc])*
             #[derive(Debug)]
             pub enum $name {}
             impl Sealed for $name {}
             impl Stages for $name {
+                type Timer = super::future::$timeout;
                 const KILL: bool = $kill;
                 const BULKHEAD: bool = $bulkhead;
                 const BREAKER: bool = $breaker;
-                const TIMEOUT: bool = $timeout;
+                const TIMEOUT: bool = stages!(@on $timeout);
             }
         )*};
+        (@on Deadline) => { true };
+        (@on NoDeadline) => { false };
     }
 
     stages! {
         /// The kill switch alone ([`KillSwitch`](crate::kill::KillSwitch)).
-        Kill: true false false false;
+        Kill: true false false NoDeadline;
         /// The bulkhead alone ([`Bulkhead`](crate::bulkhead::Bulkhead)).
-        Bulkhead: false true false false;
+        Bulkhead: false true false NoDeadline;
         /// The circuit breaker alone ([`CircuitBreaker`](crate::breaker::CircuitBreaker)).
-        Breaker: false false true false;
+        Breaker: false false true NoDeadline;
         /// The timeout alone ([`Timeout`](crate::timeout::Timeout)).
-        Timeout: false false false true;
+        Timeout: false false false Deadline;
         /// Everything, outermost first: kill switch → bulkhead → breaker → timeout
         /// ([`Protected`](crate::stack::Protected)).
-        All: true true true true;
+        All: true true true Deadline;
     }
 }
 
@@ -142,33 +148,81 @@ impl Short {
 /// A trial permit value meaning "not a trial".
 pub(crate) const NO_TRIAL: u32 = u32::MAX;
 
-/// What an admitted call holds from `poll_ready` until it ends: a lease on the policy's
-/// state, its bulkhead slot, its half-open trial permit. Dropped unused, it gives them
-/// back.
+/// What a call holds from `poll_ready` until it ends: a lease on the policy's state,
+/// its bulkhead slot, its half-open trial permit, and what the breaker needs to record
+/// it. Dropped unfinished, it gives the slot and permit back.
+///
+/// Two words, written as two stores: a call's state is built in the response future
+/// in place, and an aggregate of narrower fields copied in measured as a
+/// store-forwarding stall on every call.
 pub(crate) struct Ticket {
-    pub(crate) core: Lease<PolicyCore>,
-    /// A bulkhead slot is held (`inflight` was incremented).
-    pub(crate) slot: bool,
-    /// The half-open episode this call is a trial of, or `NO_TRIAL`.
-    pub(crate) trial: u32,
+    /// `None`: nothing held, nothing to record.
+    pub(crate) core: Option<Lease<PolicyCore>>,
+    /// Trial episode (bits 0..32, `NO_TRIAL` when none) | slot held (bit 32) | the
+    /// breaker records the call (bit 33) | slow-call threshold in ms (bits 34..64, 0 off).
+    bits: u64,
 }
 
+const SLOT: u64 = 1 << 32;
+const RECORD: u64 = 1 << 33;
+const SLOW_SHIFT: u32 = 34;
+
 impl Ticket {
-    /// Frees the bulkhead slot now (the call is done).
+    /// Holds nothing.
+    pub(crate) const EMPTY: Ticket = Ticket {
+        core: None,
+        bits: NO_TRIAL as u64,
+    };
+
     #[inline]
-    pub(crate) fn free_slot(&mut self) {
-        if std::mem::take(&mut self.slot) {
-            self.core.inflight.fetch_sub(1, Ordering::AcqRel);
+    fn held(core: Lease<PolicyCore>, slot: bool, trial: u32) -> Ticket {
+        Ticket {
+            core: Some(core),
+            bits: u64::from(trial) | if slot { SLOT } else { 0 },
         }
+    }
+
+    /// The half-open episode this call is a trial of, or `NO_TRIAL`.
+    #[inline]
+    pub(crate) fn trial(&self) -> u32 {
+        self.bits as u32
+    }
+
+    /// Whether the breaker records this call.
+    #[inline]
+    pub(crate) fn records(&self) -> bool {
+        self.bits & RECORD != 0
+    }
+
+    /// The slow-call threshold in ms (0: off).
+    #[inline]
+    pub(crate) fn slow_ms(&self) -> u64 {
+        self.bits >> SLOW_SHIFT
+    }
+
+    /// The call is done: its slot is freed and its permit consumed (the breaker has
+    /// its result), and the lease ends.
+    #[inline]
+    pub(crate) fn done(&mut self) {
+        if self.bits & SLOT != 0
+            && let Some(core) = &self.core
+        {
+            core.inflight.fetch_sub(1, Ordering::AcqRel);
+        }
+        self.bits = u64::from(NO_TRIAL);
+        self.core = None;
     }
 }
 
 impl Drop for Ticket {
     #[inline]
     fn drop(&mut self) {
-        self.free_slot();
-        if self.trial != NO_TRIAL {
-            self.core.breaker.release_trial(u64::from(self.trial));
+        let Some(core) = &self.core else { return };
+        if self.bits & SLOT != 0 {
+            core.inflight.fetch_sub(1, Ordering::AcqRel);
+        }
+        if self.trial() != NO_TRIAL {
+            core.breaker.release_trial(u64::from(self.trial()));
         }
     }
 }
@@ -176,8 +230,8 @@ impl Drop for Ticket {
 impl fmt::Debug for Ticket {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Ticket")
-            .field("slot", &self.slot)
-            .field("trial", &(self.trial != NO_TRIAL))
+            .field("slot", &(self.bits & SLOT != 0))
+            .field("trial", &(self.trial() != NO_TRIAL))
             .finish()
     }
 }
@@ -222,13 +276,15 @@ pub(crate) fn settings_cache(policy: &Policy) -> SettingsCache {
     Cache::new(SettingsOf(policy.clone()))
 }
 
-/// What `poll_ready` decided for the next `call`.
-#[derive(Debug)]
+/// What `poll_ready` decided for the next `call`. Small and `Copy`: written with one
+/// store (a bigger enum built on the stack and copied in measured as a store-forwarding
+/// stall on every call).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Ready {
     Unpolled,
-    /// The inner service will be called, with this ticket (none when no stage needs
-    /// one: no breaker, no bulkhead slot).
-    Call(Option<Ticket>),
+    /// The inner service will be called (with `Guard::ticket` when a slot or a trial
+    /// permit is held for the call).
+    Call,
     /// It will not.
     Short(Short),
 }
@@ -241,6 +297,8 @@ pub struct Guard<S, C, K> {
     policy: Policy,
     settings: SettingsCache,
     ready: Ready,
+    /// The bulkhead slot and trial permit held for the next call, if any.
+    ticket: Ticket,
     /// The inner service said it is ready: the call is committed to it (the ticket's
     /// slot and permit are for it), so `poll_ready` does not decide again.
     inner_ready: bool,
@@ -286,6 +344,7 @@ impl<S, C, K: Stages> Guard<S, C, K> {
             policy: policy.clone(),
             settings: settings_cache(policy),
             ready: Ready::Unpolled,
+            ticket: Ticket::EMPTY,
             inner_ready: false,
             _stages: PhantomData,
         }
@@ -302,12 +361,15 @@ impl<S, C, K: Stages> Guard<S, C, K> {
         self.settings.load()
     }
 
-    /// Decides the next call: made (with a ticket when a stage needs one) or not.
+    /// Decides the next call: made (with a ticket when a slot or permit is held) or
+    /// not.
     #[inline]
     fn decide(&mut self) {
-        // A ticket still held belongs to a call that never started (the inner `call`
-        // panicked): its slot and permit go back before anything is decided.
-        self.ready = Ready::Unpolled;
+        if self.ticket.core.is_some() {
+            // A ticket still held belongs to a call that never started (the inner
+            // `call` panicked): its slot and permit go back before anything is decided.
+            self.ticket = Ticket::EMPTY;
+        }
         let core = &**self.policy.shared();
         let settings = self.settings.load();
         if K::KILL && core.killed(settings) {
@@ -321,8 +383,7 @@ impl<S, C, K: Stages> Guard<S, C, K> {
         };
         if !K::BREAKER {
             self.ready = match acquire_slot(core, max) {
-                Ok(true) => Ready::Call(Some(self.ticket(true, NO_TRIAL))),
-                Ok(false) => Ready::Call(None),
+                Ok(slot) => self.admitted(slot, NO_TRIAL),
                 Err(()) => Ready::Short(Short::Bulkhead),
             };
             return;
@@ -334,7 +395,7 @@ impl<S, C, K: Stages> Guard<S, C, K> {
             .quick_admit(settings.breaker.mode, &core.clock)
         {
             Some(true) => match acquire_slot(core, max) {
-                Ok(slot) => Ready::Call(Some(self.ticket(slot, NO_TRIAL))),
+                Ok(slot) => self.admitted(slot, NO_TRIAL),
                 Err(()) => Ready::Short(Short::Bulkhead),
             },
             // Read, not taken: the slot would be given back at once.
@@ -342,6 +403,15 @@ impl<S, C, K: Stages> Guard<S, C, K> {
             Some(false) => Ready::Short(Short::Open),
             None => self.decide_cold(max),
         };
+    }
+
+    /// Admitted: a ticket holds the slot or permit, if either was taken.
+    #[inline]
+    fn admitted(&mut self, slot: bool, trial: u32) -> Ready {
+        if slot || trial != NO_TRIAL {
+            self.ticket = self.ticket(slot, trial);
+        }
+        Ready::Call
     }
 
     /// Half-open, forced and metrics-only modes, or open and due for a trial.
@@ -355,26 +425,25 @@ impl<S, C, K: Stages> Guard<S, C, K> {
         };
         // Ticketed before the breaker is asked: a slot taken is given back by the
         // ticket's drop if the breaker rejects.
-        let mut ticket = self.ticket(slot, NO_TRIAL);
+        let ticket = self.ticket(slot, NO_TRIAL);
         let settings = self.settings.load();
         let now = core.clock.now_ms();
-        match core.breaker.admit(now, &settings.breaker, &core.ctx()) {
-            Admission::Admit => Ready::Call(Some(ticket)),
+        self.ticket = match core.breaker.admit(now, &settings.breaker, &core.ctx()) {
+            Admission::Admit if !slot => return Ready::Call, // nothing held
+            Admission::Admit => ticket,
             Admission::Trial(episode) => {
-                ticket.trial = episode as u32;
-                Ready::Call(Some(ticket))
+                let mut ticket = ticket;
+                ticket.bits = (ticket.bits & !u64::from(NO_TRIAL)) | (episode as u32 as u64);
+                ticket
             }
-            Admission::Reject => Ready::Short(Short::Open),
-        }
+            Admission::Reject => return Ready::Short(Short::Open),
+        };
+        Ready::Call
     }
 
     #[inline]
     fn ticket(&self, slot: bool, trial: u32) -> Ticket {
-        Ticket {
-            core: self.policy.shared().lease(),
-            slot,
-            trial,
-        }
+        Ticket::held(self.policy.shared().lease(), slot, trial)
     }
 
     /// Readiness was pending when the kill switch flipped: the call will not be made,
@@ -383,7 +452,8 @@ impl<S, C, K: Stages> Guard<S, C, K> {
     fn preempt_pending(&mut self) {
         let core = &**self.policy.shared();
         if core.killed(self.settings.load()) {
-            self.ready = Ready::Short(Short::Killed); // drops the ticket
+            self.ready = Ready::Short(Short::Killed);
+            self.ticket = Ticket::EMPTY;
         }
     }
 
@@ -398,8 +468,8 @@ impl<S, C, K: Stages> Guard<S, C, K> {
         S::Error: Into<BoxError>,
     {
         match self.ready {
-            Ready::Call(_) if self.inner_ready => {}
-            Ready::Call(_) => {
+            Ready::Call if self.inner_ready => {}
+            Ready::Call => {
                 if K::KILL {
                     self.preempt_pending();
                 }
@@ -415,7 +485,7 @@ impl<S, C, K: Stages> Guard<S, C, K> {
     }
 
     /// Consumes a decision not to call (counted under its outcome).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn take_short(&mut self) -> Option<Short> {
         if let Ready::Short(short) = self.ready {
             self.ready = Ready::Unpolled;
@@ -426,24 +496,38 @@ impl<S, C, K: Stages> Guard<S, C, K> {
         None
     }
 
-    /// Makes the admitted call.
-    #[inline]
-    pub(crate) fn call_inner<Req>(&mut self, req: Req) -> ResponseFuture<S::Future, C>
+    /// Makes the call `poll_ready` decided (or fails it at once).
+    #[inline(always)]
+    pub(crate) fn call_inner<Req>(&mut self, req: Req) -> ResponseFuture<S::Future, C, K::Timer>
+    where
+        S: Service<Req>,
+        C: Clone,
+    {
+        if let Some(short) = self.take_short() {
+            return ResponseFuture::rejected(short);
+        }
+        let (fut, timeout, record) = self.call_admitted(req);
+        ResponseFuture::called(fut, timeout, record)
+    }
+
+    /// Makes an admitted call: the inner future and what its response future needs,
+    /// in pieces, so that a caller builds the future in place (moving a built one
+    /// copied its timer's space on every call).
+    #[inline(always)]
+    pub(crate) fn call_admitted<Req>(
+        &mut self,
+        req: Req,
+    ) -> (S::Future, Option<Duration>, Record<C>)
     where
         S: Service<Req>,
         C: Clone,
     {
         self.inner_ready = false;
         match self.ready {
-            Ready::Call(_) => {}
-            Ready::Short(short) => {
-                self.ready = Ready::Unpolled;
-                short.count(self.policy.shared());
-                return ResponseFuture::rejected(short);
-            }
+            Ready::Call => {}
             // A timeout alone decides nothing in `poll_ready`.
             Ready::Unpolled if !(K::KILL || K::BULKHEAD || K::BREAKER) => {}
-            Ready::Unpolled => panic!("poll_ready must be called first"),
+            Ready::Unpolled | Ready::Short(_) => panic!("poll_ready must be called first"),
         }
         let settings = self.settings.load();
         let timeout = if K::TIMEOUT {
@@ -451,10 +535,7 @@ impl<S, C, K: Stages> Guard<S, C, K> {
         } else {
             None
         };
-        let slow_ms = settings
-            .breaker
-            .slow_call_ms
-            .map_or(0, |ms| ms.min(u64::from(u32::MAX)) as u32);
+        let slow_ms = settings.breaker.slow_call_ms.unwrap_or(0);
         let start = if K::BREAKER {
             self.policy.shared().clock.now_ms()
         } else {
@@ -463,18 +544,23 @@ impl<S, C, K: Stages> Guard<S, C, K> {
         let fut = self.inner.call(req);
         // Taken from the service only now: should the inner `call` panic, the service
         // still holds the ticket, and gives its slot and permit back when dropped.
-        let ticket = match std::mem::replace(&mut self.ready, Ready::Unpolled) {
-            Ready::Call(ticket) => ticket,
-            _ => None,
-        };
-        let record = ticket.map(|ticket| Record {
+        self.ready = Ready::Unpolled;
+        // The breaker records every call: it needs the policy's state when the call
+        // ends, held by a ticket (taken now when `poll_ready` needed none).
+        let mut ticket = std::mem::replace(&mut self.ticket, Ticket::EMPTY);
+        if K::BREAKER {
+            if ticket.core.is_none() {
+                ticket.core = Some(self.policy.shared().lease());
+            }
+            // `slow_call_ms` is at most 3,600,000 (validated): it fits its 30 bits.
+            ticket.bits |= RECORD | slow_ms << SLOW_SHIFT;
+        }
+        let record = Record {
             ticket,
-            classify: self.classify.clone(),
             start,
-            slow_ms,
-            breaker: K::BREAKER,
-        });
-        ResponseFuture::called(fut, timeout, record)
+            classify: self.classify.clone(),
+        };
+        (fut, timeout, record)
     }
 }
 
@@ -487,6 +573,7 @@ impl<S: Clone, C: Clone, K> Clone for Guard<S, C, K> {
             policy: self.policy.clone(),
             settings: self.settings.clone(),
             ready: Ready::Unpolled,
+            ticket: Ticket::EMPTY,
             inner_ready: false,
             _stages: PhantomData,
         }
@@ -512,7 +599,7 @@ where
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = ResponseFuture<S::Future, C>;
+    type Future = ResponseFuture<S::Future, C, K::Timer>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {

@@ -46,7 +46,8 @@ unit_error!(
 pub type KillSwitch<S> = Guard<S, ErrorsAsFailures, stages::Kill>;
 
 /// The response future of [`KillSwitch`].
-pub type KillFuture<F> = crate::guard::future::ResponseFuture<F, ErrorsAsFailures>;
+pub type KillFuture<F> =
+    crate::guard::future::ResponseFuture<F, ErrorsAsFailures, crate::guard::future::NoDeadline>;
 
 /// Builds [`KillSwitch`] services; see the [module docs](self).
 #[derive(Clone, Debug)]
