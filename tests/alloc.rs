@@ -212,3 +212,97 @@ fn the_policy_stack_allocates_nothing_when_ready_open_or_killed() {
         "killed + static"
     );
 }
+
+/// The response type of the ownership tests: a value with drop glue, like a real one.
+#[derive(Clone, Debug, PartialEq)]
+struct Answer(Box<u32>);
+
+fn answers(fail: bool) -> impl Service<
+    u32,
+    Response = Answer,
+    Error = BoxError,
+    Future = std::future::Ready<Result<Answer, BoxError>>,
+> + Clone {
+    #[derive(Debug)]
+    struct Failed;
+    impl std::fmt::Display for Failed {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("failed")
+        }
+    }
+    impl std::error::Error for Failed {}
+    service_fn(move |x: u32| {
+        std::future::ready(if fail {
+            Err::<Answer, BoxError>(Box::new(Failed))
+        } else {
+            Ok(Answer(Box::new(x)))
+        })
+    })
+}
+
+#[test]
+fn heap_is_flat_over_100_000_builds_of_a_full_policy_stack() {
+    use substation::fallback::Fallback;
+    use substation::stack::PolicyLayer;
+    // The coarse clock's thread runs while some clock exists: held here, so that the
+    // builds below do not start and stop it (a thread is freed by another thread).
+    let _clock = Clock::coarse();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let _rt = rt.enter(); // the service tier's deadline is a tokio timer
+    let build = |i: u32| {
+        let mut s = PolicySettings::default();
+        s.bulkhead.max_concurrent = Some(10);
+        // A distinct name each time: a name no longer used must cost nothing.
+        let policy = Policy::new(&format!("alloc-build-{i}"), s).unwrap();
+        let layer = PolicyLayer::new(&policy).fallback(
+            Fallback::with_parts(|x: &u32| *x)
+                .cache(16)
+                .service(answers(false), |x: &u32| Some(*x + 1000))
+                .static_value(Answer(Box::new(7))),
+        );
+        let mut ok = layer.layer(answers(false));
+        let mut failing = layer.layer(answers(true));
+        assert_eq!(call_now(&mut ok, 1).unwrap(), Answer(Box::new(1))); // fills the cache
+        assert_eq!(call_now(&mut failing, 1).unwrap(), Answer(Box::new(1)), "cached");
+        assert_eq!(
+            call_now(&mut failing, 2).unwrap(),
+            Answer(Box::new(1002)),
+            "the alternate service"
+        );
+    };
+    for i in 0..1_000 {
+        build(i);
+    }
+    let bytes = live_bytes();
+    for i in 0..100_000 {
+        build(i);
+    }
+    assert_eq!(
+        live_bytes() - bytes,
+        0,
+        "bytes still allocated after 100,000 builds and drops"
+    );
+}
+
+#[test]
+fn the_cache_tier_answers_without_allocating() {
+    use substation::fallback::Fallback;
+    use substation::stack::PolicyLayer;
+    let mut s = PolicySettings::default();
+    s.breaker.min_calls = 1_000_000; // stays closed: the failure path is measured
+    let policy = Policy::new("alloc-cache-hit", s).unwrap();
+    let layer = PolicyLayer::new(&policy).fallback(Fallback::with_parts(|x: &u32| *x).cache(16));
+    call_now(&mut layer.layer(ok_service()), 3).unwrap();
+    let mut failing = layer.layer(failing_service());
+    for _ in 0..100 {
+        assert_eq!(call_now(&mut failing, 3).unwrap(), 3);
+    }
+    let before = allocs();
+    for _ in 0..10_000 {
+        assert_eq!(call_now(&mut failing, 3).unwrap(), 3);
+    }
+    assert_eq!(allocs() - before, 0);
+}

@@ -501,3 +501,44 @@ fn a_trial_whose_call_panics_gives_its_permit_back() {
         }
     }
 }
+
+/// Two updates racing: each acts on the change it made itself. A switch to
+/// force-closed closes an open breaker even while another update lands at the same
+/// moment (an update that compared the settings it replaced with whatever was stored
+/// after it could see "normal → normal" and never close).
+#[test]
+fn racing_updates_each_act_on_their_own_change() {
+    let normal = settings(|s| {
+        s.breaker.min_calls = 1;
+        s.breaker.open_ms = 3_600_000;
+        s.breaker.open_max_ms = 3_600_000;
+    });
+    let mut forced = normal.clone();
+    forced.breaker.mode = BreakerMode::ForceClosed;
+    let policy = Policy::with_clock("race-updates", normal.clone(), Clock::manual().0).unwrap();
+    let flaky = Flaky::default();
+    flaky.fail(true);
+    let mut svc = CircuitBreakerLayer::new(&policy).layer(flaky);
+    for round in 0..3_000 {
+        policy.update(normal.clone()).unwrap();
+        let _ = call_now(&mut svc, 1);
+        assert_eq!(policy.breaker_state(), BreakerState::Open, "round {round}");
+        let start = std::sync::Barrier::new(2);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                start.wait();
+                policy.update(forced.clone()).unwrap();
+            });
+            s.spawn(|| {
+                start.wait();
+                policy.update(normal.clone()).unwrap();
+            });
+        });
+        policy.update(normal.clone()).unwrap();
+        assert_eq!(
+            policy.breaker_state(),
+            BreakerState::Closed,
+            "round {round}: the switch to force-closed did not close the breaker"
+        );
+    }
+}

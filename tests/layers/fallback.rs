@@ -966,3 +966,34 @@ async fn a_full_bulkhead_answers_before_an_open_breaker() {
         assert_eq!(policy.in_flight(), 0, "{form}");
     }
 }
+
+/// Thousands of users, each answered once by the dependency: when it then fails, every
+/// one of them is served from the cache (the refresh bound is per key, not per slot of
+/// a lossy table another key may have stamped).
+#[tokio::test]
+async fn every_key_answered_once_is_served_from_the_cache() {
+    let policy = Policy::new(
+        "fb-cache-many-keys",
+        settings(|s| {
+            s.breaker.mode = substation::settings::BreakerMode::ForceClosed;
+            s.fallback.cache_refresh_ms = 60_000;
+        }),
+    )
+    .unwrap();
+    let dep = Dep::default();
+    let svc = PolicyLayer::new(&policy)
+        .fallback(Fallback::with_parts(|user: &u32| *user).cache(20_000))
+        .layer(dep.service());
+    const USERS: u32 = 10_000;
+    for user in 0..USERS {
+        assert_eq!(svc.clone().oneshot(user).await.unwrap(), format!("primary {user}"));
+    }
+    dep.set_down(true);
+    let mut cached = 0;
+    for user in 0..USERS {
+        if svc.clone().oneshot(user).await.is_ok() {
+            cached += 1;
+        }
+    }
+    assert_eq!(cached, USERS, "users without a cached answer: {}", USERS - cached);
+}

@@ -5,6 +5,7 @@ mod fallback;
 mod fault;
 mod live;
 mod metrics;
+mod ownership;
 mod readiness;
 mod support;
 mod timeout;

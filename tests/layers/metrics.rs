@@ -73,3 +73,28 @@ fn calls_transitions_and_state_are_emitted() {
         other => panic!("duration: {other:?}"),
     }
 }
+
+#[test]
+fn a_fallback_registers_its_series_under_its_policy_only() {
+    use substation::fallback::{Fallback, FallbackLayer};
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let policy = Policy::new("metrics-fallback", PolicySettings::default()).unwrap();
+        let _layer = FallbackLayer::new(&policy, Fallback::<u32, u32>::new().static_value(1));
+    });
+    let fallback_series: Vec<String> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(key, ..)| key.key().name() == names::FALLBACKS)
+        .map(|(key, ..)| format!("{:?}", key.key()))
+        .collect();
+    assert_eq!(fallback_series.len(), 6, "{fallback_series:?}");
+    for series in &fallback_series {
+        assert!(
+            series.contains("metrics-fallback"),
+            "a series without the policy's name: {series}"
+        );
+    }
+}
