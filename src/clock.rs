@@ -123,7 +123,9 @@ pub struct Clock {
 #[derive(Clone)]
 enum Kind {
     /// Reads [`COARSE_MS`]; the `Arc` keeps its ticker running.
-    Coarse { _ticker: Arc<Ticker> },
+    Coarse {
+        _ticker: Arc<Ticker>,
+    },
     /// The coarse clock's stand-in when its thread could not start.
     Precise,
     Tokio(tokio::time::Instant),

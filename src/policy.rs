@@ -177,7 +177,9 @@ impl Policy {
     /// is cleared whenever the breaker closes).
     pub fn window(&self) -> WindowCounts {
         let s = self.core.settings.load();
-        self.core.breaker.counts(self.core.clock.now_ms(), &s.breaker)
+        self.core
+            .breaker
+            .counts(self.core.clock.now_ms(), &s.breaker)
     }
 
     /// The clock this policy reads.

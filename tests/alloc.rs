@@ -217,7 +217,9 @@ fn the_policy_stack_allocates_nothing_when_ready_open_or_killed() {
 #[derive(Clone, Debug, PartialEq)]
 struct Answer(Box<u32>);
 
-fn answers(fail: bool) -> impl Service<
+fn answers(
+    fail: bool,
+) -> impl Service<
     u32,
     Response = Answer,
     Error = BoxError,
@@ -266,7 +268,11 @@ fn heap_is_flat_over_100_000_builds_of_a_full_policy_stack() {
         let mut ok = layer.layer(answers(false));
         let mut failing = layer.layer(answers(true));
         assert_eq!(call_now(&mut ok, 1).unwrap(), Answer(Box::new(1))); // fills the cache
-        assert_eq!(call_now(&mut failing, 1).unwrap(), Answer(Box::new(1)), "cached");
+        assert_eq!(
+            call_now(&mut failing, 1).unwrap(),
+            Answer(Box::new(1)),
+            "cached"
+        );
         assert_eq!(
             call_now(&mut failing, 2).unwrap(),
             Answer(Box::new(1002)),

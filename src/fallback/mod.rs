@@ -255,7 +255,14 @@ impl<S, Req: 'static, Resp: 'static, P: 'static, C: Clone> Layer<S>
 /// Answers from the fallback's tiers when the call fails or is not made (killed, and in
 /// the policy stack also an open circuit or a full bulkhead); see the
 /// [module docs](self). `K` are the stages of the [`Guard`] it wraps.
-pub struct FallbackService<S, Req: 'static, Resp: 'static, P: 'static, C = ErrorsAsFailures, K = stages::Kill> {
+pub struct FallbackService<
+    S,
+    Req: 'static,
+    Resp: 'static,
+    P: 'static,
+    C = ErrorsAsFailures,
+    K = stages::Kill,
+> {
     guard: Guard<S, C, K>,
     tiers: Shared<Tiers<Req, Resp, P>>,
     /// The plan for the settings in force: recomputed on change only.

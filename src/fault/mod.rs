@@ -76,7 +76,7 @@ impl<Req, Resp> Clone for Shared<Req, Resp> {
             key: self.key.clone(),
             marked: self.marked.clone(),
             abort: self.abort.clone(),
-            prefix: self.prefix.clone(),
+            prefix: self.prefix,
             active: self.active.clone(),
             seed: self.seed,
             clones: self.clones.clone(),
@@ -131,7 +131,10 @@ impl<Req, Resp> FaultLayer<Req, Resp> {
 
     /// The key of a request, for `"target": {"keys": p}` (a user id, a tenant): the
     /// function hands its bytes to the callback.
-    pub fn key(mut self, key: impl Fn(&Req, &mut dyn FnMut(&[u8])) + Send + Sync + 'static) -> Self {
+    pub fn key(
+        mut self,
+        key: impl Fn(&Req, &mut dyn FnMut(&[u8])) + Send + Sync + 'static,
+    ) -> Self {
         self.shared.key = Some(Arc::new(key));
         self
     }

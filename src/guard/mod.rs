@@ -332,7 +332,6 @@ impl<S, C, K> Guard<S, C, K> {
     pub fn policy(&self) -> &Policy {
         &self.policy
     }
-
 }
 
 impl<S, C, K: Stages> Guard<S, C, K> {
@@ -390,10 +389,7 @@ impl<S, C, K: Stages> Guard<S, C, K> {
         }
         // The bulkhead is outside the breaker: a full bulkhead answers first, and a
         // call it refuses never reaches the breaker (no half-open trial taken).
-        self.ready = match core
-            .breaker
-            .quick_admit(settings.breaker.mode, &core.clock)
-        {
+        self.ready = match core.breaker.quick_admit(settings.breaker.mode, &core.clock) {
             Some(true) => match acquire_slot(core, max) {
                 Ok(slot) => self.admitted(slot, NO_TRIAL),
                 Err(()) => Ready::Short(Short::Bulkhead),

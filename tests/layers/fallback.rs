@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use substation::breaker::BreakerState;
-use substation::breaker::error::OpenCircuit;
 use substation::breaker::CircuitBreakerLayer;
+use substation::breaker::error::OpenCircuit;
 use substation::bulkhead::{BulkheadFull, BulkheadLayer};
 use substation::clock::Clock;
 use substation::fallback::error::{FallbackBusy, FallbackFailed, NoCachedResponse, TierFailed};
@@ -986,7 +986,10 @@ async fn every_key_answered_once_is_served_from_the_cache() {
         .layer(dep.service());
     const USERS: u32 = 10_000;
     for user in 0..USERS {
-        assert_eq!(svc.clone().oneshot(user).await.unwrap(), format!("primary {user}"));
+        assert_eq!(
+            svc.clone().oneshot(user).await.unwrap(),
+            format!("primary {user}")
+        );
     }
     dep.set_down(true);
     let mut cached = 0;
@@ -995,5 +998,10 @@ async fn every_key_answered_once_is_served_from_the_cache() {
             cached += 1;
         }
     }
-    assert_eq!(cached, USERS, "users without a cached answer: {}", USERS - cached);
+    assert_eq!(
+        cached,
+        USERS,
+        "users without a cached answer: {}",
+        USERS - cached
+    );
 }

@@ -265,7 +265,10 @@ fn settings_changes_keep_the_breaker_state_and_apply_to_running_services() {
         "the operator's override applies at once"
     );
     // The same handle from the registry is the same policy.
-    assert_eq!(sub.policy("recs").breaker_state(), BreakerState::ForcedClosed);
+    assert_eq!(
+        sub.policy("recs").breaker_state(),
+        BreakerState::ForcedClosed
+    );
 }
 
 #[test]

@@ -171,7 +171,8 @@ async fn each_life_of_a_name_records_with_the_recorder_of_its_creation() {
     use substation::testkit::Metrics;
     for run in 0..2 {
         let metrics = Metrics::new();
-        let policy = metrics.capture(|| Policy::new("own-metrics", PolicySettings::default()))
+        let policy = metrics
+            .capture(|| Policy::new("own-metrics", PolicySettings::default()))
             .unwrap();
         let svc = metrics.capture(|| {
             PolicyLayer::new(&policy)
@@ -181,7 +182,10 @@ async fn each_life_of_a_name_records_with_the_recorder_of_its_creation() {
             svc.clone().oneshot(i).await.unwrap();
         }
         assert_eq!(
-            metrics.counter("substation_calls_total", &[("policy", "own-metrics"), ("outcome", "success")]),
+            metrics.counter(
+                "substation_calls_total",
+                &[("policy", "own-metrics"), ("outcome", "success")]
+            ),
             3,
             "run {run}: a second life of the name records with its own recorder"
         );
