@@ -1,16 +1,24 @@
 //! The rolling time window: buckets of outcome counts, striped per thread.
 //!
-//! Each thread records into its own stripe (a cache-line-aligned array of buckets), so
-//! two threads on one breaker never write the same cache line. A stripe remembers which
-//! bucket is current and until when (`head`), so recording a call is one load, one
-//! compare and one `fetch_add`; only the first call of a new bucket divides. Reading the
+//! Each thread records into its own stripe (a cache-line-aligned array of buckets,
+//! allocated on the thread's first call), so two threads on one breaker never write the
+//! same cache line. A stripe remembers which bucket is current and until when (`head`),
+//! so recording a call is one load, one compare and one increment; only the first call
+//! of a new bucket divides. The first `2 × cores` threads (see [`crate::thread`]) own
+//! their stripe — one writer, so the increment is a plain load and store, not a locked
+//! `fetch_add` — and later threads share one stripe with `fetch_add`. Reading the
 //! totals sums every stripe's buckets that lie inside the window — that happens only
 //! when a failure or slow call asks "should the breaker open?", and when code asks.
+//!
+//! A reset (from another thread) racing with an owner's plain increment may let the
+//! increment land after the zeroing: it lands in a bucket the reset marked as matching
+//! no time, which no reader counts and which is zeroed before it is used again.
 //!
 //! Starting a bucket zeroes it behind a short "busy" mark, so a thread of the same stripe
 //! never counts into a bucket that is about to be zeroed. Counts are exact; which bucket
 //! a call lands in is exact to the clock's resolution.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{
     AtomicU64,
     Ordering::{Acquire, Relaxed, Release},
@@ -104,29 +112,42 @@ pub(crate) struct Record {
 
 #[derive(Debug)]
 pub(crate) struct Window {
-    stripes: Box<[Stripe]>,
-    mask: usize,
+    /// One per thread index below `len - 1` (owned: plain increments), and the last
+    /// shared by every later thread (`fetch_add`). Allocated on first use.
+    stripes: Box<[OnceLock<Box<Stripe>>]>,
 }
 
 use crate::thread::index as thread_index;
 
-fn stripe_count() -> usize {
-    let cores = std::thread::available_parallelism().map_or(4, |n| n.get());
-    cores.next_power_of_two().clamp(2, 16)
+/// Adds one to a counter: a plain load and store on a stripe this thread owns.
+#[inline(always)]
+fn bump(counter: &AtomicU64, owned: bool) {
+    if owned {
+        counter.store(counter.load(Relaxed) + 1, Relaxed);
+    } else {
+        counter.fetch_add(1, Relaxed);
+    }
 }
 
 impl Window {
     pub(crate) fn new() -> Self {
-        let n = stripe_count();
         Window {
-            stripes: (0..n).map(|_| Stripe::new()).collect(),
-            mask: n - 1,
+            stripes: (0..=crate::thread::exclusive_stripes())
+                .map(|_| OnceLock::new())
+                .collect(),
         }
+    }
+
+    fn existing(&self) -> impl Iterator<Item = &Stripe> {
+        self.stripes.iter().filter_map(|s| s.get().map(|s| &**s))
     }
 
     #[inline]
     pub(crate) fn record(&self, now_ms: u64, shape: impl FnOnce() -> Shape, rec: Record) {
-        let stripe = &self.stripes[thread_index() & self.mask];
+        let last = self.stripes.len() - 1;
+        let i = thread_index();
+        let (i, owned) = if i < last { (i, true) } else { (last, false) };
+        let stripe = self.stripes[i].get_or_init(|| Box::new(Stripe::new()));
         let head = stripe.head.load(Relaxed);
         let slot = if now_ms < head >> SLOT_BITS {
             (head & SLOT_MASK) as usize
@@ -139,12 +160,12 @@ impl Window {
             return;
         };
         if rec.failed {
-            bucket.fail.fetch_add(1, Relaxed);
+            bump(&bucket.fail, owned);
         } else {
-            bucket.ok.fetch_add(1, Relaxed);
+            bump(&bucket.ok, owned);
         }
         if rec.slow {
-            bucket.slow.fetch_add(1, Relaxed);
+            bump(&bucket.slow, owned);
         }
     }
 
@@ -153,7 +174,7 @@ impl Window {
         let current = now_ms / shape.bucket_ms;
         let oldest = current.saturating_sub(shape.buckets - 1);
         let mut c = WindowCounts::default();
-        for stripe in self.stripes.iter() {
+        for stripe in self.existing() {
             for bucket in &stripe.buckets[..shape.buckets as usize] {
                 let epoch = bucket.epoch.load(Relaxed);
                 if (oldest..=current).contains(&epoch) {
@@ -170,7 +191,7 @@ impl Window {
 
     /// Forgets everything (a new window shape, or the breaker closed).
     pub(crate) fn reset(&self) {
-        for stripe in self.stripes.iter() {
+        for stripe in self.existing() {
             for bucket in &stripe.buckets {
                 bucket.epoch.store(NO_EPOCH, Relaxed);
                 bucket.ok.store(0, Relaxed);
