@@ -1,11 +1,12 @@
-//! Live resilience middleware for [Tower](tower): timeouts and circuit breakers whose
-//! every setting can change while the service runs.
+//! Live resilience middleware for [Tower](tower): kill switches, tiered fallbacks,
+//! bulkheads, circuit breakers, timeouts, fault injection and percentage feature
+//! switches, whose every setting can change while the service runs.
 //!
 //! Each dependency an application calls gets a named [`Policy`]. Layers built from the
-//! policy ([`timeout::TimeoutLayer`], [`breaker::CircuitBreakerLayer`]) read its settings
-//! on every call, so a new value — from code, from a test, or pushed by a settings
-//! [`live::Source`] into a [`Substation`] — applies to the next call without rebuilding
-//! the service stack and without losing the breaker's state.
+//! policy ([`stack::PolicyLayer`] for all of them at once, or each alone) read its
+//! settings on every call, so a new value — from code, from a test, or pushed by a
+//! settings [`live::Source`] into a [`Substation`] — applies to the next call without
+//! rebuilding the service stack and without losing the breaker's state.
 //!
 //! ```
 //! use substation::{BoxError, Substation, breaker::CircuitBreakerLayer, timeout::TimeoutLayer};
@@ -27,9 +28,16 @@
 //! # }
 //! ```
 //!
-//! Module map: [`settings`] (plain data and validation), [`live`] (the snapshot and its
-//! sources), [`policy`] (named live policies), [`breaker`], [`timeout`], [`classify`]
-//! (what counts as a failure), [`metrics`] (names and `describe()`), [`clock`].
+//! Module map:
+//! - the protections: [`stack`] (the whole policy stack in one layer), [`kill`],
+//!   [`fallback`], [`bulkhead`], [`breaker`], [`timeout`] — each a view of the one
+//!   engine in [`guard`] — and [`fault`] (fault injection);
+//! - [`switch`]: feature switches (sticky percentages, variants, routing);
+//! - [`policy`] (named live policies and their runtime state), [`settings`] (plain data
+//!   and validation), [`live`] (the registry, its snapshots and sources, etcd among
+//!   them);
+//! - [`classify`] (what counts as a failure), [`metrics`] (names and `describe()`),
+//!   [`clock`], and behind `test-util`, `testkit`.
 
 // `unsafe` is confined to `lease` (shared ownership without a locked instruction per
 // call; see its docs and ARCHITECTURE.md), which allows it explicitly.
