@@ -23,6 +23,7 @@ async fn stale_reason(sub: &Substation) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_with_the_right_ca_connects_and_a_wrong_ca_fails_clearly() {
+    crate::skip_without_etcd!();
     let tls = TlsFiles::generate();
     let etcd = Etcd::start_with(EtcdOptions {
         tls: Some(&tls),
@@ -53,6 +54,7 @@ async fn tls_with_the_right_ca_connects_and_a_wrong_ca_fails_clearly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_with_the_right_password_works_and_a_wrong_one_fails_clearly() {
+    crate::skip_without_etcd!();
     let etcd = Etcd::start().await;
     let mut client = etcd.client().await;
     put(&mut client, "policies/a", r#"{"timeout": {"ms": 32}}"#).await;

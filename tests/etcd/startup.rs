@@ -18,6 +18,7 @@ fn snapshot_path(tag: &str) -> std::path::PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cold_start_with_etcd_down_serves_the_disk_snapshot_then_converges() {
+    crate::skip_without_etcd!();
     let path = snapshot_path("with");
     let mut etcd = Etcd::start().await;
     let mut client = etcd.client().await;
@@ -77,6 +78,7 @@ async fn cold_start_with_etcd_down_serves_the_disk_snapshot_then_converges() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cold_start_without_a_snapshot_uses_defaults_then_converges() {
+    crate::skip_without_etcd!();
     let mut etcd = Etcd::start().await;
     let mut client = etcd.client().await;
     put(&mut client, "policies/a", r#"{"timeout": {"ms": 77}}"#).await;
@@ -113,6 +115,7 @@ async fn cold_start_without_a_snapshot_uses_defaults_then_converges() {
 /// from disk serves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_disk_snapshot_keeps_the_last_good_values() {
+    crate::skip_without_etcd!();
     let path = snapshot_path("good");
     let mut etcd = Etcd::start().await;
     let mut client = etcd.client().await;

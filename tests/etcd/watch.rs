@@ -15,6 +15,7 @@ const WAIT: Duration = Duration::from_secs(20);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn values_rejections_and_deletes() {
+    crate::skip_without_etcd!();
     let etcd = Etcd::start().await;
     let mut client = etcd.client().await;
     put(
@@ -131,6 +132,7 @@ async fn values_rejections_and_deletes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_defaults_layer_under_the_application() {
+    crate::skip_without_etcd!();
     let etcd = Etcd::start().await;
     let mut client = etcd.client().await;
     client
@@ -182,6 +184,7 @@ async fn shared_defaults_layer_under_the_application() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_transaction_is_one_snapshot() {
+    crate::skip_without_etcd!();
     let etcd = Etcd::start().await;
     let mut client = etcd.client().await;
     let (sub, mut changes) = common::registry(common::source(vec![etcd.endpoint()])).await;
@@ -212,6 +215,7 @@ async fn one_transaction_is_one_snapshot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_the_registry_stops_its_tasks() {
+    crate::skip_without_etcd!();
     let etcd = Etcd::start().await;
     let dir = std::env::temp_dir().join(format!("substation-drop-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -241,6 +245,7 @@ async fn dropping_the_registry_stops_its_tasks() {
 /// miss a write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_during_watch_creation_are_not_lost() {
+    crate::skip_without_etcd!();
     let etcd = Etcd::start().await;
     let mut client = etcd.client().await;
     let slow = crate::proxy::delayed(
