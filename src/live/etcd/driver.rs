@@ -8,7 +8,7 @@ use etcd_client::{
     Client, ConnectOptions, EventType, GetOptions, WatchOptions, WatchResponse, WatchStream,
 };
 use tokio::sync::Notify;
-use tokio::time::timeout;
+use tokio::time::{Instant, timeout};
 
 use super::EtcdSource;
 use super::disk::{self, Mirror};
@@ -125,9 +125,9 @@ impl Driver {
 
     async fn connect(&self) -> Result<Client, BoxError> {
         let cfg = &self.cfg;
+        // No HTTP/2 keep-alive: stock etcd answers pings more often than every 5 s with
+        // GOAWAY (see `EtcdSource::keep_alive`); the watch checks liveness itself.
         let mut opts = ConnectOptions::new()
-            .with_keep_alive(cfg.keep_alive.0, cfg.keep_alive.1)
-            .with_keep_alive_while_idle(true)
             .with_connect_timeout(cfg.request_timeout)
             .with_require_leader(true);
         if let Some((user, password)) = &cfg.user {
@@ -263,28 +263,76 @@ impl Driver {
             }
         }
         self.became_live(self.high);
+        self.follow(&mut stream, &ids).await
+    }
+
+    /// Applies what an established watch delivers, and checks that etcd is alive: after
+    /// `keep_alive.0` without a message it asks for progress, and declares the watch
+    /// dead if nothing arrives within `keep_alive.1` of the request.
+    async fn follow(&mut self, stream: &mut WatchStream, ids: &[(i64, Layer)]) -> WatchEnd {
+        let (interval, patience) = self.cfg.keep_alive;
+        // Since the last message, or since the driver was done with it: time spent
+        // applying is not silence.
+        let mut heard = Instant::now();
+        let mut asked: Option<Instant> = None;
         loop {
-            let next = match first(stream.message(), self.sink.closed()).await {
+            let wake = match asked {
+                None => heard + interval,
+                Some(at) => at + patience,
+            };
+            let waited = first(
+                stream.message(),
+                first(tokio::time::sleep_until(wake), self.sink.closed()),
+            )
+            .await;
+            let next = match waited {
                 Either::Left(next) => next,
-                Either::Right(()) => return WatchEnd::Closed,
+                Either::Right(Either::Right(())) => return WatchEnd::Closed,
+                Either::Right(Either::Left(())) if asked.is_some() => {
+                    return WatchEnd::Failed(
+                        format!(
+                            "etcd answered nothing for {:?} after a watch progress request: the \
+                             server is frozen or the connection is lost",
+                            patience
+                        )
+                        .into(),
+                    );
+                }
+                Either::Right(Either::Left(())) => {
+                    // Sent on the stream; bounded in case its buffer is full.
+                    match timeout(patience, stream.request_progress()).await {
+                        Ok(Ok(())) => asked = Some(Instant::now()),
+                        Ok(Err(e)) => return WatchEnd::Failed(e.into()),
+                        Err(_) => {
+                            return WatchEnd::Failed(
+                                "sending a watch progress request to etcd timed out".into(),
+                            );
+                        }
+                    }
+                    continue;
+                }
             };
             let resp = match next {
                 Ok(Some(resp)) => resp,
                 Ok(None) => return WatchEnd::Failed("the etcd watch stream ended".into()),
                 Err(e) => return WatchEnd::Failed(e.into()),
             };
-            if resp.canceled() {
-                return self.cancelled(&resp);
+            asked = None;
+            // A progress answer (watch id -1) belongs to no watch: it only proves that
+            // etcd is alive. Its revision is not compared: etcd takes it when the
+            // request arrives, and events of later revisions may be sent before it.
+            if let Some(&(_, layer)) = ids.iter().find(|(id, _)| *id == resp.watch_id()) {
+                if resp.canceled() {
+                    return self.cancelled(&resp);
+                }
+                if let Some(end) = self.check_header(&resp) {
+                    return end;
+                }
+                if self.apply_events(layer, &resp).is_err() {
+                    return WatchEnd::Closed;
+                }
             }
-            if let Some(end) = self.check_header(&resp) {
-                return end;
-            }
-            let Some(&(_, layer)) = ids.iter().find(|(id, _)| *id == resp.watch_id()) else {
-                continue;
-            };
-            if self.apply_events(layer, &resp).is_err() {
-                return WatchEnd::Closed;
-            }
+            heard = Instant::now();
         }
     }
 
