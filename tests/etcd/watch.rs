@@ -8,7 +8,10 @@ use substation::live::{Health, Layer};
 use substation::settings::PolicySettings;
 use tower::Layer as _;
 
+use substation::live::etcd::EtcdSource;
+
 use crate::common::{self, PREFIX, SHARED, put};
+use crate::logs::{self, show};
 use crate::support::{Etcd, eventually};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -294,4 +297,33 @@ async fn writes_during_watch_creation_are_not_lost() {
             .collect();
         assert!(missing.is_empty(), "registry {n} missed {missing:?}");
     }
+}
+
+/// A prefix of 6 MiB (100 values of 64 KiB) is listed and watched: etcd sends it in one
+/// message, past tonic's default limit of 4 MiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prefix_larger_than_four_mib_is_listed() {
+    crate::skip_without_etcd!();
+    logs::install();
+    let etcd = Etcd::start().await;
+    let mut client = etcd.client().await;
+    let prefix = logs::unique_prefix("large");
+    let padding = " ".repeat(65536);
+    for i in 0..100u64 {
+        let value = format!(r#"{{"timeout":{{"ms":{}}}{padding}}}"#, i + 1);
+        client
+            .put(format!("{prefix}policies/k{i}"), value, None)
+            .await
+            .unwrap();
+    }
+    let source = EtcdSource::new([etcd.endpoint()], &prefix)
+        .request_timeout(Duration::from_secs(5))
+        .backoff(Duration::from_millis(10), Duration::from_millis(300));
+    let sub = Substation::builder().source(source).build().unwrap();
+    eventually("listed", WAIT, || async { common::is_live(&sub) }).await;
+    let snapshot = sub.snapshot();
+    assert_eq!(snapshot.policies().len(), 100);
+    assert_eq!(snapshot.policy("k99").and_then(|p| p.timeout.ms), Some(100));
+    let failures = logs::failures(&prefix);
+    assert!(failures.is_empty(), "{}", show(&failures));
 }

@@ -5,7 +5,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use etcd_client::{
-    Client, ConnectOptions, EventType, GetOptions, WatchOptions, WatchResponse, WatchStream,
+    Client, ConnectOptions, EventType, GetOptions, KvClient, WatchClient, WatchOptions,
+    WatchResponse, WatchStream,
 };
 use tokio::sync::Notify;
 use tokio::time::{Instant, timeout};
@@ -17,6 +18,13 @@ use crate::live::source::{Change, Health, Layer, Sink, Update};
 
 const LAYERS: [Layer; 2] = [Layer::App, Layer::Shared];
 
+/// The largest message accepted from etcd: what etcd sends at most (its gRPC send limit
+/// is `math.MaxInt32`), and what its own Go client accepts. A watcher that fell behind
+/// catches up in batches of up to 1,000 revisions, and a listing holds a whole prefix:
+/// both pass tonic's default of 4 MiB with large values, and a watcher refusing them
+/// could never catch up.
+const MAX_MESSAGE: usize = i32::MAX as usize;
+
 /// Why a watch ended.
 enum WatchEnd {
     /// List again: the watch's start was compacted, or the revision went backwards.
@@ -25,6 +33,13 @@ enum WatchEnd {
     Failed(BoxError),
     /// The registry is gone.
     Closed,
+}
+
+/// The two services of a client that the driver uses, which accept etcd's largest
+/// messages.
+struct Conn {
+    kv: KvClient,
+    watch: WatchClient,
 }
 
 pub(super) struct Driver {
@@ -72,12 +87,12 @@ impl Driver {
     }
 
     pub(super) async fn run(mut self) {
-        let mut client: Option<Client> = None;
+        let mut conn: Option<Conn> = None;
         loop {
             if self.sink.is_closed() {
                 return;
             }
-            let mut c = match client.take() {
+            let mut c = match conn.take() {
                 Some(c) => c,
                 None => match self.connect().await {
                     Ok(c) => c,
@@ -90,7 +105,7 @@ impl Driver {
             if self.need_list
                 && let Err(e) = self.list(&mut c).await
             {
-                client = self.keep(c);
+                conn = self.keep(c);
                 self.failed(e).await;
                 continue;
             }
@@ -100,7 +115,7 @@ impl Driver {
                     metrics::counter!(crate::metrics::SOURCE_RESYNCS, "reason" => reason)
                         .increment(1);
                     self.need_list = true;
-                    client = Some(c);
+                    conn = Some(c);
                 }
                 WatchEnd::Failed(e) => {
                     // Listed again before watching again, rather than resumed from the
@@ -109,7 +124,7 @@ impl Driver {
                     // would follow the new history from the middle, silently. A listing
                     // is diffed against the registry, so it changes only what changed.
                     self.need_list = true;
-                    client = self.keep(c);
+                    conn = self.keep(c);
                     self.failed(e).await;
                 }
                 WatchEnd::Closed => return,
@@ -119,11 +134,11 @@ impl Driver {
 
     /// Keeps the client for the next attempt, unless it has failed repeatedly (then a new
     /// one starts from fresh connections).
-    fn keep(&self, c: Client) -> Option<Client> {
+    fn keep(&self, c: Conn) -> Option<Conn> {
         (self.failures < 3).then_some(c)
     }
 
-    async fn connect(&self) -> Result<Client, BoxError> {
+    async fn connect(&self) -> Result<Conn, BoxError> {
         let cfg = &self.cfg;
         // No HTTP/2 keep-alive: stock etcd answers pings more often than every 5 s with
         // GOAWAY (see `EtcdSource::keep_alive`); the watch checks liveness itself.
@@ -138,16 +153,20 @@ impl Driver {
         }
         // With a user, `connect` authenticates, which is a request that may hang.
         let connecting = Client::connect(cfg.endpoints.clone(), Some(opts));
-        Ok(timeout(cfg.request_timeout, connecting)
+        let client = timeout(cfg.request_timeout, connecting)
             .await
-            .map_err(|_| "connecting to etcd timed out")??)
+            .map_err(|_| "connecting to etcd timed out")??;
+        Ok(Conn {
+            kv: client.kv_client().max_decoding_message_size(MAX_MESSAGE),
+            watch: client.watch_client().max_decoding_message_size(MAX_MESSAGE),
+        })
     }
 
-    async fn list(&mut self, c: &mut Client) -> Result<(), BoxError> {
+    async fn list(&mut self, c: &mut Conn) -> Result<(), BoxError> {
         let req = self.cfg.request_timeout;
         let app = timeout(
             req,
-            c.get(
+            c.kv.get(
                 self.cfg.prefix.as_str(),
                 Some(GetOptions::new().with_prefix()),
             ),
@@ -163,7 +182,7 @@ impl Driver {
             let opts = GetOptions::new()
                 .with_prefix()
                 .with_revision(revision as i64);
-            let resp = timeout(req, c.get(shared, Some(opts)))
+            let resp = timeout(req, c.kv.get(shared, Some(opts)))
                 .await
                 .map_err(|_| "listing etcd timed out")??;
             layers.push((Layer::Shared, self.entries(Layer::Shared, resp.kvs())));
@@ -211,7 +230,7 @@ impl Driver {
             .collect()
     }
 
-    async fn watch(&mut self, c: &mut Client) -> WatchEnd {
+    async fn watch(&mut self, c: &mut Conn) -> WatchEnd {
         let req = self.cfg.request_timeout;
         let mut layers = Vec::new();
         let mut stream: Option<WatchStream> = None;
@@ -223,7 +242,7 @@ impl Driver {
                 .with_prefix()
                 .with_start_revision(self.last[layer.index()] as i64 + 1);
             let created = match &mut stream {
-                None => timeout(req, c.watch(prefix, Some(opts)))
+                None => timeout(req, c.watch.watch(prefix, Some(opts)))
                     .await
                     .map(|r| r.map(|s| stream = Some(s))),
                 Some(s) => timeout(req, s.watch(prefix, Some(opts))).await,
