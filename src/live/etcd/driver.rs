@@ -175,7 +175,7 @@ impl Driver {
         .map_err(|_| "listing etcd timed out")??;
         let revision = app.header().map_or(0, |h| h.revision()).max(0) as u64;
         if revision < self.high {
-            rewound(self.high, revision);
+            rewound(&self.cfg.prefix, self.high, revision);
         }
         let mut layers = vec![(Layer::App, self.entries(Layer::App, app.kvs()))];
         if let Some(shared) = self.cfg.shared_prefix.clone() {
@@ -265,15 +265,22 @@ impl Driver {
                 Ok(Ok(None)) => return WatchEnd::Failed("the etcd watch stream ended".into()),
                 Ok(Ok(Some(resp))) => resp,
             };
-            if resp.canceled() {
-                return self.cancelled(&resp);
-            }
-            if let Some(end) = self.check_header(&resp) {
-                return end;
-            }
             if resp.created() {
-                ids.push((resp.watch_id(), layers[ids.len()]));
+                let layer = layers[ids.len()];
+                if resp.canceled() {
+                    return self.cancelled(&resp);
+                }
+                if let Some(end) = self.check_header(layer, &resp) {
+                    return end;
+                }
+                ids.push((resp.watch_id(), layer));
             } else if let Some(&(_, layer)) = ids.iter().find(|(id, _)| *id == resp.watch_id()) {
+                if resp.canceled() {
+                    return self.cancelled(&resp);
+                }
+                if let Some(end) = self.check_header(layer, &resp) {
+                    return end;
+                }
                 // A watch already acknowledged replays or streams while the next one is
                 // being created: its events are applied like any others, never dropped.
                 if self.apply_events(layer, &resp).is_err() {
@@ -344,7 +351,7 @@ impl Driver {
                 if resp.canceled() {
                     return self.cancelled(&resp);
                 }
-                if let Some(end) = self.check_header(&resp) {
+                if let Some(end) = self.check_header(layer, &resp) {
                     return end;
                 }
                 if self.apply_events(layer, &resp).is_err() {
@@ -357,7 +364,7 @@ impl Driver {
 
     fn cancelled(&self, resp: &WatchResponse) -> WatchEnd {
         if resp.compact_revision() > 0 {
-            tracing::warn!(compacted = resp.compact_revision(), last = ?self.last, "substation: the etcd watch's start revision was compacted");
+            tracing::warn!(prefix = %self.cfg.prefix, compacted = resp.compact_revision(), last = ?self.last, "substation: the etcd watch's start revision was compacted");
             WatchEnd::Relist("compacted")
         } else {
             WatchEnd::Failed(format!("etcd cancelled the watch: {}", resp.cancel_reason()).into())
@@ -365,11 +372,15 @@ impl Driver {
     }
 
     /// A server whose revision is below what was applied has lost data (restored from
-    /// a backup, or wiped): everything must be listed again.
-    fn check_header(&self, resp: &WatchResponse) -> Option<WatchEnd> {
+    /// a backup, or wiped): everything must be listed again. Compared per layer: the
+    /// two watches of a stream are not ordered with each other (after a pause, etcd may
+    /// send the application's watch's batch up to revision 900, then the shared
+    /// watch's batch at revision 850), while one watch never goes back.
+    fn check_header(&self, layer: Layer, resp: &WatchResponse) -> Option<WatchEnd> {
         let revision = resp.header()?.revision();
-        if revision >= 0 && (revision as u64) < self.high {
-            rewound(self.high, revision as u64);
+        let applied = self.last[layer.index()];
+        if revision >= 0 && (revision as u64) < applied {
+            rewound(&self.cfg.prefix, applied, revision as u64);
             return Some(WatchEnd::Relist("rewound"));
         }
         None
@@ -386,6 +397,7 @@ impl Driver {
             let rev = kv.mod_revision().max(0) as u64;
             if rev <= self.last[i] {
                 tracing::debug!(
+                    prefix = %self.cfg.prefix,
                     rev,
                     last = self.last[i],
                     "substation: skipping an etcd event already applied"
@@ -526,8 +538,9 @@ fn relative(key: &[u8], prefix: &str) -> String {
     key.strip_prefix(prefix).unwrap_or(&key).to_owned()
 }
 
-fn rewound(high: u64, now: u64) {
+fn rewound(prefix: &str, high: u64, now: u64) {
     tracing::error!(
+        prefix,
         applied = high,
         server = now,
         "substation: etcd's revision went BACKWARDS ({high} applied, server at {now}): it was restored from a backup or its data was wiped; listing everything again"

@@ -13,8 +13,8 @@
 //!
 //! # The watch
 //! 1. List both prefixes (linearizable) at one revision R; apply as one snapshot.
-//! 2. Watch both from R + 1. Apply the events of each revision as one snapshot swap,
-//!    in order; the revision advances only over what was seen.
+//! 2. Watch both from R + 1, on one stream. Apply the events of each revision as one
+//!    snapshot swap, in order; a layer's revision advances only over what was seen.
 //! 3. On a stream error or end: mark the settings stale, back off (jittered), list
 //!    again and watch from there (the registry diffs the listing: only what changed
 //!    changes). Resuming from the last applied revision + 1 would be cheaper, but an
@@ -22,7 +22,10 @@
 //!    away, would be followed from the middle of a new history.
 //! 4. Watch cancelled because R + 1 was compacted: list again (the registry diffs).
 //! 5. A revision below the last applied one (etcd restored or wiped): list again, and
-//!    log it loudly.
+//!    log it loudly. A listing below the highest revision applied, or an answer for one
+//!    layer's watch below what that layer applied, is such a rewind; the two watches of
+//!    a stream are not ordered with each other (after a pause, the shared watch may
+//!    report a revision the application's watch has passed), so they are not compared.
 //!
 //! # Noticing a dead etcd
 //! Every request and watch creation has its own timeout (etcd may accept TCP and not
