@@ -8,7 +8,7 @@ use etcd_client::{
     Client, ConnectOptions, EventType, GetOptions, KvClient, WatchClient, WatchOptions,
     WatchResponse, WatchStream,
 };
-use tokio::sync::Notify;
+use tokio::sync::{Notify, oneshot};
 use tokio::time::{Instant, timeout};
 
 use super::EtcdSource;
@@ -59,18 +59,7 @@ pub(super) struct Driver {
 }
 
 impl Driver {
-    pub(super) fn new(cfg: EtcdSource, sink: Sink, from_disk: Option<Mirror>) -> Self {
-        let mirror = Arc::new(Mutex::new(from_disk.clone().unwrap_or_default()));
-        let disk_dirty = cfg.snapshot_file.clone().map(|path| {
-            let notify = Arc::new(Notify::new());
-            tokio::spawn(write_snapshots(
-                path,
-                mirror.clone(),
-                notify.clone(),
-                sink.clone(),
-            ));
-            notify
-        });
+    pub(super) fn new(cfg: EtcdSource, sink: Sink) -> Self {
         Driver {
             cfg,
             sink,
@@ -78,15 +67,29 @@ impl Driver {
             high: 0,
             need_list: true,
             live_once: false,
-            from_disk: from_disk.is_some(),
+            from_disk: false,
             stale_since: None,
             failures: 0,
-            mirror,
-            disk_dirty,
+            mirror: Arc::default(),
+            disk_dirty: None,
         }
     }
 
-    pub(super) async fn run(mut self) {
+    /// Loads the disk snapshot (then says so on `disk_done`), and lists and watches
+    /// until the registry is dropped.
+    pub(super) async fn run(mut self, disk_done: oneshot::Sender<()>) {
+        if let Some(path) = self.cfg.snapshot_file.clone() {
+            self.load_snapshot(&path).await;
+            let notify = Arc::new(Notify::new());
+            tokio::spawn(write_snapshots(
+                path,
+                self.mirror.clone(),
+                notify.clone(),
+                self.sink.clone(),
+            ));
+            self.disk_dirty = Some(notify);
+        }
+        let _ = disk_done.send(());
         let mut conn: Option<Conn> = None;
         loop {
             if self.sink.is_closed() {
@@ -130,6 +133,54 @@ impl Driver {
                 WatchEnd::Closed => return,
             }
         }
+    }
+
+    /// Reads the disk snapshot in a blocking thread, within the connect deadline, and
+    /// applies it (before anything from etcd).
+    async fn load_snapshot(&mut self, path: &std::path::Path) {
+        let deadline = self.cfg.connect_timeout;
+        let read = tokio::task::spawn_blocking({
+            let path = path.to_owned();
+            move || disk::read(&path)
+        });
+        let (mirror, written) = match timeout(deadline, read).await {
+            Ok(Ok(Ok(read))) => read,
+            Ok(Ok(Err(e))) if is_not_found(&*e) => {
+                tracing::info!(prefix = %self.cfg.prefix, path = %path.display(), "substation: no disk snapshot yet");
+                return;
+            }
+            Ok(Ok(Err(e))) => {
+                tracing::warn!(prefix = %self.cfg.prefix, path = %path.display(), error = %e, "substation: ignoring the disk snapshot");
+                return;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(prefix = %self.cfg.prefix, path = %path.display(), error = %e, "substation: reading the disk snapshot failed; ignoring it");
+                return;
+            }
+            Err(_) => {
+                // The blocking thread stays behind until the read returns.
+                tracing::warn!(prefix = %self.cfg.prefix, path = %path.display(), deadline_ms = deadline.as_millis() as u64, "substation: the disk snapshot could not be read within the connect deadline (a hung file system?); ignoring it");
+                return;
+            }
+        };
+        let age = written.elapsed().unwrap_or_default();
+        tracing::info!(prefix = %self.cfg.prefix, path = %path.display(), revision = mirror.revision, age_s = age.as_secs(), "substation: starting from the disk snapshot until etcd answers");
+        let update = Update::Replace {
+            revision: mirror.revision,
+            layers: vec![
+                (Layer::App, to_entries(&mirror.app)),
+                (Layer::Shared, to_entries(&mirror.shared)),
+            ],
+        };
+        if self.sink.apply(update).is_err() {
+            return; // closed: `run` notices
+        }
+        let _ = self.sink.set_health(Health::FromDisk {
+            revision: mirror.revision,
+            written,
+        });
+        self.from_disk = true;
+        *self.mirror.lock().unwrap_or_else(PoisonError::into_inner) = mirror;
     }
 
     /// Keeps the client for the next attempt, unless it has failed repeatedly (then a new
@@ -545,6 +596,17 @@ fn rewound(prefix: &str, high: u64, now: u64) {
         server = now,
         "substation: etcd's revision went BACKWARDS ({high} applied, server at {now}): it was restored from a backup or its data was wiped; listing everything again"
     );
+}
+
+fn to_entries(map: &std::collections::BTreeMap<String, String>) -> Vec<(String, Vec<u8>)> {
+    map.iter()
+        .map(|(k, v)| (k.clone(), v.as_bytes().to_vec()))
+        .collect()
+}
+
+fn is_not_found(e: &(dyn std::error::Error + 'static)) -> bool {
+    e.downcast_ref::<std::io::Error>()
+        .is_some_and(|e| e.kind() == std::io::ErrorKind::NotFound)
 }
 
 /// An error and its sources, joined: "transport error: tls handshake: unknown issuer".

@@ -41,13 +41,16 @@
 //! a dead member among several endpoints costs retries, not the watch.
 //!
 //! # Start and outages
-//! [`Source::start`] never blocks. With a [`EtcdSource::snapshot_file`], the last known
-//! good settings are loaded from disk at once (served until etcd answers; never over
-//! live data) and rewritten atomically after changes. The first load has a deadline
+//! [`Source::start`] never blocks: it does no I/O. With a [`EtcdSource::snapshot_file`],
+//! the last known good settings are read from disk by the source's task (off the
+//! caller, in a blocking thread, within [`EtcdSource::connect_timeout`]; anything but a
+//! regular file is refused unopened, so a FIFO or a device at that path cannot hang
+//! it), applied before anything from etcd, served until etcd answers, and rewritten
+//! atomically after changes. The first load has a deadline
 //! ([`EtcdSource::connect_timeout`], 500 ms by default) after which
-//! [`Substation::initialized`](crate::Substation::initialized) resolves anyway, while
-//! the source keeps connecting in the background. [`Health`] tells
-//! the application which of these it is in.
+//! [`Substation::initialized`](crate::Substation::initialized) resolves anyway (with
+//! the disk snapshot in force if there is one), while the source keeps connecting in
+//! the background. [`Health`](crate::live::Health) tells the application which of these it is in.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -74,7 +77,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::source::{Health, Layer, Sink, Source, Update};
+use super::source::{Layer, Sink, Source};
 use crate::BoxError;
 
 /// A [`Source`] that reads and watches settings in etcd; see the [module docs](self).
@@ -230,52 +233,18 @@ impl Source for EtcdSource {
         if self.endpoints.is_empty() {
             return Err("EtcdSource needs at least one endpoint".into());
         }
-        let mut from_disk = None;
-        if let Some(path) = &self.snapshot_file {
-            match disk::read(path) {
-                Ok((mirror, written)) => {
-                    let age = written.elapsed().unwrap_or_default();
-                    tracing::info!(path = %path.display(), revision = mirror.revision, age_s = age.as_secs(), "substation: starting from the disk snapshot until etcd answers");
-                    let update = Update::Replace {
-                        revision: mirror.revision,
-                        layers: vec![
-                            (Layer::App, to_entries(&mirror.app)),
-                            (Layer::Shared, to_entries(&mirror.shared)),
-                        ],
-                    };
-                    sink.apply(update)?;
-                    sink.set_health(Health::FromDisk {
-                        revision: mirror.revision,
-                        written,
-                    })?;
-                    from_disk = Some(mirror);
-                }
-                Err(e) if is_not_found(&*e) => {
-                    tracing::info!(path = %path.display(), "substation: no disk snapshot yet");
-                }
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "substation: ignoring the disk snapshot");
-                }
-            }
-        }
+        // The disk snapshot is read by the driver, off the caller: a hung file system
+        // must not block `build`. The deadline waits for that read (itself bounded by
+        // the same deadline), so that `initialized` never resolves before it.
         let deadline = self.connect_timeout;
+        let (disk_done, disk_read) = tokio::sync::oneshot::channel();
         let timer_sink = sink.clone();
         runtime.spawn(async move {
             tokio::time::sleep(deadline).await;
+            let _ = disk_read.await;
             timer_sink.initialized();
         });
-        runtime.spawn(driver::Driver::new(*self, sink, from_disk).run());
+        runtime.spawn(driver::Driver::new(*self, sink).run(disk_done));
         Ok(())
     }
-}
-
-fn to_entries(map: &std::collections::BTreeMap<String, String>) -> Vec<(String, Vec<u8>)> {
-    map.iter()
-        .map(|(k, v)| (k.clone(), v.as_bytes().to_vec()))
-        .collect()
-}
-
-fn is_not_found(e: &(dyn std::error::Error + 'static)) -> bool {
-    e.downcast_ref::<std::io::Error>()
-        .is_some_and(|e| e.kind() == std::io::ErrorKind::NotFound)
 }
