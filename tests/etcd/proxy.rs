@@ -1,5 +1,6 @@
-//! A TCP proxy the test can cut or pause: the watcher sees etcd vanish, or its bytes
-//! held back, while the test's own client keeps writing (and compacting) directly.
+//! A TCP proxy the test can cut, reset or pause: the watcher sees etcd vanish, its
+//! connection drop, or its bytes held back, while the test's own client keeps writing
+//! (and compacting) directly.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -10,7 +11,7 @@ use tokio::net::{TcpListener, TcpStream};
 pub(crate) struct Proxy {
     port: u16,
     up: Arc<AtomicBool>,
-    /// Bumped on every cut: connections of an older generation close.
+    /// Bumped on every cut or reset: connections of an older generation close.
     generation: Arc<AtomicU64>,
     /// While true, no byte is forwarded either way (connections stay open).
     paused: tokio::sync::watch::Sender<bool>,
@@ -84,6 +85,11 @@ impl Proxy {
     /// Accepts connections again.
     pub(crate) fn restore(&self) {
         self.up.store(true, Ordering::SeqCst);
+    }
+
+    /// Closes every connection (within a few milliseconds) and goes on accepting new ones.
+    pub(crate) fn reset(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Stops forwarding bytes, either way, on every connection: they stay open, and what

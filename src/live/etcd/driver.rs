@@ -29,15 +29,18 @@ const MAX_MESSAGE: usize = i32::MAX as usize;
 enum WatchEnd {
     /// List again: the watch's start was compacted, or the revision went backwards.
     Relist(&'static str),
+    /// etcd refused the client's authentication token when the watch was created
+    /// (expired, or etcd restarted): renew it and watch again.
+    Reauthenticate,
     /// Retry after a backoff.
     Failed(BoxError),
     /// The registry is gone.
     Closed,
 }
 
-/// The two services of a client that the driver uses, which accept etcd's largest
-/// messages.
+/// A client and the two services the driver uses, which accept etcd's largest messages.
 struct Conn {
+    client: Client,
     kv: KvClient,
     watch: WatchClient,
 }
@@ -91,6 +94,7 @@ impl Driver {
         }
         let _ = disk_done.send(());
         let mut conn: Option<Conn> = None;
+        let mut reauthenticated = false;
         loop {
             if self.sink.is_closed() {
                 return;
@@ -112,13 +116,43 @@ impl Driver {
                 self.failed(e).await;
                 continue;
             }
-            match self.watch(&mut c).await {
+            let end = self.watch(&mut c).await;
+            if !matches!(end, WatchEnd::Reauthenticate) {
+                reauthenticated = false;
+            }
+            match end {
                 WatchEnd::Relist(reason) => {
                     tracing::warn!(prefix = %self.cfg.prefix, reason, "substation: listing etcd again");
                     metrics::counter!(crate::metrics::SOURCE_RESYNCS, "reason" => reason)
                         .increment(1);
                     self.need_list = true;
                     conn = Some(c);
+                }
+                WatchEnd::Reauthenticate if !reauthenticated => {
+                    // The watch never started: nothing was missed, and the next watch
+                    // starts where this one would have. A new token, and watch again.
+                    reauthenticated = true;
+                    tracing::debug!(prefix = %self.cfg.prefix, "substation: etcd refused the authentication token; renewing it");
+                    match timeout(self.cfg.request_timeout, c.client.refresh_token()).await {
+                        Ok(Ok(())) => conn = Some(c),
+                        Ok(Err(e)) => {
+                            self.need_list = true;
+                            conn = self.keep(c);
+                            self.failed(e.into()).await;
+                        }
+                        Err(_) => {
+                            self.need_list = true;
+                            conn = self.keep(c);
+                            self.failed("renewing the etcd authentication token timed out".into())
+                                .await;
+                        }
+                    }
+                }
+                WatchEnd::Reauthenticate => {
+                    self.need_list = true;
+                    conn = self.keep(c);
+                    self.failed("etcd refused a freshly renewed authentication token".into())
+                        .await;
                 }
                 WatchEnd::Failed(e) => {
                     // Listed again before watching again, rather than resumed from the
@@ -197,7 +231,10 @@ impl Driver {
             .with_connect_timeout(cfg.request_timeout)
             .with_require_leader(true);
         if let Some((user, password)) = &cfg.user {
-            opts = opts.with_user(user.clone(), password.clone());
+            // A request refused for an expired token is retried once with a new one.
+            opts = opts
+                .with_user(user.clone(), password.clone())
+                .with_auto_token_refresh(true);
         }
         if let Some(tls) = &cfg.tls {
             opts = opts.with_tls(tls.clone());
@@ -210,6 +247,7 @@ impl Driver {
         Ok(Conn {
             kv: client.kv_client().max_decoding_message_size(MAX_MESSAGE),
             watch: client.watch_client().max_decoding_message_size(MAX_MESSAGE),
+            client,
         })
     }
 
@@ -417,6 +455,8 @@ impl Driver {
         if resp.compact_revision() > 0 {
             tracing::warn!(prefix = %self.cfg.prefix, compacted = resp.compact_revision(), last = ?self.last, "substation: the etcd watch's start revision was compacted");
             WatchEnd::Relist("compacted")
+        } else if resp.cancel_reason().contains("invalid auth token") {
+            WatchEnd::Reauthenticate
         } else {
             WatchEnd::Failed(format!("etcd cancelled the watch: {}", resp.cancel_reason()).into())
         }

@@ -40,6 +40,11 @@
 //! turns a lost quorum into an error instead of silence; every failure is retried, so
 //! a dead member among several endpoints costs retries, not the watch.
 //!
+//! # Authentication
+//! With [`EtcdSource::user`], a token that etcd no longer accepts (expired, or etcd
+//! restarted) is renewed and the request or watch retried at once: no failure, no
+//! stale settings.
+//!
 //! # Start and outages
 //! [`Source::start`] never blocks: it does no I/O. With a [`EtcdSource::snapshot_file`],
 //! the last known good settings are read from disk by the source's task (off the
