@@ -11,8 +11,8 @@ use etcd_client::{
 use tokio::sync::{Notify, oneshot};
 use tokio::time::{Instant, timeout};
 
-use super::EtcdSource;
 use super::disk::{self, Mirror};
+use super::{EtcdSource, tls};
 use crate::BoxError;
 use crate::live::source::{Change, Health, Layer, Sink, Update};
 
@@ -50,13 +50,15 @@ pub(super) struct Driver {
     sink: Sink,
     /// The last revision applied per layer (the watch resumes at +1).
     last: [u64; 2],
-    /// The highest revision applied: a server answering below it has lost data.
+    /// The highest revision applied: a listing below it means etcd has lost data.
     high: u64,
     need_list: bool,
     live_once: bool,
     from_disk: bool,
     stale_since: Option<SystemTime>,
     failures: u32,
+    /// Whether etcd has answered the current client since it was made.
+    answered: bool,
     mirror: Arc<Mutex<Mirror>>,
     disk_dirty: Option<Arc<Notify>>,
 }
@@ -73,6 +75,7 @@ impl Driver {
             from_disk: false,
             stale_since: None,
             failures: 0,
+            answered: false,
             mirror: Arc::default(),
             disk_dirty: None,
         }
@@ -101,13 +104,16 @@ impl Driver {
             }
             let mut c = match conn.take() {
                 Some(c) => c,
-                None => match self.connect().await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        self.failed(e).await;
-                        continue;
+                None => {
+                    self.answered = false;
+                    match self.connect().await {
+                        Ok(c) => c,
+                        Err(e) => {
+                            self.failed(e).await;
+                            continue;
+                        }
                     }
-                },
+                }
             };
             if self.need_list
                 && let Err(e) = self.list(&mut c).await
@@ -236,8 +242,8 @@ impl Driver {
                 .with_user(user.clone(), password.clone())
                 .with_auto_token_refresh(true);
         }
-        if let Some(tls) = &cfg.tls {
-            opts = opts.with_tls(tls.clone());
+        if let Some(tls) = tls::options(cfg) {
+            opts = opts.with_tls(tls);
         }
         // With a user, `connect` authenticates, which is a request that may hang.
         let connecting = Client::connect(cfg.endpoints.clone(), Some(opts));
@@ -306,6 +312,7 @@ impl Driver {
         self.last = [revision; 2];
         self.high = revision;
         self.need_list = false;
+        self.answered = true;
         self.became_live(revision);
         self.dirty();
         tracing::info!(prefix = %self.cfg.prefix, revision, "substation: settings listed from etcd");
@@ -570,7 +577,8 @@ impl Driver {
     /// Reports a failure and waits out the backoff.
     async fn failed(&mut self, error: BoxError) {
         self.failures = self.failures.saturating_add(1);
-        let reason = chain(&*error);
+        let text = chain(&*error);
+        let reason = tls::explain(&*error, &text, !self.answered, &self.cfg).unwrap_or(text);
         let since = *self.stale_since.get_or_insert_with(SystemTime::now);
         if self.failures == 1 {
             tracing::warn!(prefix = %self.cfg.prefix, error = %reason, "substation: etcd unavailable; keeping the settings in force");

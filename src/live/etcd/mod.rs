@@ -40,10 +40,15 @@
 //! turns a lost quorum into an error instead of silence; every failure is retried, so
 //! a dead member among several endpoints costs retries, not the watch.
 //!
-//! # Authentication
+//! # Authentication and TLS
 //! With [`EtcdSource::user`], a token that etcd no longer accepts (expired, or etcd
 //! restarted) is renewed and the request or watch retried at once: no failure, no
-//! stale settings.
+//! stale settings. TLS material is checked when the source starts: a CA or a client
+//! key that is not usable PEM, a key that does not belong to its certificate, or an
+//! `http://` endpoint with TLS make [`Builder::build`](crate::live::Builder::build)
+//! fail with what is wrong. A handshake that fails says why (the server's certificate
+//! not signed by the CA given, a server name that does not match, a client certificate
+//! refused) in the log and in [`Health::Stale`](crate::live::Health::Stale).
 //!
 //! # Start and outages
 //! [`Source::start`] never blocks: it does no I/O. With a [`EtcdSource::snapshot_file`],
@@ -77,6 +82,7 @@
 
 mod disk;
 mod driver;
+mod tls;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -97,7 +103,10 @@ pub struct EtcdSource {
     pub(crate) keep_alive: (Duration, Duration),
     pub(crate) backoff: (Duration, Duration),
     pub(crate) user: Option<(String, String)>,
-    pub(crate) tls: Option<etcd_client::TlsOptions>,
+    /// The CA (PEM) and the server name to expect.
+    pub(crate) tls_ca: Option<(Vec<u8>, Option<String>)>,
+    /// The client certificate chain and key (PEM).
+    pub(crate) tls_identity: Option<(Vec<u8>, Vec<u8>)>,
     pub(crate) snapshot_file: Option<PathBuf>,
 }
 
@@ -111,7 +120,8 @@ impl fmt::Debug for EtcdSource {
             .field("request_timeout", &self.request_timeout)
             .field("keep_alive", &self.keep_alive)
             .field("user", &self.user.as_ref().map(|(u, _)| u))
-            .field("tls", &self.tls.is_some())
+            .field("tls", &self.tls_ca.is_some())
+            .field("tls_identity", &self.tls_identity.is_some())
             .field("snapshot_file", &self.snapshot_file)
             .finish_non_exhaustive()
     }
@@ -141,7 +151,8 @@ impl EtcdSource {
             keep_alive: (Duration::from_secs(1), Duration::from_millis(1500)),
             backoff: (Duration::from_millis(25), Duration::from_secs(2)),
             user: None,
-            tls: None,
+            tls_ca: None,
+            tls_identity: None,
             snapshot_file: None,
         }
     }
@@ -198,21 +209,20 @@ impl EtcdSource {
     }
 
     /// Connects with TLS: the CA to trust (PEM), and the server name to expect (default:
-    /// the endpoint's host).
+    /// the endpoint's host). Endpoints must then be `https://`. The PEM is checked when
+    /// the source starts: [`Builder::build`](crate::live::Builder::build) fails if it
+    /// holds no usable certificate.
     pub fn tls(mut self, ca_pem: impl AsRef<[u8]>, domain: Option<&str>) -> Self {
-        let mut tls = etcd_client::TlsOptions::new()
-            .ca_certificate(etcd_client::Certificate::from_pem(ca_pem.as_ref()));
-        if let Some(domain) = domain {
-            tls = tls.domain_name(domain);
-        }
-        self.tls = Some(tls);
+        self.tls_ca = Some((ca_pem.as_ref().to_vec(), domain.map(str::to_owned)));
         self
     }
 
-    /// Presents a client certificate (PEM certificate chain and key) over TLS.
+    /// Presents a client certificate (PEM certificate chain and key) over TLS; needs
+    /// [`EtcdSource::tls`]. Checked when the source starts: a key that does not parse,
+    /// or that does not belong to the certificate, fails
+    /// [`Builder::build`](crate::live::Builder::build).
     pub fn tls_identity(mut self, cert_pem: impl AsRef<[u8]>, key_pem: impl AsRef<[u8]>) -> Self {
-        let identity = etcd_client::Identity::from_pem(cert_pem.as_ref(), key_pem.as_ref());
-        self.tls = Some(self.tls.take().unwrap_or_default().identity(identity));
+        self.tls_identity = Some((cert_pem.as_ref().to_vec(), key_pem.as_ref().to_vec()));
         self
     }
 
@@ -238,6 +248,7 @@ impl Source for EtcdSource {
         if self.endpoints.is_empty() {
             return Err("EtcdSource needs at least one endpoint".into());
         }
+        tls::validate(&self)?;
         // The disk snapshot is read by the driver, off the caller: a hung file system
         // must not block `build`. The deadline waits for that read (itself bounded by
         // the same deadline), so that `initialized` never resolves before it.
