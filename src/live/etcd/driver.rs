@@ -379,6 +379,12 @@ impl Driver {
                 }
                 // A watch already acknowledged replays or streams while the next one is
                 // being created: its events are applied like any others, never dropped.
+                tracing::debug!(
+                    prefix = %self.cfg.prefix,
+                    layer = ?layer,
+                    events = resp.events().len(),
+                    "substation: applying events of an acknowledged watch while the next one is created"
+                );
                 if self.apply_events(layer, &resp).is_err() {
                     return WatchEnd::Closed;
                 }
