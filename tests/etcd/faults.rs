@@ -18,6 +18,7 @@ fn value(n: u64) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_and_restart_during_a_thousand_writes_loses_nothing() {
+    crate::skip_without_etcd!();
     let mut etcd = Etcd::start().await;
     let mut client = etcd.client().await;
     let (sub, mut changes) = common::registry(common::source(vec![etcd.endpoint()])).await;
@@ -63,6 +64,7 @@ async fn sigkill_and_restart_during_a_thousand_writes_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leader_killed_mid_stream() {
+    crate::skip_without_etcd!();
     let mut cluster = Cluster::start().await;
     let mut client = cluster.client().await;
     let (sub, _changes) = common::registry(common::source(cluster.endpoints())).await;
@@ -87,6 +89,7 @@ async fn the_leader_killed_mid_stream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compaction_past_the_watchers_revision_relists() {
+    crate::skip_without_etcd!();
     let etcd = Etcd::start().await;
     let mut client = etcd.client().await;
     let proxy = Proxy::start(etcd.endpoint().trim_start_matches("http://").to_owned()).await;
@@ -127,6 +130,7 @@ async fn compaction_past_the_watchers_revision_relists() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revision_rewind_is_detected_and_recovered() {
+    crate::skip_without_etcd!();
     let mut etcd = Etcd::start().await;
     let mut client = etcd.client().await;
     let (sub, _changes) = common::registry(common::source(vec![etcd.endpoint()])).await;
@@ -160,6 +164,7 @@ async fn a_revision_rewind_is_detected_and_recovered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_etcd_is_noticed_as_stale_and_recovers() {
+    crate::skip_without_etcd!();
     let etcd = Etcd::start().await;
     let mut client = etcd.client().await;
     let (sub, _changes) = common::registry(common::source(vec![etcd.endpoint()])).await;
@@ -193,6 +198,7 @@ async fn a_frozen_etcd_is_noticed_as_stale_and_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_quorum_is_stale_not_hung_and_recovers() {
+    crate::skip_without_etcd!();
     let mut cluster = Cluster::start().await;
     let mut client = cluster.client().await;
     let (sub, _changes) = common::registry(common::source(cluster.endpoints())).await;
@@ -225,6 +231,7 @@ async fn a_lost_quorum_is_stale_not_hung_and_recovers() {
 /// state (the old key gone, the new one there).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wipe_overtaken_by_new_writes_while_away_is_noticed() {
+    crate::skip_without_etcd!();
     let mut etcd = Etcd::start().await;
     let mut client = etcd.client().await;
     let proxy = Proxy::start(etcd.endpoint().trim_start_matches("http://").to_owned()).await;
@@ -259,6 +266,7 @@ async fn a_wipe_overtaken_by_new_writes_while_away_is_noticed() {
 /// again: its rejection keeps the revision of the write that was refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_listing_does_not_reject_the_same_value_twice() {
+    crate::skip_without_etcd!();
     let etcd = Etcd::start().await;
     let mut client = etcd.client().await;
     let proxy = Proxy::start(etcd.endpoint().trim_start_matches("http://").to_owned()).await;

@@ -31,6 +31,7 @@ async fn value(client: &Client, key: &str) -> Option<Vec<u8>> {
 
 #[tokio::test]
 async fn single_node_keeps_data_across_restart_and_forgets_it_on_wipe() {
+    crate::skip_without_etcd!();
     let mut etcd = Etcd::start().await;
     assert!(
         etcd.endpoint().starts_with("http://127.0.0.1:"),
@@ -73,6 +74,7 @@ async fn single_node_keeps_data_across_restart_and_forgets_it_on_wipe() {
 
 #[tokio::test]
 async fn frozen_etcd_answers_nothing_until_thawed() {
+    crate::skip_without_etcd!();
     let etcd = Etcd::start().await;
     let client = etcd.client().await;
     client.clone().put("k", "v", None).await.expect("put");
@@ -91,6 +93,7 @@ async fn frozen_etcd_answers_nothing_until_thawed() {
 
 #[tokio::test]
 async fn restart_waits_while_its_port_is_taken() {
+    crate::skip_without_etcd!();
     let mut etcd = Etcd::start().await;
     let port: u16 = etcd
         .endpoint()
@@ -118,6 +121,7 @@ async fn restart_waits_while_its_port_is_taken() {
 
 #[tokio::test]
 async fn drop_kills_etcd_and_removes_its_directory() {
+    crate::skip_without_etcd!();
     let etcd = Etcd::start().await;
     let dir = etcd.dir().to_owned();
     let addr = etcd.endpoint().trim_start_matches("http://").to_owned();
@@ -133,6 +137,7 @@ async fn drop_kills_etcd_and_removes_its_directory() {
 
 #[tokio::test]
 async fn cluster_survives_the_loss_of_its_leader() {
+    crate::skip_without_etcd!();
     let mut cluster = Cluster::start().await;
     assert_eq!(cluster.endpoints().len(), 3);
     let client = cluster.client().await;
@@ -163,6 +168,7 @@ async fn cluster_survives_the_loss_of_its_leader() {
 
 #[tokio::test]
 async fn tls_with_the_right_ca_connects_and_with_the_wrong_one_fails() {
+    crate::skip_without_etcd!();
     let tls = TlsFiles::generate();
     let etcd = Etcd::start_with(EtcdOptions {
         tls: Some(&tls),
@@ -223,6 +229,7 @@ async fn tls_with_the_right_ca_connects_and_with_the_wrong_one_fails() {
 
 #[tokio::test]
 async fn mutual_tls_requires_the_client_certificate() {
+    crate::skip_without_etcd!();
     let tls = TlsFiles::generate();
     let etcd = Etcd::start_with(EtcdOptions {
         tls: Some(&tls),
@@ -254,6 +261,7 @@ async fn mutual_tls_requires_the_client_certificate() {
 
 #[tokio::test]
 async fn auth_lets_the_user_read_its_prefix_only() {
+    crate::skip_without_etcd!();
     let mut etcd = Etcd::start().await;
     let mut admin = etcd.client().await;
     admin.put("/app/a", "1", None).await.expect("put");

@@ -6,6 +6,8 @@
 mod common;
 mod faults;
 mod harness;
+mod liveness;
+mod logs;
 mod proxy;
 mod security;
 mod startup;

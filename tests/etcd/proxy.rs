@@ -1,16 +1,20 @@
-//! A TCP proxy the test can cut: the watcher sees etcd vanish while the test's own
-//! client keeps writing (and compacting) directly.
+//! A TCP proxy the test can cut, reset or pause: the watcher sees etcd vanish, its
+//! connection drop, or its bytes held back, while the test's own client keeps writing
+//! (and compacting) directly.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 pub(crate) struct Proxy {
     port: u16,
     up: Arc<AtomicBool>,
-    /// Bumped on every cut: connections of an older generation close.
+    /// Bumped on every cut or reset: connections of an older generation close.
     generation: Arc<AtomicU64>,
+    /// While true, no byte is forwarded either way (connections stay open).
+    paused: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -21,9 +25,11 @@ impl Proxy {
         let port = listener.local_addr().unwrap().port();
         let up = Arc::new(AtomicBool::new(true));
         let generation = Arc::new(AtomicU64::new(0));
+        let (paused, _) = tokio::sync::watch::channel(false);
         let task = {
             let up = up.clone();
             let generation = generation.clone();
+            let paused = paused.clone();
             tokio::spawn(async move {
                 loop {
                     let Ok((client, _)) = listener.accept().await else {
@@ -36,20 +42,21 @@ impl Proxy {
                     let target = target.clone();
                     let generation = generation.clone();
                     let mine = generation.load(Ordering::SeqCst);
+                    let paused = paused.clone();
                     tokio::spawn(async move {
                         let Ok(server) = TcpStream::connect(&target).await else {
                             return;
                         };
-                        let (mut cr, mut cw) = client.into_split();
-                        let (mut sr, mut sw) = server.into_split();
+                        let (cr, cw) = client.into_split();
+                        let (sr, sw) = server.into_split();
                         let watch = async {
                             while generation.load(Ordering::SeqCst) == mine {
                                 tokio::time::sleep(std::time::Duration::from_millis(5)).await;
                             }
                         };
                         tokio::select! {
-                            _ = tokio::io::copy(&mut cr, &mut sw) => {}
-                            _ = tokio::io::copy(&mut sr, &mut cw) => {}
+                            _ = pipe(cr, sw, paused.subscribe()) => {}
+                            _ = pipe(sr, cw, paused.subscribe()) => {}
                             _ = watch => {}
                         }
                     });
@@ -60,6 +67,7 @@ impl Proxy {
             port,
             up,
             generation,
+            paused,
             task,
         }
     }
@@ -78,11 +86,49 @@ impl Proxy {
     pub(crate) fn restore(&self) {
         self.up.store(true, Ordering::SeqCst);
     }
+
+    /// Closes every connection (within a few milliseconds) and goes on accepting new ones.
+    pub(crate) fn reset(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Stops forwarding bytes, either way, on every connection: they stay open, and what
+    /// the peers send waits in the proxy and in the kernel's buffers (then the senders
+    /// block) until [`Proxy::resume`].
+    pub(crate) fn pause(&self) {
+        self.paused.send_replace(true);
+    }
+
+    /// Forwards again what [`Proxy::pause`] held back, and what follows.
+    pub(crate) fn resume(&self) {
+        self.paused.send_replace(false);
+    }
 }
 
 impl Drop for Proxy {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// Copies `from` to `to`, holding each chunk while `paused` says so.
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut paused: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if paused.wait_for(|p| !*p).await.is_err() {
+            return;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
     }
 }
 
@@ -116,7 +162,6 @@ async fn late_pipe(
     mut to: tokio::net::tcp::OwnedWriteHalf,
     delay: std::time::Duration,
 ) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
     tokio::spawn(async move {
         while let Some((at, bytes)) = rx.recv().await {

@@ -4,8 +4,10 @@ use std::time::{Duration, Instant};
 
 use substation::Substation;
 use substation::live::Health;
+use substation::live::etcd::EtcdSource;
 
 use crate::common::{self, put, registry_state};
+use crate::logs;
 use crate::support::{Etcd, eventually};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -18,6 +20,7 @@ fn snapshot_path(tag: &str) -> std::path::PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cold_start_with_etcd_down_serves_the_disk_snapshot_then_converges() {
+    crate::skip_without_etcd!();
     let path = snapshot_path("with");
     let mut etcd = Etcd::start().await;
     let mut client = etcd.client().await;
@@ -47,18 +50,21 @@ async fn cold_start_with_etcd_down_serves_the_disk_snapshot_then_converges() {
         .source(common::source(vec![etcd.endpoint()]).snapshot_file(&path))
         .build()
         .unwrap();
-    let a = sub.policy("a");
-    assert_eq!(
-        a.settings().timeout.ms,
-        Some(123),
-        "from disk before anything else"
+    assert!(
+        started.elapsed() < Duration::from_millis(100),
+        "build() returned after {:?}",
+        started.elapsed()
     );
+    // The snapshot is read by the source's task, and in force when `initialized`
+    // resolves.
     sub.initialized().await;
     assert!(
         started.elapsed() < Duration::from_secs(2),
         "{:?}",
         started.elapsed()
     );
+    let a = sub.policy("a");
+    assert_eq!(a.settings().timeout.ms, Some(123), "from disk");
     assert!(
         matches!(sub.snapshot().health(), Health::FromDisk { revision, .. } if *revision == rev)
     );
@@ -77,6 +83,7 @@ async fn cold_start_with_etcd_down_serves_the_disk_snapshot_then_converges() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cold_start_without_a_snapshot_uses_defaults_then_converges() {
+    crate::skip_without_etcd!();
     let mut etcd = Etcd::start().await;
     let mut client = etcd.client().await;
     put(&mut client, "policies/a", r#"{"timeout": {"ms": 77}}"#).await;
@@ -113,6 +120,7 @@ async fn cold_start_without_a_snapshot_uses_defaults_then_converges() {
 /// from disk serves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_disk_snapshot_keeps_the_last_good_values() {
+    crate::skip_without_etcd!();
     let path = snapshot_path("good");
     let mut etcd = Etcd::start().await;
     let mut client = etcd.client().await;
@@ -171,6 +179,68 @@ async fn the_disk_snapshot_keeps_the_last_good_values() {
         registry_state(&sub),
         expected,
         "after rejections in a listing"
+    );
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
+}
+
+/// A FIFO at the snapshot's path (or any file whose `open` would wait) neither blocks
+/// `build()` nor the source: it is refused unopened, and the settings come from etcd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifo_at_the_snapshot_path_blocks_nothing() {
+    crate::skip_without_etcd!();
+    logs::install();
+    let path = snapshot_path("fifo");
+    let _ = std::fs::remove_file(&path);
+    let made = std::process::Command::new("mkfifo")
+        .arg(&path)
+        .status()
+        .expect("run mkfifo");
+    assert!(made.success(), "mkfifo {}", path.display());
+    let etcd = Etcd::start().await;
+    let mut client = etcd.client().await;
+    let prefix = logs::unique_prefix("fifo");
+    client
+        .put(
+            format!("{prefix}policies/a"),
+            r#"{"timeout": {"ms": 42}}"#,
+            None,
+        )
+        .await
+        .unwrap();
+
+    let source = EtcdSource::new([etcd.endpoint()], &prefix)
+        .request_timeout(Duration::from_secs(1))
+        .snapshot_file(&path);
+    let started = Instant::now();
+    // In a blocking thread, so that a `build()` that blocks fails the test instead of
+    // hanging it.
+    let building =
+        tokio::task::spawn_blocking(move || Substation::builder().source(source).build());
+    let sub = match tokio::time::timeout(Duration::from_secs(5), building).await {
+        Ok(built) => built.unwrap().unwrap(),
+        Err(_) => {
+            // Let the blocked reader go (a writer opens and closes the FIFO) first.
+            let _ = std::fs::OpenOptions::new().write(true).open(&path);
+            panic!("build() blocked on the FIFO at {}", path.display());
+        }
+    };
+    let returned = started.elapsed();
+    assert!(
+        returned < Duration::from_millis(100),
+        "build() took {returned:?}"
+    );
+    eventually("live from etcd", WAIT, || async {
+        matches!(sub.snapshot().health(), Health::Live { .. })
+    })
+    .await;
+    assert_eq!(sub.policy("a").settings().timeout.ms, Some(42));
+    let refused = logs::matching(&prefix, "ignoring the disk snapshot");
+    assert!(
+        refused
+            .iter()
+            .any(|l| l.field("error").is_some_and(|e| e.contains("FIFO"))),
+        "{}",
+        logs::show(&logs::lines(&prefix))
     );
     let _ = std::fs::remove_dir_all(path.parent().unwrap());
 }

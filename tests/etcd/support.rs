@@ -1094,6 +1094,52 @@ fn etcd_binary() -> PathBuf {
     std::env::var_os("SUBSTATION_ETCD").map_or_else(|| PathBuf::from("etcd"), PathBuf::from)
 }
 
+/// Whether a test that needs etcd must return at once because etcd cannot be run here
+/// (not on `PATH`, or `SUBSTATION_ETCD` names nothing runnable). It says so once per
+/// process, on the real stderr (not captured). With `SUBSTATION_REQUIRE_ETCD=1` (set by
+/// `scripts/test.sh`) a missing etcd is a failure instead. Use [`skip_without_etcd!`].
+pub(crate) fn etcd_missing() -> bool {
+    static WHY: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let why = WHY.get_or_init(|| {
+        let ran = Command::new(etcd_binary())
+            .arg("--version")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        match ran {
+            Ok(_) => None,
+            Err(e) => Some(format!("cannot run {:?}: {e}", etcd_binary())),
+        }
+    });
+    let Some(why) = why else {
+        return false;
+    };
+    assert!(
+        std::env::var_os("SUBSTATION_REQUIRE_ETCD").is_none_or(|v| v != "1"),
+        "SUBSTATION_REQUIRE_ETCD=1 but {why}: install Debian's etcd-server or set SUBSTATION_ETCD"
+    );
+    static SAID: std::sync::Once = std::sync::Once::new();
+    SAID.call_once(|| {
+        let _ = writeln!(
+            std::io::stderr(),
+            "skipping the tests that need etcd: {why} (install Debian's etcd-server or set \
+             SUBSTATION_ETCD; SUBSTATION_REQUIRE_ETCD=1 makes this a failure)"
+        );
+    });
+    true
+}
+
+/// Returns from the test (it passes) when etcd cannot be run here; see [`etcd_missing`].
+#[macro_export]
+macro_rules! skip_without_etcd {
+    () => {
+        if $crate::support::etcd_missing() {
+            return;
+        }
+    };
+}
+
 // ---------------------------------------------------------------------------------------
 // Ports, directories, randomness
 // ---------------------------------------------------------------------------------------

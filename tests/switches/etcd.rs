@@ -11,6 +11,7 @@ use crate::support::{Etcd, eventually};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_switch_flips_through_etcd() {
+    crate::skip_without_etcd!();
     let etcd = Etcd::start().await;
     let mut kv = etcd.client().await;
     let substation = Substation::builder()

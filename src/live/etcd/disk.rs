@@ -56,9 +56,16 @@ pub(crate) fn write(path: &Path, mirror: &Mirror) -> Result<(), BoxError> {
     Ok(())
 }
 
-/// Reads and verifies a snapshot; returns it with the time it was written.
+/// Reads and verifies a snapshot; returns it with the time it was written. Blocking:
+/// call it off the async threads. Anything but a regular file (a FIFO, whose `open`
+/// would wait for a writer; a device; a directory) is refused before it is opened.
 pub(crate) fn read(path: &Path) -> Result<(Mirror, SystemTime), BoxError> {
-    let bytes = std::fs::read(path)?;
+    regular(&std::fs::metadata(path)?)?;
+    let mut file = std::fs::File::open(path)?;
+    // Checked again on what was opened: the path may have changed in between.
+    regular(&file.metadata()?)?;
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut file, &mut bytes)?;
     let newline = bytes
         .iter()
         .position(|b| *b == b'\n')
@@ -81,6 +88,30 @@ pub(crate) fn read(path: &Path) -> Result<(Mirror, SystemTime), BoxError> {
         p.mirror,
         UNIX_EPOCH + Duration::from_millis(p.written_unix_ms),
     ))
+}
+
+fn regular(metadata: &std::fs::Metadata) -> Result<(), BoxError> {
+    if metadata.is_file() {
+        return Ok(());
+    }
+    let kind = metadata.file_type();
+    let mut what = if kind.is_dir() {
+        "a directory"
+    } else {
+        "not a regular file"
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if kind.is_fifo() {
+            what = "a FIFO";
+        } else if kind.is_char_device() || kind.is_block_device() {
+            what = "a device";
+        } else if kind.is_socket() {
+            what = "a socket";
+        }
+    }
+    Err(format!("{what}, not a regular file: refusing to open it as a snapshot").into())
 }
 
 fn temp_path(path: &Path) -> PathBuf {

@@ -5,26 +5,44 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use etcd_client::{
-    Client, ConnectOptions, EventType, GetOptions, WatchOptions, WatchResponse, WatchStream,
+    Client, ConnectOptions, EventType, GetOptions, KvClient, WatchClient, WatchOptions,
+    WatchResponse, WatchStream,
 };
-use tokio::sync::Notify;
-use tokio::time::timeout;
+use tokio::sync::{Notify, oneshot};
+use tokio::time::{Instant, timeout};
 
-use super::EtcdSource;
 use super::disk::{self, Mirror};
+use super::{EtcdSource, tls};
 use crate::BoxError;
 use crate::live::source::{Change, Health, Layer, Sink, Update};
 
 const LAYERS: [Layer; 2] = [Layer::App, Layer::Shared];
 
+/// The largest message accepted from etcd: what etcd sends at most (its gRPC send limit
+/// is `math.MaxInt32`), and what its own Go client accepts. A watcher that fell behind
+/// catches up in batches of up to 1,000 revisions, and a listing holds a whole prefix:
+/// both pass tonic's default of 4 MiB with large values, and a watcher refusing them
+/// could never catch up.
+const MAX_MESSAGE: usize = i32::MAX as usize;
+
 /// Why a watch ended.
 enum WatchEnd {
     /// List again: the watch's start was compacted, or the revision went backwards.
     Relist(&'static str),
+    /// etcd refused the client's authentication token when the watch was created
+    /// (expired, or etcd restarted): renew it and watch again.
+    Reauthenticate,
     /// Retry after a backoff.
     Failed(BoxError),
     /// The registry is gone.
     Closed,
+}
+
+/// A client and the two services the driver uses, which accept etcd's largest messages.
+struct Conn {
+    client: Client,
+    kv: KvClient,
+    watch: WatchClient,
 }
 
 pub(super) struct Driver {
@@ -32,30 +50,21 @@ pub(super) struct Driver {
     sink: Sink,
     /// The last revision applied per layer (the watch resumes at +1).
     last: [u64; 2],
-    /// The highest revision applied: a server answering below it has lost data.
+    /// The highest revision applied: a listing below it means etcd has lost data.
     high: u64,
     need_list: bool,
     live_once: bool,
     from_disk: bool,
     stale_since: Option<SystemTime>,
     failures: u32,
+    /// Whether etcd has answered the current client since it was made.
+    answered: bool,
     mirror: Arc<Mutex<Mirror>>,
     disk_dirty: Option<Arc<Notify>>,
 }
 
 impl Driver {
-    pub(super) fn new(cfg: EtcdSource, sink: Sink, from_disk: Option<Mirror>) -> Self {
-        let mirror = Arc::new(Mutex::new(from_disk.clone().unwrap_or_default()));
-        let disk_dirty = cfg.snapshot_file.clone().map(|path| {
-            let notify = Arc::new(Notify::new());
-            tokio::spawn(write_snapshots(
-                path,
-                mirror.clone(),
-                notify.clone(),
-                sink.clone(),
-            ));
-            notify
-        });
+    pub(super) fn new(cfg: EtcdSource, sink: Sink) -> Self {
         Driver {
             cfg,
             sink,
@@ -63,44 +72,93 @@ impl Driver {
             high: 0,
             need_list: true,
             live_once: false,
-            from_disk: from_disk.is_some(),
+            from_disk: false,
             stale_since: None,
             failures: 0,
-            mirror,
-            disk_dirty,
+            answered: false,
+            mirror: Arc::default(),
+            disk_dirty: None,
         }
     }
 
-    pub(super) async fn run(mut self) {
-        let mut client: Option<Client> = None;
+    /// Loads the disk snapshot (then says so on `disk_done`), and lists and watches
+    /// until the registry is dropped.
+    pub(super) async fn run(mut self, disk_done: oneshot::Sender<()>) {
+        if let Some(path) = self.cfg.snapshot_file.clone() {
+            self.load_snapshot(&path).await;
+            let notify = Arc::new(Notify::new());
+            tokio::spawn(write_snapshots(
+                path,
+                self.mirror.clone(),
+                notify.clone(),
+                self.sink.clone(),
+            ));
+            self.disk_dirty = Some(notify);
+        }
+        let _ = disk_done.send(());
+        let mut conn: Option<Conn> = None;
+        let mut reauthenticated = false;
         loop {
             if self.sink.is_closed() {
                 return;
             }
-            let mut c = match client.take() {
+            let mut c = match conn.take() {
                 Some(c) => c,
-                None => match self.connect().await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        self.failed(e).await;
-                        continue;
+                None => {
+                    self.answered = false;
+                    match self.connect().await {
+                        Ok(c) => c,
+                        Err(e) => {
+                            self.failed(e).await;
+                            continue;
+                        }
                     }
-                },
+                }
             };
             if self.need_list
                 && let Err(e) = self.list(&mut c).await
             {
-                client = self.keep(c);
+                conn = self.keep(c);
                 self.failed(e).await;
                 continue;
             }
-            match self.watch(&mut c).await {
+            let end = self.watch(&mut c).await;
+            if !matches!(end, WatchEnd::Reauthenticate) {
+                reauthenticated = false;
+            }
+            match end {
                 WatchEnd::Relist(reason) => {
                     tracing::warn!(prefix = %self.cfg.prefix, reason, "substation: listing etcd again");
                     metrics::counter!(crate::metrics::SOURCE_RESYNCS, "reason" => reason)
                         .increment(1);
                     self.need_list = true;
-                    client = Some(c);
+                    conn = Some(c);
+                }
+                WatchEnd::Reauthenticate if !reauthenticated => {
+                    // The watch never started: nothing was missed, and the next watch
+                    // starts where this one would have. A new token, and watch again.
+                    reauthenticated = true;
+                    tracing::debug!(prefix = %self.cfg.prefix, "substation: etcd refused the authentication token; renewing it");
+                    match timeout(self.cfg.request_timeout, c.client.refresh_token()).await {
+                        Ok(Ok(())) => conn = Some(c),
+                        Ok(Err(e)) => {
+                            self.need_list = true;
+                            conn = self.keep(c);
+                            self.failed(e.into()).await;
+                        }
+                        Err(_) => {
+                            self.need_list = true;
+                            conn = self.keep(c);
+                            self.failed("renewing the etcd authentication token timed out".into())
+                                .await;
+                        }
+                    }
+                }
+                WatchEnd::Reauthenticate => {
+                    self.need_list = true;
+                    conn = self.keep(c);
+                    self.failed("etcd refused a freshly renewed authentication token".into())
+                        .await;
                 }
                 WatchEnd::Failed(e) => {
                     // Listed again before watching again, rather than resumed from the
@@ -109,7 +167,7 @@ impl Driver {
                     // would follow the new history from the middle, silently. A listing
                     // is diffed against the registry, so it changes only what changed.
                     self.need_list = true;
-                    client = self.keep(c);
+                    conn = self.keep(c);
                     self.failed(e).await;
                 }
                 WatchEnd::Closed => return,
@@ -117,37 +175,93 @@ impl Driver {
         }
     }
 
+    /// Reads the disk snapshot in a blocking thread, within the connect deadline, and
+    /// applies it (before anything from etcd).
+    async fn load_snapshot(&mut self, path: &std::path::Path) {
+        let deadline = self.cfg.connect_timeout;
+        let read = tokio::task::spawn_blocking({
+            let path = path.to_owned();
+            move || disk::read(&path)
+        });
+        let (mirror, written) = match timeout(deadline, read).await {
+            Ok(Ok(Ok(read))) => read,
+            Ok(Ok(Err(e))) if is_not_found(&*e) => {
+                tracing::info!(prefix = %self.cfg.prefix, path = %path.display(), "substation: no disk snapshot yet");
+                return;
+            }
+            Ok(Ok(Err(e))) => {
+                tracing::warn!(prefix = %self.cfg.prefix, path = %path.display(), error = %e, "substation: ignoring the disk snapshot");
+                return;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(prefix = %self.cfg.prefix, path = %path.display(), error = %e, "substation: reading the disk snapshot failed; ignoring it");
+                return;
+            }
+            Err(_) => {
+                // The blocking thread stays behind until the read returns.
+                tracing::warn!(prefix = %self.cfg.prefix, path = %path.display(), deadline_ms = deadline.as_millis() as u64, "substation: the disk snapshot could not be read within the connect deadline (a hung file system?); ignoring it");
+                return;
+            }
+        };
+        let age = written.elapsed().unwrap_or_default();
+        tracing::info!(prefix = %self.cfg.prefix, path = %path.display(), revision = mirror.revision, age_s = age.as_secs(), "substation: starting from the disk snapshot until etcd answers");
+        let update = Update::Replace {
+            revision: mirror.revision,
+            layers: vec![
+                (Layer::App, to_entries(&mirror.app)),
+                (Layer::Shared, to_entries(&mirror.shared)),
+            ],
+        };
+        if self.sink.apply(update).is_err() {
+            return; // closed: `run` notices
+        }
+        let _ = self.sink.set_health(Health::FromDisk {
+            revision: mirror.revision,
+            written,
+        });
+        self.from_disk = true;
+        *self.mirror.lock().unwrap_or_else(PoisonError::into_inner) = mirror;
+    }
+
     /// Keeps the client for the next attempt, unless it has failed repeatedly (then a new
     /// one starts from fresh connections).
-    fn keep(&self, c: Client) -> Option<Client> {
+    fn keep(&self, c: Conn) -> Option<Conn> {
         (self.failures < 3).then_some(c)
     }
 
-    async fn connect(&self) -> Result<Client, BoxError> {
+    async fn connect(&self) -> Result<Conn, BoxError> {
         let cfg = &self.cfg;
+        // No HTTP/2 keep-alive: stock etcd answers pings more often than every 5 s with
+        // GOAWAY (see `EtcdSource::keep_alive`); the watch checks liveness itself.
         let mut opts = ConnectOptions::new()
-            .with_keep_alive(cfg.keep_alive.0, cfg.keep_alive.1)
-            .with_keep_alive_while_idle(true)
             .with_connect_timeout(cfg.request_timeout)
             .with_require_leader(true);
         if let Some((user, password)) = &cfg.user {
-            opts = opts.with_user(user.clone(), password.clone());
+            // A request refused for an expired token is retried once with a new one.
+            opts = opts
+                .with_user(user.clone(), password.clone())
+                .with_auto_token_refresh(true);
         }
-        if let Some(tls) = &cfg.tls {
-            opts = opts.with_tls(tls.clone());
+        if let Some(tls) = tls::options(cfg) {
+            opts = opts.with_tls(tls);
         }
         // With a user, `connect` authenticates, which is a request that may hang.
         let connecting = Client::connect(cfg.endpoints.clone(), Some(opts));
-        Ok(timeout(cfg.request_timeout, connecting)
+        let client = timeout(cfg.request_timeout, connecting)
             .await
-            .map_err(|_| "connecting to etcd timed out")??)
+            .map_err(|_| "connecting to etcd timed out")??;
+        Ok(Conn {
+            kv: client.kv_client().max_decoding_message_size(MAX_MESSAGE),
+            watch: client.watch_client().max_decoding_message_size(MAX_MESSAGE),
+            client,
+        })
     }
 
-    async fn list(&mut self, c: &mut Client) -> Result<(), BoxError> {
+    async fn list(&mut self, c: &mut Conn) -> Result<(), BoxError> {
         let req = self.cfg.request_timeout;
         let app = timeout(
             req,
-            c.get(
+            c.kv.get(
                 self.cfg.prefix.as_str(),
                 Some(GetOptions::new().with_prefix()),
             ),
@@ -156,14 +270,14 @@ impl Driver {
         .map_err(|_| "listing etcd timed out")??;
         let revision = app.header().map_or(0, |h| h.revision()).max(0) as u64;
         if revision < self.high {
-            rewound(self.high, revision);
+            rewound(&self.cfg.prefix, self.high, revision);
         }
         let mut layers = vec![(Layer::App, self.entries(Layer::App, app.kvs()))];
         if let Some(shared) = self.cfg.shared_prefix.clone() {
             let opts = GetOptions::new()
                 .with_prefix()
                 .with_revision(revision as i64);
-            let resp = timeout(req, c.get(shared, Some(opts)))
+            let resp = timeout(req, c.kv.get(shared, Some(opts)))
                 .await
                 .map_err(|_| "listing etcd timed out")??;
             layers.push((Layer::Shared, self.entries(Layer::Shared, resp.kvs())));
@@ -198,6 +312,7 @@ impl Driver {
         self.last = [revision; 2];
         self.high = revision;
         self.need_list = false;
+        self.answered = true;
         self.became_live(revision);
         self.dirty();
         tracing::info!(prefix = %self.cfg.prefix, revision, "substation: settings listed from etcd");
@@ -211,7 +326,7 @@ impl Driver {
             .collect()
     }
 
-    async fn watch(&mut self, c: &mut Client) -> WatchEnd {
+    async fn watch(&mut self, c: &mut Conn) -> WatchEnd {
         let req = self.cfg.request_timeout;
         let mut layers = Vec::new();
         let mut stream: Option<WatchStream> = None;
@@ -223,7 +338,7 @@ impl Driver {
                 .with_prefix()
                 .with_start_revision(self.last[layer.index()] as i64 + 1);
             let created = match &mut stream {
-                None => timeout(req, c.watch(prefix, Some(opts)))
+                None => timeout(req, c.watch.watch(prefix, Some(opts)))
                     .await
                     .map(|r| r.map(|s| stream = Some(s))),
                 Some(s) => timeout(req, s.watch(prefix, Some(opts))).await,
@@ -246,63 +361,130 @@ impl Driver {
                 Ok(Ok(None)) => return WatchEnd::Failed("the etcd watch stream ended".into()),
                 Ok(Ok(Some(resp))) => resp,
             };
-            if resp.canceled() {
-                return self.cancelled(&resp);
-            }
-            if let Some(end) = self.check_header(&resp) {
-                return end;
-            }
             if resp.created() {
-                ids.push((resp.watch_id(), layers[ids.len()]));
+                let layer = layers[ids.len()];
+                if resp.canceled() {
+                    return self.cancelled(&resp);
+                }
+                if let Some(end) = self.check_header(layer, &resp) {
+                    return end;
+                }
+                ids.push((resp.watch_id(), layer));
             } else if let Some(&(_, layer)) = ids.iter().find(|(id, _)| *id == resp.watch_id()) {
+                if resp.canceled() {
+                    return self.cancelled(&resp);
+                }
+                if let Some(end) = self.check_header(layer, &resp) {
+                    return end;
+                }
                 // A watch already acknowledged replays or streams while the next one is
                 // being created: its events are applied like any others, never dropped.
+                tracing::debug!(
+                    prefix = %self.cfg.prefix,
+                    layer = ?layer,
+                    events = resp.events().len(),
+                    "substation: applying events of an acknowledged watch while the next one is created"
+                );
                 if self.apply_events(layer, &resp).is_err() {
                     return WatchEnd::Closed;
                 }
             }
         }
         self.became_live(self.high);
+        self.follow(&mut stream, &ids).await
+    }
+
+    /// Applies what an established watch delivers, and checks that etcd is alive: after
+    /// `keep_alive.0` without a message it asks for progress, and declares the watch
+    /// dead if nothing arrives within `keep_alive.1` of the request.
+    async fn follow(&mut self, stream: &mut WatchStream, ids: &[(i64, Layer)]) -> WatchEnd {
+        let (interval, patience) = self.cfg.keep_alive;
+        // Since the last message, or since the driver was done with it: time spent
+        // applying is not silence.
+        let mut heard = Instant::now();
+        let mut asked: Option<Instant> = None;
         loop {
-            let next = match first(stream.message(), self.sink.closed()).await {
+            let wake = match asked {
+                None => heard + interval,
+                Some(at) => at + patience,
+            };
+            let waited = first(
+                stream.message(),
+                first(tokio::time::sleep_until(wake), self.sink.closed()),
+            )
+            .await;
+            let next = match waited {
                 Either::Left(next) => next,
-                Either::Right(()) => return WatchEnd::Closed,
+                Either::Right(Either::Right(())) => return WatchEnd::Closed,
+                Either::Right(Either::Left(())) if asked.is_some() => {
+                    return WatchEnd::Failed(
+                        format!(
+                            "etcd answered nothing for {:?} after a watch progress request: the \
+                             server is frozen or the connection is lost",
+                            patience
+                        )
+                        .into(),
+                    );
+                }
+                Either::Right(Either::Left(())) => {
+                    // Sent on the stream; bounded in case its buffer is full.
+                    match timeout(patience, stream.request_progress()).await {
+                        Ok(Ok(())) => asked = Some(Instant::now()),
+                        Ok(Err(e)) => return WatchEnd::Failed(e.into()),
+                        Err(_) => {
+                            return WatchEnd::Failed(
+                                "sending a watch progress request to etcd timed out".into(),
+                            );
+                        }
+                    }
+                    continue;
+                }
             };
             let resp = match next {
                 Ok(Some(resp)) => resp,
                 Ok(None) => return WatchEnd::Failed("the etcd watch stream ended".into()),
                 Err(e) => return WatchEnd::Failed(e.into()),
             };
-            if resp.canceled() {
-                return self.cancelled(&resp);
+            asked = None;
+            // A progress answer (watch id -1) belongs to no watch: it only proves that
+            // etcd is alive. Its revision is not compared: etcd takes it when the
+            // request arrives, and events of later revisions may be sent before it.
+            if let Some(&(_, layer)) = ids.iter().find(|(id, _)| *id == resp.watch_id()) {
+                if resp.canceled() {
+                    return self.cancelled(&resp);
+                }
+                if let Some(end) = self.check_header(layer, &resp) {
+                    return end;
+                }
+                if self.apply_events(layer, &resp).is_err() {
+                    return WatchEnd::Closed;
+                }
             }
-            if let Some(end) = self.check_header(&resp) {
-                return end;
-            }
-            let Some(&(_, layer)) = ids.iter().find(|(id, _)| *id == resp.watch_id()) else {
-                continue;
-            };
-            if self.apply_events(layer, &resp).is_err() {
-                return WatchEnd::Closed;
-            }
+            heard = Instant::now();
         }
     }
 
     fn cancelled(&self, resp: &WatchResponse) -> WatchEnd {
         if resp.compact_revision() > 0 {
-            tracing::warn!(compacted = resp.compact_revision(), last = ?self.last, "substation: the etcd watch's start revision was compacted");
+            tracing::warn!(prefix = %self.cfg.prefix, compacted = resp.compact_revision(), last = ?self.last, "substation: the etcd watch's start revision was compacted");
             WatchEnd::Relist("compacted")
+        } else if resp.cancel_reason().contains("invalid auth token") {
+            WatchEnd::Reauthenticate
         } else {
             WatchEnd::Failed(format!("etcd cancelled the watch: {}", resp.cancel_reason()).into())
         }
     }
 
     /// A server whose revision is below what was applied has lost data (restored from
-    /// a backup, or wiped): everything must be listed again.
-    fn check_header(&self, resp: &WatchResponse) -> Option<WatchEnd> {
+    /// a backup, or wiped): everything must be listed again. Compared per layer: the
+    /// two watches of a stream are not ordered with each other (after a pause, etcd may
+    /// send the application's watch's batch up to revision 900, then the shared
+    /// watch's batch at revision 850), while one watch never goes back.
+    fn check_header(&self, layer: Layer, resp: &WatchResponse) -> Option<WatchEnd> {
         let revision = resp.header()?.revision();
-        if revision >= 0 && (revision as u64) < self.high {
-            rewound(self.high, revision as u64);
+        let applied = self.last[layer.index()];
+        if revision >= 0 && (revision as u64) < applied {
+            rewound(&self.cfg.prefix, applied, revision as u64);
             return Some(WatchEnd::Relist("rewound"));
         }
         None
@@ -319,6 +501,7 @@ impl Driver {
             let rev = kv.mod_revision().max(0) as u64;
             if rev <= self.last[i] {
                 tracing::debug!(
+                    prefix = %self.cfg.prefix,
                     rev,
                     last = self.last[i],
                     "substation: skipping an etcd event already applied"
@@ -400,7 +583,8 @@ impl Driver {
     /// Reports a failure and waits out the backoff.
     async fn failed(&mut self, error: BoxError) {
         self.failures = self.failures.saturating_add(1);
-        let reason = chain(&*error);
+        let text = chain(&*error);
+        let reason = tls::explain(&*error, &text, !self.answered, &self.cfg).unwrap_or(text);
         let since = *self.stale_since.get_or_insert_with(SystemTime::now);
         if self.failures == 1 {
             tracing::warn!(prefix = %self.cfg.prefix, error = %reason, "substation: etcd unavailable; keeping the settings in force");
@@ -459,12 +643,24 @@ fn relative(key: &[u8], prefix: &str) -> String {
     key.strip_prefix(prefix).unwrap_or(&key).to_owned()
 }
 
-fn rewound(high: u64, now: u64) {
+fn rewound(prefix: &str, high: u64, now: u64) {
     tracing::error!(
+        prefix,
         applied = high,
         server = now,
         "substation: etcd's revision went BACKWARDS ({high} applied, server at {now}): it was restored from a backup or its data was wiped; listing everything again"
     );
+}
+
+fn to_entries(map: &std::collections::BTreeMap<String, String>) -> Vec<(String, Vec<u8>)> {
+    map.iter()
+        .map(|(k, v)| (k.clone(), v.as_bytes().to_vec()))
+        .collect()
+}
+
+fn is_not_found(e: &(dyn std::error::Error + 'static)) -> bool {
+    e.downcast_ref::<std::io::Error>()
+        .is_some_and(|e| e.kind() == std::io::ErrorKind::NotFound)
 }
 
 /// An error and its sources, joined: "transport error: tls handshake: unknown issuer".

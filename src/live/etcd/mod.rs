@@ -13,8 +13,8 @@
 //!
 //! # The watch
 //! 1. List both prefixes (linearizable) at one revision R; apply as one snapshot.
-//! 2. Watch both from R + 1. Apply the events of each revision as one snapshot swap,
-//!    in order; the revision advances only over what was seen.
+//! 2. Watch both from R + 1, on one stream. Apply the events of each revision as one
+//!    snapshot swap, in order; a layer's revision advances only over what was seen.
 //! 3. On a stream error or end: mark the settings stale, back off (jittered), list
 //!    again and watch from there (the registry diffs the listing: only what changed
 //!    changes). Resuming from the last applied revision + 1 would be cheaper, but an
@@ -22,21 +22,45 @@
 //!    away, would be followed from the middle of a new history.
 //! 4. Watch cancelled because R + 1 was compacted: list again (the registry diffs).
 //! 5. A revision below the last applied one (etcd restored or wiped): list again, and
-//!    log it loudly.
+//!    log it loudly. A listing below the highest revision applied, or an answer for one
+//!    layer's watch below what that layer applied, is such a rewind; the two watches of
+//!    a stream are not ordered with each other (after a pause, the shared watch may
+//!    report a revision the application's watch has passed), so they are not compared.
 //!
+//! # Noticing a dead etcd
 //! Every request and watch creation has its own timeout (etcd may accept TCP and not
-//! answer); HTTP/2 keep-alive notices a frozen server; `require-leader` turns a lost
-//! quorum into an error instead of silence; every failure is retried, so a dead member
-//! among several endpoints costs retries, not the watch.
+//! answer). An established watch is checked with etcd's **watch progress requests**
+//! (etcd ≥ 3.4): after [`EtcdSource::keep_alive`]'s interval (1 s) without a message,
+//! the watch asks for one; if nothing arrives within its timeout (1.5 s), the watch
+//! is declared dead. A frozen server is so noticed within ≈ 2.5 s, and an idle watch
+//! costs etcd one small answer a second. There is **no HTTP/2 ping**: stock etcd
+//! refuses pings more often than every 5 s (`--grpc-keepalive-min-time`), and pings
+//! while no stream is open at all, with `GOAWAY ENHANCE_YOUR_CALM too_many_pings`,
+//! which tears the watch down and costs a full listing each time. `require-leader`
+//! turns a lost quorum into an error instead of silence; every failure is retried, so
+//! a dead member among several endpoints costs retries, not the watch.
+//!
+//! # Authentication and TLS
+//! With [`EtcdSource::user`], a token that etcd no longer accepts (expired, or etcd
+//! restarted) is renewed and the request or watch retried at once: no failure, no
+//! stale settings. TLS material is checked when the source starts: a CA or a client
+//! key that is not usable PEM, a key that does not belong to its certificate, or an
+//! `http://` endpoint with TLS make [`Builder::build`](crate::live::Builder::build)
+//! fail with what is wrong. A handshake that fails says why (the server's certificate
+//! not signed by the CA given, a server name that does not match, a client certificate
+//! refused) in the log and in [`Health::Stale`](crate::live::Health::Stale).
 //!
 //! # Start and outages
-//! [`Source::start`] never blocks. With a [`EtcdSource::snapshot_file`], the last known
-//! good settings are loaded from disk at once (served until etcd answers; never over
-//! live data) and rewritten atomically after changes. The first load has a deadline
+//! [`Source::start`] never blocks: it does no I/O. With a [`EtcdSource::snapshot_file`],
+//! the last known good settings are read from disk by the source's task (off the
+//! caller, in a blocking thread, within [`EtcdSource::connect_timeout`]; anything but a
+//! regular file is refused unopened, so a FIFO or a device at that path cannot hang
+//! it), applied before anything from etcd, served until etcd answers, and rewritten
+//! atomically after changes. The first load has a deadline
 //! ([`EtcdSource::connect_timeout`], 500 ms by default) after which
-//! [`Substation::initialized`](crate::Substation::initialized) resolves anyway, while
-//! the source keeps connecting in the background. [`Health`] tells
-//! the application which of these it is in.
+//! [`Substation::initialized`](crate::Substation::initialized) resolves anyway (with
+//! the disk snapshot in force if there is one), while the source keeps connecting in
+//! the background. [`Health`](crate::live::Health) tells the application which of these it is in.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -58,12 +82,13 @@
 
 mod disk;
 mod driver;
+mod tls;
 
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::source::{Health, Layer, Sink, Source, Update};
+use super::source::{Layer, Sink, Source};
 use crate::BoxError;
 
 /// A [`Source`] that reads and watches settings in etcd; see the [module docs](self).
@@ -74,10 +99,14 @@ pub struct EtcdSource {
     pub(crate) shared_prefix: Option<String>,
     pub(crate) connect_timeout: Duration,
     pub(crate) request_timeout: Duration,
+    /// The liveness check of an established watch: (interval, timeout).
     pub(crate) keep_alive: (Duration, Duration),
     pub(crate) backoff: (Duration, Duration),
     pub(crate) user: Option<(String, String)>,
-    pub(crate) tls: Option<etcd_client::TlsOptions>,
+    /// The CA (PEM) and the server name to expect.
+    pub(crate) tls_ca: Option<(Vec<u8>, Option<String>)>,
+    /// The client certificate chain and key (PEM).
+    pub(crate) tls_identity: Option<(Vec<u8>, Vec<u8>)>,
     pub(crate) snapshot_file: Option<PathBuf>,
 }
 
@@ -89,8 +118,10 @@ impl fmt::Debug for EtcdSource {
             .field("shared_prefix", &self.shared_prefix)
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
+            .field("keep_alive", &self.keep_alive)
             .field("user", &self.user.as_ref().map(|(u, _)| u))
-            .field("tls", &self.tls.is_some())
+            .field("tls", &self.tls_ca.is_some())
+            .field("tls_identity", &self.tls_identity.is_some())
             .field("snapshot_file", &self.snapshot_file)
             .finish_non_exhaustive()
     }
@@ -117,10 +148,11 @@ impl EtcdSource {
             shared_prefix: None,
             connect_timeout: Duration::from_millis(500),
             request_timeout: Duration::from_secs(2),
-            keep_alive: (Duration::from_secs(1), Duration::from_secs(1)),
+            keep_alive: (Duration::from_secs(1), Duration::from_millis(1500)),
             backoff: (Duration::from_millis(25), Duration::from_secs(2)),
             user: None,
-            tls: None,
+            tls_ca: None,
+            tls_identity: None,
             snapshot_file: None,
         }
     }
@@ -145,8 +177,20 @@ impl EtcdSource {
         self
     }
 
-    /// HTTP/2 keep-alive interval and timeout (default 1 s and 1 s): a frozen server is
-    /// noticed after about their sum.
+    /// How an established watch tells a quiet etcd from a dead one (default 1 s and
+    /// 1.5 s): after `interval` without a message, the watch sends etcd a watch
+    /// progress request; if nothing arrives within `timeout` of it, the watch is
+    /// declared dead (settings stale, list again). A frozen server or a silently lost
+    /// connection is noticed within about `interval + timeout` (2.5 s by default).
+    ///
+    /// These are not HTTP/2 pings, and the source sends none: stock etcd allows a
+    /// ping at most every 5 s (`--grpc-keepalive-min-time`) and none while no stream is
+    /// open, and answers more with `GOAWAY ENHANCE_YOUR_CALM too_many_pings`, which
+    /// ends the watch. A progress request is an ordinary message on the watch stream
+    /// that etcd (3.4 and later) answers with its current revision; one a second per
+    /// watcher is negligible work for etcd. `timeout` must exceed the time the largest
+    /// watch response takes to arrive (a catch-up batch of large values over a slow
+    /// link), which counts as silence.
     pub fn keep_alive(mut self, interval: Duration, timeout: Duration) -> Self {
         self.keep_alive = (interval, timeout);
         self
@@ -165,21 +209,20 @@ impl EtcdSource {
     }
 
     /// Connects with TLS: the CA to trust (PEM), and the server name to expect (default:
-    /// the endpoint's host).
+    /// the endpoint's host). Endpoints must then be `https://`. The PEM is checked when
+    /// the source starts: [`Builder::build`](crate::live::Builder::build) fails if it
+    /// holds no usable certificate.
     pub fn tls(mut self, ca_pem: impl AsRef<[u8]>, domain: Option<&str>) -> Self {
-        let mut tls = etcd_client::TlsOptions::new()
-            .ca_certificate(etcd_client::Certificate::from_pem(ca_pem.as_ref()));
-        if let Some(domain) = domain {
-            tls = tls.domain_name(domain);
-        }
-        self.tls = Some(tls);
+        self.tls_ca = Some((ca_pem.as_ref().to_vec(), domain.map(str::to_owned)));
         self
     }
 
-    /// Presents a client certificate (PEM certificate chain and key) over TLS.
+    /// Presents a client certificate (PEM certificate chain and key) over TLS; needs
+    /// [`EtcdSource::tls`]. Checked when the source starts: a key that does not parse,
+    /// or that does not belong to the certificate, fails
+    /// [`Builder::build`](crate::live::Builder::build).
     pub fn tls_identity(mut self, cert_pem: impl AsRef<[u8]>, key_pem: impl AsRef<[u8]>) -> Self {
-        let identity = etcd_client::Identity::from_pem(cert_pem.as_ref(), key_pem.as_ref());
-        self.tls = Some(self.tls.take().unwrap_or_default().identity(identity));
+        self.tls_identity = Some((cert_pem.as_ref().to_vec(), key_pem.as_ref().to_vec()));
         self
     }
 
@@ -205,52 +248,19 @@ impl Source for EtcdSource {
         if self.endpoints.is_empty() {
             return Err("EtcdSource needs at least one endpoint".into());
         }
-        let mut from_disk = None;
-        if let Some(path) = &self.snapshot_file {
-            match disk::read(path) {
-                Ok((mirror, written)) => {
-                    let age = written.elapsed().unwrap_or_default();
-                    tracing::info!(path = %path.display(), revision = mirror.revision, age_s = age.as_secs(), "substation: starting from the disk snapshot until etcd answers");
-                    let update = Update::Replace {
-                        revision: mirror.revision,
-                        layers: vec![
-                            (Layer::App, to_entries(&mirror.app)),
-                            (Layer::Shared, to_entries(&mirror.shared)),
-                        ],
-                    };
-                    sink.apply(update)?;
-                    sink.set_health(Health::FromDisk {
-                        revision: mirror.revision,
-                        written,
-                    })?;
-                    from_disk = Some(mirror);
-                }
-                Err(e) if is_not_found(&*e) => {
-                    tracing::info!(path = %path.display(), "substation: no disk snapshot yet");
-                }
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "substation: ignoring the disk snapshot");
-                }
-            }
-        }
+        tls::validate(&self)?;
+        // The disk snapshot is read by the driver, off the caller: a hung file system
+        // must not block `build`. The deadline waits for that read (itself bounded by
+        // the same deadline), so that `initialized` never resolves before it.
         let deadline = self.connect_timeout;
+        let (disk_done, disk_read) = tokio::sync::oneshot::channel();
         let timer_sink = sink.clone();
         runtime.spawn(async move {
             tokio::time::sleep(deadline).await;
+            let _ = disk_read.await;
             timer_sink.initialized();
         });
-        runtime.spawn(driver::Driver::new(*self, sink, from_disk).run());
+        runtime.spawn(driver::Driver::new(*self, sink).run(disk_done));
         Ok(())
     }
-}
-
-fn to_entries(map: &std::collections::BTreeMap<String, String>) -> Vec<(String, Vec<u8>)> {
-    map.iter()
-        .map(|(k, v)| (k.clone(), v.as_bytes().to_vec()))
-        .collect()
-}
-
-fn is_not_found(e: &(dyn std::error::Error + 'static)) -> bool {
-    e.downcast_ref::<std::io::Error>()
-        .is_some_and(|e| e.kind() == std::io::ErrorKind::NotFound)
 }
