@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::{Arc, Weak};
 use std::time::SystemTime;
 
-use super::Shared;
+use super::registry::Shared;
 use crate::BoxError;
 use crate::settings::SettingsError;
 

@@ -1,0 +1,306 @@
+//! The registry: [`Builder`], [`Substation`] and the [`Snapshot`]s it publishes.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use arc_swap::ArcSwap;
+use imbl::OrdMap;
+
+use super::source::{Health, Key, Layer, Rejection, Sink, Source, valid_name};
+use super::writer::Writer;
+use crate::clock::Clock;
+use crate::settings::{GlobalSettings, PolicySettings};
+use crate::switch::{Switch, SwitchSettings};
+use crate::{BoxError, Policy};
+
+/// Builds a [`Substation`]: clock, code defaults and sources.
+#[must_use]
+pub struct Builder {
+    clock: Option<Clock>,
+    defaults: HashMap<String, PolicySettings>,
+    switch_defaults: HashMap<String, SwitchSettings>,
+    global: GlobalSettings,
+    sources: Vec<Box<dyn Source>>,
+}
+
+impl fmt::Debug for Builder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("clock", &self.clock)
+            .field("defaults", &self.defaults.keys())
+            .field("sources", &self.sources.len())
+            .finish()
+    }
+}
+
+impl Builder {
+    /// Reads time from `clock` (default: [`Clock::coarse`]).
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// The code default of policy `name`: what it uses when no source says otherwise.
+    pub fn policy(mut self, name: &str, settings: PolicySettings) -> Self {
+        self.defaults.insert(name.to_owned(), settings);
+        self
+    }
+
+    /// The code default of switch `name`.
+    pub fn switch(mut self, name: &str, settings: SwitchSettings) -> Self {
+        self.switch_defaults.insert(name.to_owned(), settings);
+        self
+    }
+
+    /// The code default of the registry-wide settings (key `global`).
+    pub fn global(mut self, settings: GlobalSettings) -> Self {
+        self.global = settings;
+        self
+    }
+
+    /// Adds a source of settings; sources are started in order by [`Builder::build`].
+    pub fn source(mut self, source: impl Source) -> Self {
+        self.sources.push(Box::new(source));
+        self
+    }
+
+    /// Validates the code defaults, builds the registry and starts its sources. Returns
+    /// at once; [`Substation::initialized`] waits for the sources' first loads.
+    pub fn build(self) -> Result<Substation, BoxError> {
+        let mut defaults = HashMap::new();
+        for (name, settings) in self.defaults {
+            if !valid_name(&name) {
+                return Err(format!("`{name}` is not a valid policy name").into());
+            }
+            settings
+                .validate()
+                .map_err(|e| format!("code default of policy `{name}`: {e}"))?;
+            defaults.insert(Key::Policy(name), serde_json::to_value(settings)?);
+        }
+        for (name, settings) in self.switch_defaults {
+            if !valid_name(&name) {
+                return Err(format!("`{name}` is not a valid switch name").into());
+            }
+            let value = serde_json::to_value(settings)?;
+            SwitchSettings::from_value(value.clone())
+                .map_err(|e| format!("code default of switch `{name}`: {e}"))?;
+            defaults.insert(Key::Switch(name), value);
+        }
+        defaults.insert(Key::Global, serde_json::to_value(self.global)?);
+        let (pending_tx, _) = tokio::sync::watch::channel(self.sources.len());
+        let (changes, _) = tokio::sync::broadcast::channel(CHANGES_CAPACITY);
+        let (alive, alive_rx) = tokio::sync::watch::channel(());
+        let writer = Writer::new(defaults);
+        let shared = Arc::new(Shared {
+            clock: self.clock.unwrap_or_default(),
+            snapshot: ArcSwap::from_pointee(writer.snapshot()),
+            writer: Mutex::new(writer),
+            pending: pending_tx,
+            changes,
+            _alive: alive,
+        });
+        for source in self.sources {
+            source.start(Sink {
+                shared: Arc::downgrade(&shared),
+                initialized: Default::default(),
+                alive: alive_rx.clone(),
+            })?;
+        }
+        Ok(Substation { shared })
+    }
+}
+
+/// How many change notices a slow subscriber may fall behind before it misses some.
+pub(super) const CHANGES_CAPACITY: usize = 1024;
+
+/// A notice that settings changed: which keys, at which revision. See
+/// [`Substation::subscribe`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Changed {
+    /// The revision after the change.
+    pub revision: u64,
+    /// The keys whose effective value changed (e.g. `policies/recommendations`).
+    pub keys: Arc<[String]>,
+}
+
+/// The registry of an application's policies; see the [module docs](super).
+#[derive(Clone)]
+pub struct Substation {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Substation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let snapshot = self.snapshot();
+        f.debug_struct("Substation")
+            .field("revision", &snapshot.revision)
+            .field("health", &snapshot.health)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Substation {
+    /// A builder.
+    pub fn builder() -> Builder {
+        Builder {
+            clock: None,
+            defaults: HashMap::new(),
+            switch_defaults: HashMap::new(),
+            global: GlobalSettings::default(),
+            sources: Vec::new(),
+        }
+    }
+
+    /// The live policy `name`, created on first use with its effective settings. Cheap
+    /// enough for setup code (it takes the registry's writer lock), not meant for each
+    /// request: keep the handle, or the layers built from it.
+    ///
+    /// # Panics
+    /// If `name` is not a valid name (1 to 128 of `A-Z a-z 0-9 _ . -`): names come from
+    /// code, not from input.
+    pub fn policy(&self, name: &str) -> Policy {
+        assert!(valid_name(name), "`{name}` is not a valid policy name");
+        let mut w = self.shared.lock();
+        if let Some(p) = w.policies.get(name) {
+            return p.clone();
+        }
+        let settings = match w.effective.get(name) {
+            Some(s) => (**s).clone(),
+            None => PolicySettings::default(),
+        };
+        let policy = Policy::with_clock(name, settings, self.shared.clock)
+            .expect("effective settings are validated");
+        policy.set_shed(w.global.shed_non_critical && !policy.settings().critical);
+        w.policies.insert(name.to_owned(), policy.clone());
+        policy
+    }
+
+    /// The live switch `name`, created on first use with its effective value. For setup
+    /// code, like [`Substation::policy`].
+    ///
+    /// # Panics
+    /// If `name` is not a valid name.
+    pub fn switch(&self, name: &str) -> Switch {
+        assert!(valid_name(name), "`{name}` is not a valid switch name");
+        let mut w = self.shared.lock();
+        if let Some(s) = w.switches.get(name) {
+            return s.clone();
+        }
+        let settings = match w.switch_values.get(name) {
+            Some(s) => (**s).clone(),
+            None => SwitchSettings::default(),
+        };
+        let switch = Switch::detached(name, settings);
+        w.switches.insert(name.to_owned(), switch.clone());
+        switch
+    }
+
+    /// The settings in force now, as one consistent snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.shared.snapshot.load_full()
+    }
+
+    /// Notices of every later change (which keys, at which revision). A subscriber that
+    /// falls more than 1024 notices behind gets `Lagged` and should re-read
+    /// [`Substation::snapshot`].
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Changed> {
+        self.shared.changes.subscribe()
+    }
+
+    /// Resolves once every source has done its first load or passed its deadline (the
+    /// etcd source's connect deadline is 500 ms by default). Never needed for
+    /// correctness — layers work from code defaults meanwhile — but lets an application
+    /// start serving with its stored settings in force.
+    pub async fn initialized(&self) {
+        let mut pending = self.shared.pending.subscribe();
+        let _ = pending.wait_for(|n| *n == 0).await;
+    }
+
+    /// The clock the registry's policies read.
+    pub fn clock(&self) -> Clock {
+        self.shared.clock
+    }
+}
+
+/// One consistent view of the settings in force. Cheap to keep: taking one is a
+/// reference-count increment, and its maps share structure with the next one.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub(super) revision: u64,
+    pub(super) policies: OrdMap<String, Arc<PolicySettings>>,
+    pub(super) switches: OrdMap<String, Arc<SwitchSettings>>,
+    pub(super) global: Arc<GlobalSettings>,
+    pub(super) rejected: OrdMap<(Layer, String), Rejection>,
+    pub(super) health: Health,
+}
+
+impl Snapshot {
+    /// The last revision applied (0 before any source delivered).
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    /// The effective settings of policy `name`, if it has a code default or a stored
+    /// value.
+    pub fn policy(&self, name: &str) -> Option<&Arc<PolicySettings>> {
+        self.policies.get(name)
+    }
+
+    /// Every policy that has a code default or a stored value, by name.
+    pub fn policies(&self) -> impl ExactSizeIterator<Item = (&str, &Arc<PolicySettings>)> {
+        self.policies.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// The effective value of switch `name`, if it has a code default or a stored value.
+    pub fn switch(&self, name: &str) -> Option<&Arc<SwitchSettings>> {
+        self.switches.get(name)
+    }
+
+    /// Every switch that has a code default or a stored value, by name.
+    pub fn switches(&self) -> impl ExactSizeIterator<Item = (&str, &Arc<SwitchSettings>)> {
+        self.switches.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// The registry-wide settings in force.
+    pub fn global(&self) -> &GlobalSettings {
+        &self.global
+    }
+
+    /// The values currently rejected, with the reasons.
+    pub fn rejected(&self) -> impl ExactSizeIterator<Item = &Rejection> {
+        self.rejected.values()
+    }
+
+    /// How current the settings are.
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+}
+
+pub(crate) struct Shared {
+    pub(super) clock: Clock,
+    pub(super) writer: Mutex<Writer>,
+    pub(super) snapshot: ArcSwap<Snapshot>,
+    /// Sources that have not yet said `initialized`.
+    pub(super) pending: tokio::sync::watch::Sender<usize>,
+    pub(super) changes: tokio::sync::broadcast::Sender<Changed>,
+    /// Dropped with the registry, which tells sources to stop (`Sink::closed`).
+    _alive: tokio::sync::watch::Sender<()>,
+}
+
+impl Shared {
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, Writer> {
+        self.writer.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(super) fn set_health(&self, health: Health) {
+        let mut w = self.lock();
+        w.health = health;
+        self.snapshot.store(Arc::new(w.snapshot()));
+    }
+
+    pub(crate) fn source_initialized(&self) {
+        self.pending.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
