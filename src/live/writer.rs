@@ -11,6 +11,7 @@ use super::merge::merge;
 use super::registry::{Changed, Shared, Snapshot};
 use super::source::{Change, Health, Key, Layer, Rejection, Update};
 use crate::Policy;
+use crate::settings::decode;
 use crate::settings::{GlobalSettings, PolicySettings, SettingsError};
 use crate::switch::{Switch, SwitchSettings};
 
@@ -156,7 +157,7 @@ impl Writer {
         let merged = self.merged(key, None);
         match key {
             Key::Policy(name) => {
-                let settings = match PolicySettings::from_value(merged) {
+                let settings = match decode::from_value::<PolicySettings>(&merged) {
                     Ok(s) => s,
                     Err(e) => return self.invalid_combination(key, &e),
                 };
@@ -182,7 +183,7 @@ impl Writer {
                 true
             }
             Key::Switch(name) => {
-                let settings = match SwitchSettings::from_value(merged) {
+                let settings = match decode::from_value::<SwitchSettings>(&merged) {
                     Ok(s) => s,
                     Err(e) => return self.invalid_combination(key, &e),
                 };
@@ -206,7 +207,7 @@ impl Writer {
                 true
             }
             Key::Global => {
-                let global = match GlobalSettings::from_value(merged) {
+                let global = match decode::from_value::<GlobalSettings>(&merged) {
                     Ok(g) => g,
                     Err(e) => return self.invalid_combination(key, &e),
                 };
@@ -256,11 +257,24 @@ impl Writer {
         merged
     }
 
-    fn validate(key: &Key, merged: Value) -> Result<(), SettingsError> {
+    /// Checks a stored value: on its own, it must be in exactly the documented form
+    /// (its ranges may depend on the layers below it); merged with `key`'s other
+    /// layers, it must be valid.
+    fn validate(&self, key: &Key, layer: Layer, value: &Value) -> Result<(), SettingsError> {
+        let merged = self.merged(key, Some((layer, value)));
         match key {
-            Key::Policy(_) => PolicySettings::from_value(merged).map(drop),
-            Key::Switch(_) => SwitchSettings::from_value(merged).map(drop),
-            Key::Global => GlobalSettings::from_value(merged).map(drop),
+            Key::Policy(_) => {
+                decode::decode::<PolicySettings>(value)?;
+                decode::from_value::<PolicySettings>(&merged).map(drop)
+            }
+            Key::Switch(_) => {
+                decode::decode::<SwitchSettings>(value)?;
+                decode::from_value::<SwitchSettings>(&merged).map(drop)
+            }
+            Key::Global => {
+                decode::decode::<GlobalSettings>(value)?;
+                decode::from_value::<GlobalSettings>(&merged).map(drop)
+            }
         }
     }
 
@@ -339,19 +353,10 @@ impl Writer {
                 None
             }
             Some(bytes) => {
-                let parsed = serde_json::from_slice::<Value>(&bytes)
-                    .map_err(|e| SettingsError::new("", format!("malformed JSON: {e}")))
-                    .and_then(|v| match v {
-                        Value::Object(_) => Ok(v),
-                        other => Err(SettingsError::new(
-                            "",
-                            format!("expected a JSON object, found `{other}`"),
-                        )),
-                    })
-                    .and_then(|v| {
-                        Self::validate(&key, self.merged(&key, Some((layer, &v))))?;
-                        Ok(v)
-                    });
+                let parsed = decode::parse(&bytes).and_then(|v| {
+                    self.validate(&key, layer, &v)?;
+                    Ok(v)
+                });
                 match parsed {
                     Ok(value) => {
                         self.clear_rejection(layer, &raw);

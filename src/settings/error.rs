@@ -68,10 +68,3 @@ pub(super) fn range_f64(
         Err(SettingsError::new(field, format!("{v} is not in {shown}")))
     }
 }
-
-/// A deserialization error, with the path of the field it happened at.
-pub(super) fn path_error(e: serde_path_to_error::Error<serde_json::Error>) -> SettingsError {
-    let path = e.path().to_string();
-    let field = if path == "." { String::new() } else { path };
-    SettingsError::new(field, e.into_inner().to_string())
-}

@@ -2,7 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::error::{SettingsError, path_error};
+use super::decode::{self, Settings};
+use super::error::SettingsError;
 
 /// Settings of the whole registry rather than of one policy (key `global`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -14,8 +15,15 @@ pub struct GlobalSettings {
 }
 
 impl GlobalSettings {
-    /// Deserializes an already parsed JSON value.
+    /// Deserializes an already parsed JSON value, strictly: an object with each field
+    /// at most once (see [`PolicySettings::from_json`](super::PolicySettings::from_json)).
     pub fn from_value(value: serde_json::Value) -> Result<Self, SettingsError> {
-        serde_path_to_error::deserialize(value).map_err(path_error)
+        decode::from_value(&value)
+    }
+}
+
+impl Settings for GlobalSettings {
+    fn check(&self) -> Result<(), SettingsError> {
+        Ok(())
     }
 }

@@ -19,10 +19,12 @@
 
 // One file per concern: `policy.rs` (the whole value), `timeout.rs`, `breaker.rs`,
 // `bulkhead.rs`, `fallback.rs`, `fault.rs`, `global.rs` (the registry's own settings),
-// and `error.rs` (`SettingsError` and the range checks).
+// `error.rs` (`SettingsError` and the range checks) and `decode.rs` (strict decoding, for
+// every settings type).
 
 mod breaker;
 mod bulkhead;
+pub(crate) mod decode;
 mod error;
 mod fallback;
 mod fault;

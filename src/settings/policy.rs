@@ -2,7 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::error::{SettingsError, path_error};
+use super::decode::{self, Settings};
+use super::error::SettingsError;
 use super::{BreakerSettings, BulkheadSettings, FallbackSettings, FaultSettings, TimeoutSettings};
 
 /// Everything that protects one dependency ("policy"); see the [module docs](super).
@@ -44,25 +45,18 @@ impl Default for PolicySettings {
 }
 
 impl PolicySettings {
-    /// Parses and validates a JSON value; fields it omits keep their defaults.
+    /// Parses and validates a JSON value; fields it omits keep their defaults. The
+    /// value is an object with each field at most once, in exactly its documented form
+    /// (no array for an object, no map for a mode); anything else is an error naming
+    /// the field.
     pub fn from_json(json: &[u8]) -> Result<Self, SettingsError> {
-        let value: serde_json::Value = serde_json::from_slice(json)
-            .map_err(|e| SettingsError::new("", format!("malformed JSON: {e}")))?;
-        if !value.is_object() {
-            return Err(SettingsError::new(
-                "",
-                format!("expected a JSON object, found `{value}`"),
-            ));
-        }
-        Self::from_value(value)
+        decode::from_json(json)
     }
 
-    /// Deserializes and validates an already parsed JSON value.
+    /// Deserializes and validates an already parsed JSON value, as strictly as
+    /// [`PolicySettings::from_json`].
     pub fn from_value(value: serde_json::Value) -> Result<Self, SettingsError> {
-        let settings: PolicySettings =
-            serde_path_to_error::deserialize(value).map_err(path_error)?;
-        settings.validate()?;
-        Ok(settings)
+        decode::from_value(&value)
     }
 
     /// Checks every field against its rule; the first broken rule is returned.
@@ -72,6 +66,12 @@ impl PolicySettings {
         self.bulkhead.check()?;
         self.fallback.check()?;
         self.fault.check()
+    }
+}
+
+impl Settings for PolicySettings {
+    fn check(&self) -> Result<(), SettingsError> {
+        self.validate()
     }
 }
 

@@ -89,7 +89,7 @@ fn a_bad_value_is_rejected_for_its_key_alone() {
             r#"{"breaker": {"colour": "red"}}"#,
             "breaker.colour: unknown field `colour`",
         ),
-        (r#"[1, 2]"#, "expected a JSON object"),
+        (r#"[1, 2]"#, "expected an object, found an array"),
         (r#""#, "malformed JSON"),
     ] {
         let err = app.put("policies/recs", bad).unwrap_err();
@@ -126,6 +126,79 @@ fn a_bad_value_is_rejected_for_its_key_alone() {
     assert!(err.to_string().contains("not a known key"), "{err}");
     let err = app.put("policies/bad name!", "{}").unwrap_err();
     assert!(err.to_string().contains("not a valid name"), "{err}");
+}
+
+/// Forms serde would accept but the documentation does not: each is rejected for its key
+/// with the field named, and the last good value stays.
+#[test]
+fn only_the_documented_forms_are_accepted() {
+    let (sub, app, fleet) = registry();
+    let recs = sub.policy("recs");
+    app.put("policies/recs", r#"{"timeout": {"ms": 50}}"#)
+        .unwrap();
+    for (bad, reason) in [
+        (
+            r#"{"breaker": ["force_open"]}"#,
+            "breaker: expected an object, found an array",
+        ),
+        (
+            r#"{"timeout": [5]}"#,
+            "timeout: expected an object, found an array",
+        ),
+        (
+            r#"{"breaker": {"mode": {"force_open": null}}}"#,
+            "breaker.mode: expected a string, found an object",
+        ),
+        (r#"{"kill": true, "kill": false}"#, "kill: duplicate field"),
+        (
+            r#"{"breaker": {"error_rate": 150, "error_rate": 5}}"#,
+            "breaker.error_rate: duplicate field",
+        ),
+        (
+            r#"{"breaker": {"error_rate": 5, "error_rate": 150}}"#,
+            "breaker.error_rate: duplicate field",
+        ),
+        ("null", "expected an object, found null"),
+        ("5", "expected an object, found a number"),
+    ] {
+        let err = app.put("policies/recs", bad).unwrap_err();
+        assert_eq!(err.to_string(), reason, "{bad}");
+        let s = recs.settings();
+        assert_eq!(s.timeout.ms, Some(50), "last good value kept after {bad}");
+        assert!(!s.kill && s.breaker.error_rate == 50.0, "{bad}");
+        let snap = sub.snapshot();
+        let rejected: Vec<_> = snap.rejected().collect();
+        assert_eq!(rejected.len(), 1);
+        assert_eq!(rejected[0].error.to_string(), reason);
+    }
+    // A value is checked on its own too, not only merged: a shared value in another
+    // form is refused even while the application's value hides it.
+    app.put("policies/recs", r#"{"timeout": {"ms": 60}}"#)
+        .unwrap();
+    let err = fleet
+        .put("policies/recs", r#"{"timeout": [5]}"#)
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "timeout: expected an object, found an array"
+    );
+    app.delete("policies/recs");
+    assert_eq!(recs.settings().timeout.ms, Some(300), "the code default");
+
+    let err = app
+        .put(
+            "switches/s",
+            r#"{"variants": [{"name": "a", "weight": 1, "value": null}]}"#,
+        )
+        .unwrap_err();
+    assert_eq!(err.to_string(), "variants[0].value: must not be null");
+    let err = app
+        .put(
+            "global",
+            r#"{"shed_non_critical": true, "shed_non_critical": false}"#,
+        )
+        .unwrap_err();
+    assert_eq!(err.to_string(), "shed_non_critical: duplicate field");
 }
 
 /// A source that hands its sink to the test, like a store that pushes asynchronously.
