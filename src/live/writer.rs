@@ -12,7 +12,7 @@ use super::registry::{Changed, Shared, Snapshot};
 use super::source::{Change, Health, Key, Layer, Rejection, Update};
 use crate::Policy;
 use crate::settings::decode;
-use crate::settings::{GlobalSettings, PolicySettings, SettingsError};
+use crate::settings::{Bounded, GlobalSettings, PolicySettings, SettingsError};
 use crate::switch::{Switch, SwitchSettings};
 
 /// The registry's state behind its lock: what every layer holds, what was refused, and
@@ -292,8 +292,11 @@ impl Writer {
         {
             return old.clone(); // the same value refused again (a listing): said once
         }
-        tracing::warn!(%key, ?layer, revision, %error, "settings value rejected; keeping the last good value");
-        metrics::counter!(crate::metrics::SETTINGS_REJECTED, "key" => key.clone()).increment(1);
+        // Both come from outside: the key quoted, escaped and cut if long; the error
+        // (escaped and cut already) quoted, so that neither can pass for another field.
+        tracing::warn!(key = %Bounded::key(&key), ?layer, revision, error = ?error.to_string(), "settings value rejected; keeping the last good value");
+        let label = Bounded::new(&key, 96, 32).to_string();
+        metrics::counter!(crate::metrics::SETTINGS_REJECTED, "key" => label).increment(1);
         let r = Rejection {
             layer,
             key: key.clone(),

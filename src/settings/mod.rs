@@ -34,6 +34,7 @@ mod timeout;
 
 pub use self::breaker::{BreakerMode, BreakerSettings, MAX_BUCKETS};
 pub use self::bulkhead::BulkheadSettings;
+pub(crate) use self::error::Bounded;
 pub use self::error::SettingsError;
 pub use self::fallback::{FallbackSettings, Tier, Triggers};
 pub use self::fault::{FaultSettings, FaultTarget};

@@ -473,3 +473,131 @@ fn the_revision_moves_forward_with_events_and_is_set_by_a_listing() {
     .unwrap();
     assert_eq!(sub.snapshot().revision(), 3);
 }
+
+/// Every event logged on this thread while `f` runs, one line each, fields formatted the
+/// way `tracing-subscriber`'s formatter does (`Debug` of each recorded value).
+fn logged<R>(f: impl FnOnce() -> R) -> (R, Vec<String>) {
+    use std::fmt::Write as _;
+    use tracing::field::{Field, Visit};
+
+    #[derive(Clone, Default)]
+    struct Capture(Arc<std::sync::Mutex<Vec<String>>>);
+    struct Line(String);
+    impl Visit for Line {
+        fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+            let _ = write!(self.0, " {}={:?}", field.name(), value);
+        }
+    }
+    impl tracing::Subscriber for Capture {
+        fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+            tracing::span::Id::from_u64(1)
+        }
+        fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+        fn event(&self, event: &tracing::Event<'_>) {
+            let mut line = Line(event.metadata().level().to_string());
+            event.record(&mut line);
+            self.0.lock().unwrap().push(line.0);
+        }
+        fn enter(&self, _: &tracing::span::Id) {}
+        fn exit(&self, _: &tracing::span::Id) {}
+    }
+    let capture = Capture::default();
+    let r = tracing::subscriber::with_default(capture.clone(), f);
+    let lines = capture.0.lock().unwrap().clone();
+    (r, lines)
+}
+
+/// A key can carry a newline or a terminal escape and a value can be megabytes: neither
+/// is written raw, nor whole, into the log or a rejection.
+#[test]
+fn forged_keys_and_huge_values_are_escaped_and_cut() {
+    let (sub, sink) = Manual::registry();
+    let forged = "policies/x\n2026-01-01 ERROR forged line \x1b[31mred";
+    let huge = "y".repeat(1_400_000);
+    let huge_ctl = "\x1b[31m\n".repeat(200_000); // 1.4 MB of control characters
+    let change = |key: &str, value: String| Change {
+        layer: Layer::App,
+        key: key.to_owned(),
+        value: Some(value.into_bytes()),
+    };
+    let changes = vec![
+        change(forged, "{}".into()),
+        change(&format!("policies/{huge}"), "{}".into()),
+        change(
+            "policies/a",
+            format!(r#"{{"breaker": {{"mode": "{huge}"}}}}"#),
+        ),
+        change("policies/b", format!(r#"{{"kill": "{huge}"}}"#)),
+        change(
+            "policies/c",
+            format!(
+                r#"{{"{}": 1}}"#,
+                huge_ctl.replace('\x1b', "\\u001b").replace('\n', "\\n")
+            ),
+        ),
+        change("policies/d", format!(r#""{huge}""#)),
+        change("policies/e", format!("[{}1]", "1,".repeat(700_000))),
+    ];
+    let n = changes.len();
+    let (rejected, lines) = logged(|| {
+        sink.apply(Update::Changes {
+            revision: 3,
+            changes,
+        })
+        .unwrap()
+    });
+    assert_eq!(rejected.len(), n, "{rejected:?}");
+    let warnings: Vec<&String> = lines.iter().filter(|l| l.contains("rejected")).collect();
+    assert_eq!(warnings.len(), n, "{lines:?}");
+    let snapshot = sub.snapshot();
+    let texts = rejected
+        .iter()
+        .map(|r| r.to_string())
+        .chain(snapshot.rejected().map(|r| r.to_string()))
+        .chain(warnings.iter().map(|l| l.to_string()));
+    for text in texts {
+        assert!(text.len() < 1_000, "{} bytes: {text}", text.len());
+        assert!(
+            !text.contains(['\n', '\r', '\x1b']),
+            "raw control character in {text:?}"
+        );
+    }
+    // The forged key is shown quoted and escaped, whole (it is short).
+    let shown = r#""policies/x\n2026-01-01 ERROR forged line \u{1b}[31mred""#;
+    assert!(
+        rejected[0].to_string().starts_with(shown),
+        "{}",
+        rejected[0]
+    );
+    assert!(warnings[0].contains(shown), "{}", warnings[0]);
+    assert!(
+        warnings[2].contains(r#"error="breaker.mode: unknown variant `yyyy"#),
+        "the error is quoted too: {}",
+        warnings[2]
+    );
+    // Long input is cut, and says by how much.
+    for r in &rejected[1..5] {
+        assert!(r.to_string().contains(" bytes cut]…"), "{r}");
+    }
+    assert!(
+        rejected[2]
+            .error
+            .to_string()
+            .starts_with("breaker.mode: unknown variant `yyyy"),
+        "{}",
+        rejected[2].error
+    );
+    assert!(
+        rejected[2].error.to_string().ends_with("`metrics_only`"),
+        "the end of the message is kept: {}",
+        rejected[2].error
+    );
+    assert_eq!(
+        rejected[5].error.to_string(),
+        "expected an object, found a string"
+    );
+}
