@@ -37,11 +37,12 @@
 //! assert_eq!(policy.settings().timeout.ms, Some(1000), "back to the code default");
 //! ```
 
-// Files: `registry.rs` (`Substation`, `Builder`, `Snapshot`), `writer.rs` (the layers of
+// Files: `registry.rs` (`Substation`, `Builder`, `Snapshot`), `error.rs` (`BuildError`), `writer.rs` (the layers of
 // stored values, validation key by key, rejections, applying an `Update`), `merge.rs`
 // (layers merged field by field), `source.rs` (the `Source` / `Sink` seam), `memory.rs`
 // (`InMemorySource`) and `etcd/`.
 
+mod error;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 mod memory;
@@ -50,6 +51,7 @@ mod registry;
 mod source;
 mod writer;
 
+pub use self::error::{BuildError, NameKind};
 pub use self::memory::InMemorySource;
 pub use self::registry::{Builder, Changed, Snapshot, Substation};
 pub use self::source::{

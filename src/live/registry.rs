@@ -7,12 +7,16 @@ use std::sync::{Arc, Mutex, PoisonError};
 use arc_swap::ArcSwap;
 use imbl::OrdMap;
 
+use serde_json::Value;
+
+use super::error::{BuildError, NameKind};
 use super::source::{Health, Key, Layer, Rejection, Sink, Source, valid_name};
 use super::writer::Writer;
+use crate::Policy;
 use crate::clock::Clock;
-use crate::settings::{GlobalSettings, PolicySettings};
+use crate::settings::decode::Settings;
+use crate::settings::{GlobalSettings, PolicySettings, SettingsError};
 use crate::switch::{Switch, SwitchSettings};
-use crate::{BoxError, Policy};
 
 /// Builds a [`Substation`]: clock, code defaults and sources.
 #[must_use]
@@ -67,27 +71,29 @@ impl Builder {
 
     /// Validates the code defaults, builds the registry and starts its sources. Returns
     /// at once; [`Substation::initialized`] waits for the sources' first loads.
-    pub fn build(self) -> Result<Substation, BoxError> {
+    ///
+    /// Fails with [`BuildError::InvalidName`] or [`BuildError::InvalidDefault`] for a
+    /// bad code default, and with [`BuildError::Source`] if a source fails to start
+    /// (sources started before it see the registry gone: [`Sink::is_closed`]).
+    pub fn build(self) -> Result<Substation, BuildError> {
         let mut defaults = HashMap::new();
         for (name, settings) in self.defaults {
             if !valid_name(&name) {
-                return Err(format!("`{name}` is not a valid policy name").into());
+                let kind = NameKind::Policy;
+                return Err(BuildError::InvalidName { kind, name });
             }
-            settings
-                .validate()
-                .map_err(|e| format!("code default of policy `{name}`: {e}"))?;
-            defaults.insert(Key::Policy(name), serde_json::to_value(settings)?);
+            let key = Key::Policy(name);
+            defaults.insert(key.clone(), code_default(key, &settings)?);
         }
         for (name, settings) in self.switch_defaults {
             if !valid_name(&name) {
-                return Err(format!("`{name}` is not a valid switch name").into());
+                let kind = NameKind::Switch;
+                return Err(BuildError::InvalidName { kind, name });
             }
-            let value = serde_json::to_value(settings)?;
-            SwitchSettings::from_value(value.clone())
-                .map_err(|e| format!("code default of switch `{name}`: {e}"))?;
-            defaults.insert(Key::Switch(name), value);
+            let key = Key::Switch(name);
+            defaults.insert(key.clone(), code_default(key, &settings)?);
         }
-        defaults.insert(Key::Global, serde_json::to_value(self.global)?);
+        defaults.insert(Key::Global, code_default(Key::Global, &self.global)?);
         let (pending_tx, _) = tokio::sync::watch::channel(self.sources.len());
         let (changes, _) = tokio::sync::broadcast::channel(CHANGES_CAPACITY);
         let (alive, alive_rx) = tokio::sync::watch::channel(());
@@ -100,15 +106,27 @@ impl Builder {
             changes,
             _alive: alive,
         });
-        for source in self.sources {
-            source.start(Sink {
-                shared: Arc::downgrade(&shared),
-                initialized: Default::default(),
-                alive: alive_rx.clone(),
-            })?;
+        for (index, source) in self.sources.into_iter().enumerate() {
+            source
+                .start(Sink {
+                    shared: Arc::downgrade(&shared),
+                    initialized: Default::default(),
+                    alive: alive_rx.clone(),
+                })
+                .map_err(|error| BuildError::Source { index, error })?;
         }
         Ok(Substation { shared })
     }
+}
+
+/// A code default, validated, as the JSON object the writer merges.
+fn code_default<T: Settings>(key: Key, settings: &T) -> Result<Value, BuildError> {
+    let invalid = |error| BuildError::InvalidDefault {
+        key: key.clone(),
+        error,
+    };
+    settings.check().map_err(invalid)?;
+    serde_json::to_value(settings).map_err(|e| invalid(SettingsError::new("", e.to_string())))
 }
 
 /// How many change notices a slow subscriber may fall behind before it misses some.

@@ -601,3 +601,87 @@ fn forged_keys_and_huge_values_are_escaped_and_cut() {
         "expected an object, found a string"
     );
 }
+
+/// `build` says what was wrong with a type to match on, and keeps the cause as its
+/// `source()`.
+#[test]
+fn build_errors_are_typed() {
+    use std::error::Error as _;
+    use substation::live::{BuildError, Key, NameKind};
+    use substation::switch::SwitchSettings;
+
+    let err = Substation::builder()
+        .policy("bad name!", PolicySettings::default())
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(&err, BuildError::InvalidName { kind: NameKind::Policy, name } if name == "bad name!"),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        r#"invalid policy name "bad name!" (expected 1 to 128 of A-Z a-z 0-9 _ . -)"#
+    );
+    assert!(err.source().is_none());
+    let err = Substation::builder()
+        .switch("", SwitchSettings::on())
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(&err, BuildError::InvalidName { kind: NameKind::Switch, name } if name.is_empty()),
+        "{err:?}"
+    );
+
+    let mut bad = PolicySettings::default();
+    bad.breaker.error_rate = 150.0;
+    let err = Substation::builder()
+        .policy("recs", bad)
+        .build()
+        .unwrap_err();
+    match &err {
+        BuildError::InvalidDefault { key, error } => {
+            assert_eq!(*key, Key::Policy("recs".into()));
+            assert_eq!(error.field(), "breaker.error_rate");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        err.to_string(),
+        "invalid code default of policies/recs: breaker.error_rate: 150 is not in 0..=100"
+    );
+    let cause = err.source().unwrap();
+    assert!(cause.is::<substation::settings::SettingsError>());
+    let err = Substation::builder()
+        .switch("s", SwitchSettings::percent(f64::NAN))
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(&err, BuildError::InvalidDefault { key: Key::Switch(name), error } if name == "s" && error.field() == "percent"),
+        "{err:?}"
+    );
+
+    struct Failing;
+    impl Source for Failing {
+        fn start(self: Box<Self>, _: substation::live::Sink) -> Result<(), BoxError> {
+            Err("connection refused".into())
+        }
+    }
+    let first = InMemorySource::new();
+    let err = Substation::builder()
+        .source(first)
+        .source(Failing)
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(err, BuildError::Source { index: 1, .. }),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "source 1 failed to start: connection refused"
+    );
+    assert_eq!(err.source().unwrap().to_string(), "connection refused");
+    // Still a `BoxError` for `?`.
+    let boxed: BoxError = err.into();
+    assert!(boxed.is::<BuildError>());
+}
