@@ -15,7 +15,7 @@ use super::writer::Writer;
 use crate::Policy;
 use crate::clock::Clock;
 use crate::settings::decode::Settings;
-use crate::settings::{GlobalSettings, PolicySettings, SettingsError};
+use crate::settings::{Bounded, GlobalSettings, PolicySettings, SettingsError};
 use crate::switch::{Switch, SwitchSettings};
 
 /// Builds a [`Substation`]: clock, code defaults and sources.
@@ -119,6 +119,20 @@ impl Builder {
     }
 }
 
+/// `Ok` if `name` is a valid name for a `kind` (policy, switch).
+fn check_name(name: &str, kind: &str) -> Result<(), SettingsError> {
+    if valid_name(name) {
+        return Ok(());
+    }
+    Err(SettingsError::new(
+        "",
+        format!(
+            "{} is not a valid {kind} name (1 to 128 of A-Z a-z 0-9 _ . -)",
+            Bounded::key(name)
+        ),
+    ))
+}
+
 /// A code default, validated, as the JSON object the writer merges.
 fn code_default<T: Settings>(key: Key, settings: &T) -> Result<Value, BuildError> {
     let invalid = |error| BuildError::InvalidDefault {
@@ -176,42 +190,54 @@ impl Substation {
     ///
     /// # Panics
     /// If `name` is not a valid name (1 to 128 of `A-Z a-z 0-9 _ . -`): names come from
-    /// code, not from input.
+    /// code, not from input. [`Substation::try_policy`] returns an error instead.
     pub fn policy(&self, name: &str) -> Policy {
-        assert!(valid_name(name), "`{name}` is not a valid policy name");
+        self.try_policy(name).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The live policy `name`, like [`Substation::policy`], or an error if `name` is not
+    /// a valid name (for names that come from input).
+    pub fn try_policy(&self, name: &str) -> Result<Policy, SettingsError> {
+        check_name(name, "policy")?;
         let mut w = self.shared.lock();
         if let Some(p) = w.policies.get(name) {
-            return p.clone();
+            return Ok(p.clone());
         }
         let settings = match w.effective.get(name) {
             Some(s) => (**s).clone(),
             None => PolicySettings::default(),
         };
-        let policy = Policy::with_clock(name, settings, self.shared.clock)
-            .expect("effective settings are validated");
+        let policy = Policy::with_clock(name, settings, self.shared.clock)?;
         policy.set_shed(w.global.shed_non_critical && !policy.settings().critical);
         w.policies.insert(name.to_owned(), policy.clone());
-        policy
+        Ok(policy)
     }
 
     /// The live switch `name`, created on first use with its effective value. For setup
     /// code, like [`Substation::policy`].
     ///
     /// # Panics
-    /// If `name` is not a valid name.
+    /// If `name` is not a valid name. [`Substation::try_switch`] returns an error
+    /// instead.
     pub fn switch(&self, name: &str) -> Switch {
-        assert!(valid_name(name), "`{name}` is not a valid switch name");
+        self.try_switch(name).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The live switch `name`, like [`Substation::switch`], or an error if `name` is not
+    /// a valid name (for names that come from input).
+    pub fn try_switch(&self, name: &str) -> Result<Switch, SettingsError> {
+        check_name(name, "switch")?;
         let mut w = self.shared.lock();
         if let Some(s) = w.switches.get(name) {
-            return s.clone();
+            return Ok(s.clone());
         }
         let settings = match w.switch_values.get(name) {
             Some(s) => (**s).clone(),
             None => SwitchSettings::default(),
         };
-        let switch = Switch::detached(name, settings);
+        let switch = Switch::detached(name, settings)?;
         w.switches.insert(name.to_owned(), switch.clone());
-        switch
+        Ok(switch)
     }
 
     /// The settings in force now, as one consistent snapshot.

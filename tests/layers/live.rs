@@ -685,3 +685,33 @@ fn build_errors_are_typed() {
     let boxed: BoxError = err.into();
     assert!(boxed.is::<BuildError>());
 }
+
+/// Names from input go through `try_policy` / `try_switch`: an invalid one is an error,
+/// not a panic; `policy` / `switch` keep panicking for names from code.
+#[test]
+fn the_fallible_forms_return_an_error_for_an_invalid_name() {
+    let (sub, app, _fleet) = registry();
+    let err = sub.try_policy("bad name!\n").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        r#""bad name!\n" is not a valid policy name (1 to 128 of A-Z a-z 0-9 _ . -)"#
+    );
+    let err = sub.try_switch(&"x".repeat(129)).unwrap_err();
+    assert!(
+        err.to_string()
+            .ends_with("is not a valid switch name (1 to 128 of A-Z a-z 0-9 _ . -)")
+    );
+    app.put("policies/recs", r#"{"timeout": {"ms": 42}}"#)
+        .unwrap();
+    let recs = sub.try_policy("recs").unwrap();
+    assert_eq!(recs.settings().timeout.ms, Some(42));
+    assert_eq!(sub.policy("recs").settings().timeout.ms, Some(42));
+    assert!(!sub.try_switch("s").unwrap().is_on("u1"));
+    let panicked = std::panic::catch_unwind(|| sub.policy("bad name!")).unwrap_err();
+    assert!(
+        panicked
+            .downcast_ref::<String>()
+            .unwrap()
+            .contains("not a valid policy name")
+    );
+}
