@@ -266,3 +266,22 @@ mod tests {
         );
     }
 }
+
+/// A handle that does not keep a policy alive (the registry holds these, so a name no
+/// longer used is freed).
+#[derive(Clone, Debug)]
+pub(crate) struct WeakPolicy(std::sync::Weak<Owner>);
+
+impl Policy {
+    /// A handle to this policy that does not keep it alive.
+    pub(crate) fn downgrade(&self) -> WeakPolicy {
+        WeakPolicy(Arc::downgrade(&self.owner))
+    }
+}
+
+impl WeakPolicy {
+    /// The policy, while a handle, layer or service of it is alive.
+    pub(crate) fn upgrade(&self) -> Option<Policy> {
+        self.0.upgrade().map(|owner| Policy { owner })
+    }
+}

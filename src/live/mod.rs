@@ -37,14 +37,16 @@
 //! assert_eq!(policy.settings().timeout.ms, Some(1000), "back to the code default");
 //! ```
 
-// Files: `registry.rs` (`Substation`, `Builder`, `Snapshot`), `error.rs` (`BuildError`), `writer.rs` (the layers of
-// stored values, validation key by key, rejections, applying an `Update`), `merge.rs`
-// (layers merged field by field), `source.rs` (the `Source` / `Sink` seam), `memory.rs`
-// (`InMemorySource`) and `etcd/`.
+// Files: `registry.rs` (`Substation`, `Builder`, `Snapshot`), `error.rs` (`BuildError`),
+// `writer.rs` (the layers of stored values, validation key by key, rejections, applying
+// an `Update`), `handles.rs` (weak handles to the policies and switches in use),
+// `merge.rs` (layers merged field by field), `source.rs` (the `Source` / `Sink` seam),
+// `memory.rs` (`InMemorySource`) and `etcd/`.
 
 mod error;
 #[cfg(feature = "etcd")]
 pub mod etcd;
+mod handles;
 mod memory;
 mod merge;
 mod registry;

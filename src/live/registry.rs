@@ -184,9 +184,11 @@ impl Substation {
         }
     }
 
-    /// The live policy `name`, created on first use with its effective settings. Cheap
-    /// enough for setup code (it takes the registry's writer lock), not meant for each
-    /// request: keep the handle, or the layers built from it.
+    /// The live policy `name`: the one in use while any handle, layer or service of it
+    /// is alive, else a new one with the effective settings (and a fresh breaker). The
+    /// registry keeps no policy alive. Cheap enough for setup code (it takes the
+    /// registry's writer lock), not meant for each request: keep the handle, or the
+    /// layers built from it.
     ///
     /// # Panics
     /// If `name` is not a valid name (1 to 128 of `A-Z a-z 0-9 _ . -`): names come from
@@ -201,7 +203,7 @@ impl Substation {
         check_name(name, "policy")?;
         let mut w = self.shared.lock();
         if let Some(p) = w.policies.get(name) {
-            return Ok(p.clone());
+            return Ok(p);
         }
         let settings = match w.effective.get(name) {
             Some(s) => (**s).clone(),
@@ -209,12 +211,13 @@ impl Substation {
         };
         let policy = Policy::with_clock(name, settings, self.shared.clock)?;
         policy.set_shed(w.global.shed_non_critical && !policy.settings().critical);
-        w.policies.insert(name.to_owned(), policy.clone());
+        w.policies.insert(name, policy.downgrade());
         Ok(policy)
     }
 
-    /// The live switch `name`, created on first use with its effective value. For setup
-    /// code, like [`Substation::policy`].
+    /// The live switch `name`: the one in use while any handle of it is alive, else a
+    /// new one with the effective value (and fresh evaluation counts). For setup code,
+    /// like [`Substation::policy`].
     ///
     /// # Panics
     /// If `name` is not a valid name. [`Substation::try_switch`] returns an error
@@ -229,14 +232,14 @@ impl Substation {
         check_name(name, "switch")?;
         let mut w = self.shared.lock();
         if let Some(s) = w.switches.get(name) {
-            return Ok(s.clone());
+            return Ok(s);
         }
         let settings = match w.switch_values.get(name) {
             Some(s) => (**s).clone(),
             None => SwitchSettings::default(),
         };
         let switch = Switch::detached(name, settings)?;
-        w.switches.insert(name.to_owned(), switch.clone());
+        w.switches.insert(name, switch.downgrade());
         Ok(switch)
     }
 
@@ -346,5 +349,45 @@ impl Shared {
 
     pub(crate) fn source_initialized(&self) {
         self.pending.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 100,000 names used once each through one registry: it keeps none of them alive,
+    /// and its maps stay bounded by the handles alive at once.
+    #[test]
+    fn the_registry_keeps_no_policy_or_switch_alive() {
+        let sub = Substation::builder().build().unwrap();
+        let kept_policy = sub.policy("kept");
+        let kept_switch = sub.switch("kept");
+        let mut alive = Vec::new();
+        let (mut most_policies, mut most_switches) = (0, 0);
+        for i in 0..100_000 {
+            let policy = sub.policy(&format!("p{i}"));
+            let switch = sub.switch(&format!("s{i}"));
+            if i % 1_000 == 0 {
+                // A few stay in use: the bound follows the handles alive at once.
+                alive.push((policy, switch));
+            }
+            let w = sub.shared.lock();
+            let bound = 2 * (alive.len() + 2) + 64;
+            assert!(w.policies.len() <= bound, "{} at {i}", w.policies.len());
+            assert!(w.switches.len() <= bound, "{} at {i}", w.switches.len());
+            most_policies = most_policies.max(w.policies.len());
+            most_switches = most_switches.max(w.switches.len());
+        }
+        assert!(most_policies <= 2 * 102 + 64 && most_switches <= 2 * 102 + 64);
+        // The handles in use are the ones the registry hands out again.
+        let again = sub.policy("kept");
+        assert!(std::ptr::eq(again.core(), kept_policy.core()));
+        assert_eq!(again.generation(), kept_policy.generation());
+        let (policy, switch) = &alive[50];
+        assert!(std::ptr::eq(sub.policy("p50000").core(), policy.core()));
+        sub.switch("s50000").update(SwitchSettings::on()).unwrap();
+        assert!(switch.is_on("u"), "the same switch");
+        assert!(kept_switch.settings().on.is_none());
     }
 }

@@ -7,13 +7,14 @@ use std::sync::Arc;
 use imbl::OrdMap;
 use serde_json::Value;
 
+use super::handles::Handles;
 use super::merge::merge;
 use super::registry::{Changed, Shared, Snapshot};
 use super::source::{Change, Health, Key, Layer, Rejection, Update};
-use crate::Policy;
+use crate::policy::WeakPolicy;
 use crate::settings::decode;
 use crate::settings::{Bounded, GlobalSettings, PolicySettings, SettingsError};
-use crate::switch::{Switch, SwitchSettings};
+use crate::switch::{SwitchSettings, WeakSwitch};
 
 /// The registry's state behind its lock: what every layer holds, what was refused, and
 /// the effective values published in each snapshot.
@@ -25,8 +26,9 @@ pub(crate) struct Writer {
     /// Each rejection with the raw value it refused (a listing that brings the same
     /// value again is not rejected, logged and counted again).
     rejected: BTreeMap<(Layer, String), (Rejection, Vec<u8>)>,
-    pub(super) policies: HashMap<String, Policy>,
-    pub(super) switches: HashMap<String, Switch>,
+    /// The policies and switches in use, held weakly: the registry keeps none alive.
+    pub(super) policies: Handles<WeakPolicy>,
+    pub(super) switches: Handles<WeakSwitch>,
     /// Effective settings of every policy / switch with a default or a stored value;
     /// updated key by key (persistent maps: publishing a snapshot copies nothing).
     pub(super) effective: OrdMap<String, Arc<PolicySettings>>,
@@ -120,8 +122,8 @@ impl Writer {
             defaults,
             layers: Default::default(),
             rejected: BTreeMap::new(),
-            policies: HashMap::new(),
-            switches: HashMap::new(),
+            policies: Handles::new(),
+            switches: Handles::new(),
             effective: OrdMap::new(),
             switch_values: OrdMap::new(),
             global: Arc::default(),
@@ -221,10 +223,9 @@ impl Writer {
                     );
                 }
                 self.global = Arc::new(global);
-                for policy in self.policies.values() {
-                    let critical = policy.settings().critical;
-                    policy.set_shed(self.global.shed_non_critical && !critical);
-                }
+                let shed = self.global.shed_non_critical;
+                self.policies
+                    .for_each(|policy| policy.set_shed(shed && !policy.settings().critical));
                 true
             }
         }

@@ -295,6 +295,25 @@ impl Switch {
     }
 }
 
+/// A handle that does not keep a switch alive (the registry holds these, so a name no
+/// longer used is freed).
+#[derive(Clone, Debug)]
+pub(crate) struct WeakSwitch(std::sync::Weak<SwitchInner>);
+
+impl Switch {
+    /// A handle to this switch that does not keep it alive.
+    pub(crate) fn downgrade(&self) -> WeakSwitch {
+        WeakSwitch(Arc::downgrade(&self.inner))
+    }
+}
+
+impl WeakSwitch {
+    /// The switch, while a handle of it is alive.
+    pub(crate) fn upgrade(&self) -> Option<Switch> {
+        self.0.upgrade().map(|inner| Switch { inner })
+    }
+}
+
 fn labels(name: &str, compiled: &Compiled) -> Labels {
     let variants: Vec<&str> = compiled.variants.iter().map(Variant::name).collect();
     Labels::new(name, &variants)

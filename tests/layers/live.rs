@@ -715,3 +715,54 @@ fn the_fallible_forms_return_an_error_for_an_invalid_name() {
             .contains("not a valid policy name")
     );
 }
+
+/// The registry holds no policy alive: one that nobody holds any more is made again,
+/// with the settings in force; one in use is handed out again and kept up to date.
+#[test]
+fn a_policy_nobody_holds_is_made_again_with_the_settings_in_force() {
+    let (sub, app, fleet) = registry();
+    let recs = sub.policy("recs");
+    let flaky = Flaky::default();
+    let mut svc = CircuitBreakerLayer::new(&recs).layer(flaky.clone());
+    flaky.fail(true);
+    for _ in 0..5 {
+        let _ = call_now(&mut svc, 1);
+    }
+    assert_eq!(recs.breaker_state(), BreakerState::Open);
+    drop(recs);
+    assert_eq!(
+        sub.policy("recs").breaker_state(),
+        BreakerState::Open,
+        "held by a service: the same policy"
+    );
+    drop(svc);
+    app.put("policies/recs", r#"{"timeout": {"ms": 77}}"#)
+        .unwrap();
+    let recs = sub.policy("recs");
+    assert_eq!(
+        recs.breaker_state(),
+        BreakerState::Closed,
+        "nobody held it: a new one"
+    );
+    assert_eq!(recs.settings().timeout.ms, Some(77));
+    assert_eq!(recs.settings().breaker.min_calls, 5, "the code default");
+    // Updates and shedding reach the live one, and a new one is made shed.
+    app.put(
+        "policies/recs",
+        r#"{"timeout": {"ms": 78}, "critical": false}"#,
+    )
+    .unwrap();
+    assert_eq!(recs.settings().timeout.ms, Some(78));
+    fleet
+        .put("global", r#"{"shed_non_critical": true}"#)
+        .unwrap();
+    assert!(recs.is_killed());
+    drop(recs);
+    assert!(sub.policy("recs").is_killed());
+    // Switches alike.
+    let switch = sub.switch("s");
+    app.put("switches/s", r#"{"percent": 100}"#).unwrap();
+    assert!(switch.is_on("u"));
+    drop(switch);
+    assert!(sub.switch("s").is_on("u"));
+}
