@@ -1,5 +1,5 @@
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use substation::breaker::error::OpenCircuit;
 use substation::breaker::{BreakerState, CircuitBreakerLayer};
@@ -341,48 +341,81 @@ fn settings_changes_keep_the_breaker_state_and_apply_to_running_services() {
     assert_eq!(sub.policy("recs").breaker_state(), BreakerState::Closed);
 }
 
+/// Flips of the breaker's mode while threads call through it: once a flip is applied
+/// (its `put` returned), every thread sees it on its next call; no call sees a value
+/// that is not yet applied, nor one that was replaced.
+///
+/// A sequence number tells each call what is in force: odd while a `put` is being
+/// applied, `2·i` once flip `i` is. A call that read the same even number before and
+/// after itself ran entirely under flip `i` and must see exactly its mode; a call that
+/// straddles a `put` may see either. After each flip, every thread must have made such a
+/// call under it.
 #[test]
 fn flips_under_concurrent_load_are_seen_by_every_thread() {
+    const THREADS: usize = 2;
+    const FLIPS: u64 = 200;
     let (sub, app, _fleet) = registry();
     let recs = sub.policy("recs");
-    let stop = Arc::new(AtomicBool::new(false));
     let svc = CircuitBreakerLayer::new(&recs).layer(Flaky::default());
+    // Flip 0 is the code default (`normal`); odd flips force the breaker open.
+    let open = |flip: u64| flip % 2 == 1;
+    let seq = AtomicU64::new(0);
+    let seen: Vec<AtomicU64> = (0..THREADS).map(|_| AtomicU64::new(0)).collect();
+    let stop = AtomicBool::new(false);
     std::thread::scope(|s| {
-        let workers: Vec<_> = (0..2)
-            .map(|_| {
+        let workers: Vec<_> = (0..THREADS)
+            .map(|t| {
                 let mut svc = svc.clone();
-                let stop = stop.clone();
+                let (seq, seen, stop) = (&seq, &seen, &stop);
                 s.spawn(move || {
-                    let (mut ok, mut rejected) = (0u64, 0u64);
-                    while !stop.load(Ordering::Relaxed) {
-                        match call_now(&mut svc, 1) {
-                            Ok(_) => ok += 1,
-                            Err(e) if e.is::<OpenCircuit>() => rejected += 1,
+                    let mut calls = 0u64;
+                    while !stop.load(Ordering::Acquire) {
+                        let before = seq.load(Ordering::Acquire);
+                        let rejected = match call_now(&mut svc, 1) {
+                            Ok(_) => false,
+                            Err(e) if e.is::<OpenCircuit>() => true,
                             Err(e) => panic!("{e}"),
+                        };
+                        let after = seq.load(Ordering::Acquire);
+                        calls += 1;
+                        if before == after && before % 2 == 0 {
+                            let flip = before / 2;
+                            assert_eq!(
+                                rejected,
+                                open(flip),
+                                "thread {t}, a call entirely under flip {flip}"
+                            );
+                            seen[t].store(flip, Ordering::Release);
                         }
                     }
-                    (ok, rejected)
+                    calls
                 })
             })
             .collect();
-        for i in 0..200 {
-            let mode = if i % 2 == 0 { "force_open" } else { "normal" };
+        'flips: for flip in 1..=FLIPS {
+            seq.store(2 * flip - 1, Ordering::Release);
+            let mode = if open(flip) { "force_open" } else { "normal" };
             app.put(
                 "policies/recs",
                 &format!(r#"{{"breaker": {{"mode": "{mode}"}}}}"#),
             )
             .unwrap();
-            std::thread::yield_now();
+            seq.store(2 * flip, Ordering::Release);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while let Some(t) = (0..THREADS).find(|&t| seen[t].load(Ordering::Acquire) < flip) {
+                if workers.iter().any(|w| w.is_finished()) {
+                    break 'flips; // a worker failed: its panic is joined below
+                }
+                if std::time::Instant::now() > deadline {
+                    stop.store(true, Ordering::Release);
+                    panic!("thread {t} made no call under flip {flip}");
+                }
+                std::thread::yield_now();
+            }
         }
-        app.put("policies/recs", r#"{"breaker": {"mode": "force_open"}}"#)
-            .unwrap();
-        // Once the flip is published, no thread gets through any more.
-        let mut check = svc.clone();
-        assert!(call_now(&mut check, 1).unwrap_err().is::<OpenCircuit>());
-        stop.store(true, Ordering::Relaxed);
+        stop.store(true, Ordering::Release);
         for w in workers {
-            let (ok, rejected) = w.join().unwrap();
-            assert!(ok + rejected > 0);
+            assert!(w.join().unwrap() >= FLIPS);
         }
     });
 }
