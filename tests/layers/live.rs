@@ -799,3 +799,30 @@ fn a_policy_nobody_holds_is_made_again_with_the_settings_in_force() {
     drop(switch);
     assert!(sub.switch("s").is_on("u"));
 }
+
+/// A subscriber that falls more than 1,024 notices behind is told so (and by how much),
+/// then gets the newest notices; the snapshot has everything.
+#[test]
+fn a_subscriber_that_lags_is_told_so() {
+    use tokio::sync::broadcast::error::TryRecvError;
+
+    let (sub, app, _fleet) = registry();
+    let mut notices = sub.subscribe();
+    for ms in 1..=1_100u32 {
+        app.put(
+            "policies/recs",
+            &format!(r#"{{"timeout": {{"ms": {ms}}}}}"#),
+        )
+        .unwrap();
+    }
+    assert_eq!(notices.try_recv(), Err(TryRecvError::Lagged(1_100 - 1_024)));
+    let first = notices.try_recv().unwrap();
+    assert_eq!(first.revision, 1_100 - 1_024 + 1);
+    let mut last = first.revision;
+    while let Ok(n) = notices.try_recv() {
+        assert_eq!(n.revision, last + 1, "in order, none skipped after the lag");
+        last = n.revision;
+    }
+    assert_eq!(last, sub.snapshot().revision());
+    assert_eq!(sub.policy("recs").settings().timeout.ms, Some(1_100));
+}
