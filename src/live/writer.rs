@@ -12,7 +12,7 @@ use super::merge::merge;
 use super::registry::{Changed, Shared, Snapshot};
 use super::source::{Change, Health, Key, Layer, Rejection, Update};
 use crate::policy::WeakPolicy;
-use crate::settings::decode;
+use crate::settings::decode::{self, Settings};
 use crate::settings::{Bounded, GlobalSettings, PolicySettings, SettingsError};
 use crate::switch::{SwitchSettings, WeakSwitch};
 
@@ -260,22 +260,23 @@ impl Writer {
 
     /// Checks a stored value: on its own, it must be in exactly the documented form
     /// (its ranges may depend on the layers below it); merged with `key`'s other
-    /// layers, it must be valid.
+    /// layers, it must be valid. Every part of a value that no layer above hides is in
+    /// the merged value, whose strict decoding checks its form; so only a value under
+    /// another layer's is decoded on its own too.
     fn validate(&self, key: &Key, layer: Layer, value: &Value) -> Result<(), SettingsError> {
+        fn check<T: Settings>(alone: Option<&Value>, merged: &Value) -> Result<(), SettingsError> {
+            if let Some(value) = alone {
+                decode::decode::<T>(value)?;
+            }
+            decode::from_value::<T>(merged).map(drop)
+        }
+        let hidden = layer == Layer::Shared && self.layers[Layer::App.index()].contains_key(key);
+        let alone = hidden.then_some(value);
         let merged = self.merged(key, Some((layer, value)));
         match key {
-            Key::Policy(_) => {
-                decode::decode::<PolicySettings>(value)?;
-                decode::from_value::<PolicySettings>(&merged).map(drop)
-            }
-            Key::Switch(_) => {
-                decode::decode::<SwitchSettings>(value)?;
-                decode::from_value::<SwitchSettings>(&merged).map(drop)
-            }
-            Key::Global => {
-                decode::decode::<GlobalSettings>(value)?;
-                decode::from_value::<GlobalSettings>(&merged).map(drop)
-            }
+            Key::Policy(_) => check::<PolicySettings>(alone, &merged),
+            Key::Switch(_) => check::<SwitchSettings>(alone, &merged),
+            Key::Global => check::<GlobalSettings>(alone, &merged),
         }
     }
 

@@ -14,7 +14,9 @@
 //!    a part of it: every field present there, with the same JSON kind at every path,
 //!    equal scalars (numbers compared as numbers, so `5` for `5.0` is fine). Any other
 //!    form serde accepted is refused, named by path (`timeout: expected an object,
-//!    found an array`).
+//!    found an array`). The check serializes against the input without building the
+//!    canonical form (`conform.rs`); only when it fails is the form built, to name the
+//!    field.
 //!
 //! A type takes part by implementing [`Settings`] (its `validate`).
 
@@ -25,6 +27,7 @@ use serde::de::{self, DeserializeOwned, DeserializeSeed, MapAccess, SeqAccess};
 use serde::{Deserializer, Serialize};
 use serde_json::Value;
 
+use super::conform;
 use super::error::SettingsError;
 
 /// A settings type: decoded strictly, then validated.
@@ -75,10 +78,18 @@ pub(crate) fn decode<T: Serialize + DeserializeOwned>(value: &Value) -> Result<T
             format!("expected an object, found {}", kind(value)),
         ));
     }
-    let decoded: T = serde_path_to_error::deserialize(value).map_err(path_error)?;
-    let canonical = serde_json::to_value(&decoded)
-        .map_err(|e| SettingsError::new("", format!("cannot be represented: {e}")))?;
-    conforms(value, &canonical, Path::Root)?;
+    let decoded = match T::deserialize(value) {
+        Ok(decoded) => decoded,
+        // Tracking the path costs several times the decoding: only a failure pays it.
+        Err(_) => serde_path_to_error::deserialize(value).map_err(path_error)?,
+    };
+    if !conform::conforms(&decoded, value) {
+        // Rare: build the canonical form to say where and why (this walk is the rule;
+        // the fast one may only raise false alarms).
+        let canonical = serde_json::to_value(&decoded)
+            .map_err(|e| SettingsError::new("", format!("cannot be represented: {e}")))?;
+        part_of(value, &canonical, Path::Root)?;
+    }
     Ok(decoded)
 }
 
@@ -90,15 +101,15 @@ fn path_error(e: serde_path_to_error::Error<serde_json::Error>) -> SettingsError
 }
 
 /// Whether `input` is a part of `canonical`: same kinds, equal scalars, no field that
-/// the canonical form does not have.
-fn conforms(input: &Value, canonical: &Value, path: Path<'_>) -> Result<(), SettingsError> {
+/// the canonical form does not have; if not, where and why.
+fn part_of(input: &Value, canonical: &Value, path: Path<'_>) -> Result<(), SettingsError> {
     let mismatch = |message: String| Err(SettingsError::new(path.to_string(), message));
     match (input, canonical) {
         (Value::Object(input), Value::Object(canonical)) => {
             for (k, v) in input {
                 let path = Path::Key(&path, k);
                 match canonical.get(k) {
-                    Some(c) => conforms(v, c, path)?,
+                    Some(c) => part_of(v, c, path)?,
                     None if v.is_null() => {
                         return Err(SettingsError::new(path.to_string(), "must not be null"));
                     }
@@ -118,17 +129,12 @@ fn conforms(input: &Value, canonical: &Value, path: Path<'_>) -> Result<(), Sett
                 ));
             }
             for (i, (v, c)) in input.iter().zip(canonical).enumerate() {
-                conforms(v, c, Path::Index(&path, i))?;
+                part_of(v, c, Path::Index(&path, i))?;
             }
             Ok(())
         }
         (Value::Number(a), Value::Number(b)) => {
-            let same = match (a.as_u64(), b.as_u64(), a.as_i64(), b.as_i64()) {
-                (Some(x), Some(y), _, _) => x == y,
-                (_, _, Some(x), Some(y)) => x == y,
-                _ => a.as_f64() == b.as_f64(),
-            };
-            if same {
+            if conform::same_number(a, b) {
                 Ok(())
             } else {
                 mismatch(format!("{a} reads as {b}"))
@@ -409,5 +415,82 @@ mod tests {
             PolicySettings::from_value(all).unwrap(),
             PolicySettings::default()
         );
+    }
+
+    /// The fast check (serializing against the input) and the slow one (building the
+    /// canonical form) agree, over mutated shapes of valid values.
+    #[test]
+    fn the_fast_check_agrees_with_the_canonical_form() {
+        fn pointers(v: &serde_json::Value, at: String, out: &mut Vec<String>) {
+            match v {
+                serde_json::Value::Object(m) => {
+                    for (k, v) in m {
+                        pointers(v, format!("{at}/{k}"), out);
+                    }
+                }
+                serde_json::Value::Array(a) => {
+                    for (i, v) in a.iter().enumerate() {
+                        pointers(v, format!("{at}/{i}"), out);
+                    }
+                }
+                _ => {}
+            }
+            out.push(at);
+        }
+        /// Whether serde decodes `v`, and if so whether it is in the canonical form.
+        fn agree<T: serde::Serialize + serde::de::DeserializeOwned>(
+            v: &serde_json::Value,
+        ) -> Option<bool> {
+            let decoded = serde_json::from_value::<T>(v.clone()).ok()?;
+            let canonical = serde_json::to_value(&decoded).unwrap();
+            let slow = super::part_of(v, &canonical, super::Path::Root).is_ok();
+            assert_eq!(super::conform::conforms(&decoded, v), slow, "{v}");
+            Some(slow)
+        }
+        let replacements = [
+            json!(null),
+            json!([]),
+            json!([1]),
+            json!({}),
+            json!("force_open"),
+            json!({"force_open": null}),
+            json!({"keys": 1}),
+            json!({"x": 1, "y": [null]}),
+            json!(1),
+            json!(-1),
+            json!(1.5),
+            json!(true),
+        ];
+        let policy = json!({"kill": true, "timeout": {"ms": 5}, "breaker": {"mode": "force_open",
+            "slow_call_ms": 10, "error_rate": 5}, "fallback": {"tiers": ["static"], "on": {"open": true}},
+            "fault": {"target": {"keys": 5}}, "bulkhead": {"max_concurrent": null}});
+        let switch = json!({"on": true, "percent": 5, "variants": [{"name": "a", "weight": 1,
+            "value": {"x": [1, {"y": null}], "z": "s"}}, {"name": "b", "weight": 2}]});
+        let mut rng = fastrand::Rng::with_seed(3);
+        let (mut canonical, mut other) = (0, 0);
+        for valid in [&policy, &switch] {
+            let mut all = Vec::new();
+            pointers(valid, String::new(), &mut all);
+            for _ in 0..5_000 {
+                let mut v = valid.clone();
+                for _ in 0..rng.usize(1..3) {
+                    if let Some(node) = v.pointer_mut(&all[rng.usize(..all.len())]) {
+                        *node = replacements[rng.usize(..replacements.len())].clone();
+                    }
+                }
+                let seen = if valid == &policy {
+                    agree::<PolicySettings>(&v)
+                } else {
+                    agree::<SwitchSettings>(&v)
+                };
+                match seen {
+                    Some(true) => canonical += 1,
+                    Some(false) => other += 1,
+                    None => {}
+                }
+            }
+        }
+        // Both answers are exercised.
+        assert!(canonical > 500 && other > 100, "{canonical} / {other}");
     }
 }

@@ -19,11 +19,12 @@
 
 // One file per concern: `policy.rs` (the whole value), `timeout.rs`, `breaker.rs`,
 // `bulkhead.rs`, `fallback.rs`, `fault.rs`, `global.rs` (the registry's own settings),
-// `error.rs` (`SettingsError` and the range checks) and `decode.rs` (strict decoding, for
-// every settings type).
+// `error.rs` (`SettingsError` and the range checks) `decode.rs` (strict decoding, for
+// every settings type) and `conform.rs` (its allocation-free check).
 
 mod breaker;
 mod bulkhead;
+mod conform;
 pub(crate) mod decode;
 mod error;
 mod fallback;
