@@ -18,7 +18,7 @@
 //!    canonical form (`conform.rs`); only when it fails is the form built, to name the
 //!    field.
 //!
-//! A type takes part by implementing [`Settings`] (its `validate`).
+//! A type takes part by implementing [`Settings`] (its validation, `check`).
 
 use std::collections::HashSet;
 use std::fmt;
