@@ -66,7 +66,7 @@ fn switch_eval(c: &mut Criterion) {
     let keys = keys();
     let mut g = c.benchmark_group("switch_eval");
 
-    let percent = Switch::detached("checkout-v2", SwitchSettings::percent(50.0));
+    let percent = Switch::detached("checkout-v2", SwitchSettings::percent(50.0)).unwrap();
     let mut i = 0;
     g.bench_function("substation_percent", |b| {
         b.iter(|| {
@@ -75,7 +75,7 @@ fn switch_eval(c: &mut Criterion) {
         })
     });
 
-    let onoff = Switch::detached("checkout-v2", SwitchSettings::on());
+    let onoff = Switch::detached("checkout-v2", SwitchSettings::on()).unwrap();
     g.bench_function("substation_onoff", |b| {
         b.iter(|| {
             i = (i + 1) % KEYS;
@@ -91,7 +91,8 @@ fn switch_eval(c: &mut Criterion) {
             VariantSettings::new("c", 30),
             VariantSettings::new("d", 40),
         ]),
-    );
+    )
+    .unwrap();
     let mut picker = variants.variants();
     g.bench_function("substation_variant", |b| {
         b.iter(|| {

@@ -203,6 +203,7 @@ impl<T: Send + Sync + 'static> Shared<T> {
     }
 
     /// Whether both are the same value.
+    #[cfg(test)]
     pub(crate) fn ptr_eq(&self, other: &Self) -> bool {
         self.home == other.home
     }

@@ -191,6 +191,12 @@ impl Policy {
         &self.core
     }
 
+    /// Whether both handles are the same policy (not only the same name).
+    #[cfg(test)]
+    pub(crate) fn same(&self, other: &Policy) -> bool {
+        self.core.ptr_eq(&other.core)
+    }
+
     /// A handle that does not keep the policy alive.
     pub(crate) fn downgrade(&self) -> WeakPolicy {
         WeakPolicy(self.core.downgrade())
@@ -242,7 +248,7 @@ mod tests {
         let a = Policy::new("reused-name", PolicySettings::default()).unwrap();
         let weak = a.downgrade();
         let b = Policy::new("reused-name", PolicySettings::default()).unwrap();
-        assert!(!a.core.ptr_eq(&b.core), "live policies never share");
+        assert!(!a.same(&b), "live policies never share");
         drop(a);
         assert!(weak.upgrade().is_none(), "freed with its last handle");
     }

@@ -41,8 +41,8 @@ const KEYS: [&str; 4] = [
 
 #[test]
 fn evaluations_allocate_nothing() {
-    let percent = Switch::detached("alloc-percent", SwitchSettings::percent(25.0));
-    let on = Switch::detached("alloc-on", SwitchSettings::on());
+    let percent = Switch::detached("alloc-percent", SwitchSettings::percent(25.0)).unwrap();
+    let on = Switch::detached("alloc-on", SwitchSettings::on()).unwrap();
     let variants = Switch::detached(
         "alloc-variants",
         SwitchSettings::variants([
@@ -51,14 +51,16 @@ fn evaluations_allocate_nothing() {
             VariantSettings::new("c", 3),
             VariantSettings::new("d", 4),
         ]),
-    );
+    )
+    .unwrap();
     let strings = Switch::detached(
         "alloc-strings",
         SwitchSettings::variants([
             VariantSettings::new("x", 1).value("x"),
             VariantSettings::new("y", 1).value(true),
         ]),
-    );
+    )
+    .unwrap();
     let mut picker = variants.variants();
     // Warm up: thread-local stripe index, arc-swap's per-thread debt slots, the cache.
     percent.is_on(KEYS[0]);

@@ -4,9 +4,9 @@ use std::fmt;
 use std::sync::{Arc, Weak};
 use std::time::SystemTime;
 
-use super::Shared;
+use super::registry::Shared;
 use crate::BoxError;
-use crate::settings::SettingsError;
+use crate::settings::{Bounded, SettingsError};
 
 /// Which layer of the lookup a value belongs to. A policy's effective settings are the
 /// library defaults, overridden by the code defaults given to the builder, then by the
@@ -52,7 +52,8 @@ impl Key {
             SettingsError::new(
                 "",
                 format!(
-                    "`{key}` is not a known key (expected `policies/<name>`, `switches/<name>` or `global`)"
+                    "{} is not a known key (expected `policies/<name>`, `switches/<name>` or `global`)",
+                    Bounded::key(key)
                 ),
             )
         };
@@ -65,7 +66,10 @@ impl Key {
         if !valid_name(name) {
             return Err(SettingsError::new(
                 "",
-                format!("`{name}` is not a valid name (1 to 128 of A-Z a-z 0-9 _ . -)"),
+                format!(
+                    "{} is not a valid name (1 to 128 of A-Z a-z 0-9 _ . -)",
+                    Bounded::key(name)
+                ),
             ));
         }
         Ok(make(name.to_owned()))
@@ -163,11 +167,16 @@ pub enum Health {
 }
 
 /// A value the registry refused; the key's last good value stays in force.
+///
+/// Displayed as `"policies/recs" (App layer, revision 7): timeout.ms: 0 is not in
+/// 1..=3600000`: the key quoted and escaped, a long one cut, like the error.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rejection {
     /// The layer of the refused value.
     pub layer: Layer,
-    /// The key of the refused value, relative to its layer's prefix.
+    /// The key of the refused value, relative to its layer's prefix, as the source
+    /// sent it (it may be no valid key at all: quote it before showing it; `Display`
+    /// does).
     pub key: String,
     /// The source's revision of the refused value.
     pub revision: u64,
@@ -180,7 +189,10 @@ impl fmt::Display for Rejection {
         write!(
             f,
             "{} ({:?} layer, revision {}): {}",
-            self.key, self.layer, self.revision, self.error
+            Bounded::key(&self.key),
+            self.layer,
+            self.revision,
+            self.error
         )
     }
 }

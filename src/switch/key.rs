@@ -6,7 +6,7 @@
 /// ```
 /// use substation::switch::{DecimalKey, Switch, SwitchSettings};
 ///
-/// let switch = Switch::detached("beta", SwitchSettings::percent(30.0));
+/// let switch = Switch::detached("beta", SwitchSettings::percent(30.0)).unwrap();
 /// assert_eq!(switch.is_on(DecimalKey::from(12345)), switch.is_on("12345"));
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -132,18 +132,13 @@ pub struct Resolution {
 }
 
 impl Switch {
-    /// A switch of its own, outside any registry.
-    ///
-    /// # Panics
-    /// If `settings` is invalid (see [`SwitchSettings::validate`]): code defaults come
-    /// from code.
-    pub fn detached(name: &str, settings: SwitchSettings) -> Switch {
-        if let Err(e) = settings.validate() {
-            panic!("invalid settings for switch `{name}`: {e}");
-        }
+    /// A switch of its own, outside any registry. Fails if `settings` are invalid (see
+    /// [`SwitchSettings::validate`]), like [`Policy::new`](crate::Policy::new).
+    pub fn detached(name: &str, settings: SwitchSettings) -> Result<Switch, SettingsError> {
+        settings.validate()?;
         let settings = Arc::new(settings);
         let compiled = Compiled::new(settings.clone());
-        Switch {
+        Ok(Switch {
             inner: Arc::new(SwitchInner {
                 name: name.into(),
                 prefix: Prefix::new(name.as_bytes()),
@@ -154,7 +149,7 @@ impl Switch {
                 changes_total: metrics::counter!(crate::metrics::SWITCH_CHANGES, "switch" => name.to_owned()),
                 writer: Mutex::new(()),
             }),
-        }
+        })
     }
 
     /// The switch's name (the prefix of every key's hash).
@@ -300,6 +295,25 @@ impl Switch {
     }
 }
 
+/// A handle that does not keep a switch alive (the registry holds these, so a name no
+/// longer used is freed).
+#[derive(Clone, Debug)]
+pub(crate) struct WeakSwitch(std::sync::Weak<SwitchInner>);
+
+impl Switch {
+    /// A handle to this switch that does not keep it alive.
+    pub(crate) fn downgrade(&self) -> WeakSwitch {
+        WeakSwitch(Arc::downgrade(&self.inner))
+    }
+}
+
+impl WeakSwitch {
+    /// The switch, while a handle of it is alive.
+    pub(crate) fn upgrade(&self) -> Option<Switch> {
+        self.0.upgrade().map(|inner| Switch { inner })
+    }
+}
+
 fn labels(name: &str, compiled: &Compiled) -> Labels {
     let variants: Vec<&str> = compiled.variants.iter().map(Variant::name).collect();
     Labels::new(name, &variants)
@@ -392,8 +406,22 @@ mod tests {
     }
 
     #[test]
+    fn invalid_settings_are_an_error_not_a_panic() {
+        for bad in [
+            SwitchSettings::percent(150.0),
+            SwitchSettings::percent(f64::NAN),
+            SwitchSettings::variants([VariantSettings::new("a", 0)]),
+        ] {
+            let err = Switch::detached("bad", bad).unwrap_err();
+            assert!(!err.to_string().is_empty());
+        }
+        let err = Switch::detached("bad", SwitchSettings::percent(150.0)).unwrap_err();
+        assert_eq!(err.to_string(), "percent: 150 is not in 0..=100");
+    }
+
+    #[test]
     fn counts_every_result() {
-        let s = Switch::detached("counted", SwitchSettings::percent(50.0));
+        let s = Switch::detached("counted", SwitchSettings::percent(50.0)).unwrap();
         for i in 0..3000u32 {
             s.is_on(i.to_le_bytes());
         }

@@ -7,7 +7,7 @@
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), BoxError> {
-//! let switch = Switch::detached("search-v2", SwitchSettings::off());
+//! let switch = Switch::detached("search-v2", SwitchSettings::off())?;
 //! let new = service_fn(|q: String| async move { Ok::<_, BoxError>(format!("v2: {q}")) });
 //! let old = service_fn(|q: String| async move { Ok::<_, BoxError>(format!("v1: {q}")) });
 //! // The key: here the query itself; usually a user id or a tenant from the request.

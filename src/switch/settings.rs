@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::settings::SettingsError;
+use crate::settings::decode::{self, Settings};
 
 /// The most variants one switch may have.
 pub const MAX_VARIANTS: usize = 30;
@@ -117,19 +118,16 @@ impl SwitchSettings {
     }
 
     /// Deserializes and validates an already parsed JSON value. Errors name the field
-    /// and the rule (`percent: 150 is not in 0..=100`).
+    /// and the rule (`percent: 150 is not in 0..=100`). As strict as
+    /// [`PolicySettings::from_json`](crate::settings::PolicySettings::from_json): an
+    /// object, each field at most once, in exactly its documented form.
     pub fn from_value(value: serde_json::Value) -> Result<Self, SettingsError> {
-        let settings: SwitchSettings = serde_path_to_error::deserialize(value)
-            .map_err(|e| SettingsError::new(e.path().to_string(), e.into_inner().to_string()))?;
-        settings.validate()?;
-        Ok(settings)
+        decode::from_value(&value)
     }
 
-    /// Parses and validates JSON bytes.
+    /// Parses and validates JSON bytes (a field given twice is an error).
     pub fn from_json(json: &[u8]) -> Result<Self, SettingsError> {
-        let value = serde_json::from_slice(json)
-            .map_err(|e| SettingsError::new("", format!("malformed JSON: {e}")))?;
-        Self::from_value(value)
+        decode::from_json(json)
     }
 
     /// Checks every field against its rule; the first broken rule is returned.
@@ -182,6 +180,12 @@ impl SwitchSettings {
             ));
         }
         Ok(())
+    }
+}
+
+impl Settings for SwitchSettings {
+    fn check(&self) -> Result<(), SettingsError> {
+        self.validate()
     }
 }
 

@@ -26,7 +26,11 @@ async fn sigkill_and_restart_during_a_thousand_writes_loses_nothing() {
     let first = put(&mut client, "policies/p0", &value(1)).await;
 
     // Every write has a distinct value, so every revision changes something and must
-    // produce exactly one notice, in order.
+    // produce exactly one notice, in order. Notices are taken as they come (after each
+    // write), so the registry's 1,024-slot broadcast never fills: a test that drained a
+    // thousand notices at the end would pass or fail by that margin (`drain` fails on a
+    // lag).
+    let mut seen: Vec<u64> = Vec::new();
     let mut written = vec![first];
     for n in 2..=1000u64 {
         if n == 300 || n == 700 {
@@ -36,14 +40,21 @@ async fn sigkill_and_restart_during_a_thousand_writes_loses_nothing() {
         // Distinct per attempt too: n·64 + attempt.
         let key = format!("policies/p{}", n % 10);
         written.push(put_with(&mut client, &key, |attempt| value(n * 64 + attempt.min(63))).await);
+        seen.extend(drain(&mut changes).iter().map(|c| c.revision));
     }
     let last = *written.last().unwrap();
     eventually("the registry reaches the last revision", WAIT, || async {
         sub.snapshot().revision() >= last
     })
     .await;
+    // A notice is sent just after its snapshot is published: wait for the last one.
+    eventually("every notice is received", WAIT, || {
+        seen.extend(drain(&mut changes).iter().map(|c| c.revision));
+        let done = seen.last().is_some_and(|r| *r >= last);
+        async move { done }
+    })
+    .await;
 
-    let seen: Vec<u64> = drain(&mut changes).iter().map(|c| c.revision).collect();
     assert!(
         seen.windows(2).all(|w| w[0] < w[1]),
         "applied out of order or twice"

@@ -1,5 +1,5 @@
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use substation::breaker::error::OpenCircuit;
 use substation::breaker::{BreakerState, CircuitBreakerLayer};
@@ -89,7 +89,7 @@ fn a_bad_value_is_rejected_for_its_key_alone() {
             r#"{"breaker": {"colour": "red"}}"#,
             "breaker.colour: unknown field `colour`",
         ),
-        (r#"[1, 2]"#, "expected a JSON object"),
+        (r#"[1, 2]"#, "expected an object, found an array"),
         (r#""#, "malformed JSON"),
     ] {
         let err = app.put("policies/recs", bad).unwrap_err();
@@ -126,6 +126,79 @@ fn a_bad_value_is_rejected_for_its_key_alone() {
     assert!(err.to_string().contains("not a known key"), "{err}");
     let err = app.put("policies/bad name!", "{}").unwrap_err();
     assert!(err.to_string().contains("not a valid name"), "{err}");
+}
+
+/// Forms serde would accept but the documentation does not: each is rejected for its key
+/// with the field named, and the last good value stays.
+#[test]
+fn only_the_documented_forms_are_accepted() {
+    let (sub, app, fleet) = registry();
+    let recs = sub.policy("recs");
+    app.put("policies/recs", r#"{"timeout": {"ms": 50}}"#)
+        .unwrap();
+    for (bad, reason) in [
+        (
+            r#"{"breaker": ["force_open"]}"#,
+            "breaker: expected an object, found an array",
+        ),
+        (
+            r#"{"timeout": [5]}"#,
+            "timeout: expected an object, found an array",
+        ),
+        (
+            r#"{"breaker": {"mode": {"force_open": null}}}"#,
+            "breaker.mode: expected a string, found an object",
+        ),
+        (r#"{"kill": true, "kill": false}"#, "kill: duplicate field"),
+        (
+            r#"{"breaker": {"error_rate": 150, "error_rate": 5}}"#,
+            "breaker.error_rate: duplicate field",
+        ),
+        (
+            r#"{"breaker": {"error_rate": 5, "error_rate": 150}}"#,
+            "breaker.error_rate: duplicate field",
+        ),
+        ("null", "expected an object, found null"),
+        ("5", "expected an object, found a number"),
+    ] {
+        let err = app.put("policies/recs", bad).unwrap_err();
+        assert_eq!(err.to_string(), reason, "{bad}");
+        let s = recs.settings();
+        assert_eq!(s.timeout.ms, Some(50), "last good value kept after {bad}");
+        assert!(!s.kill && s.breaker.error_rate == 50.0, "{bad}");
+        let snap = sub.snapshot();
+        let rejected: Vec<_> = snap.rejected().collect();
+        assert_eq!(rejected.len(), 1);
+        assert_eq!(rejected[0].error.to_string(), reason);
+    }
+    // A value is checked on its own too, not only merged: a shared value in another
+    // form is refused even while the application's value hides it.
+    app.put("policies/recs", r#"{"timeout": {"ms": 60}}"#)
+        .unwrap();
+    let err = fleet
+        .put("policies/recs", r#"{"timeout": [5]}"#)
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "timeout: expected an object, found an array"
+    );
+    app.delete("policies/recs");
+    assert_eq!(recs.settings().timeout.ms, Some(300), "the code default");
+
+    let err = app
+        .put(
+            "switches/s",
+            r#"{"variants": [{"name": "a", "weight": 1, "value": null}]}"#,
+        )
+        .unwrap_err();
+    assert_eq!(err.to_string(), "variants[0].value: must not be null");
+    let err = app
+        .put(
+            "global",
+            r#"{"shed_non_critical": true, "shed_non_critical": false}"#,
+        )
+        .unwrap_err();
+    assert_eq!(err.to_string(), "shed_non_critical: duplicate field");
 }
 
 /// A source that hands its sink to the test, like a store that pushes asynchronously.
@@ -271,48 +344,81 @@ fn settings_changes_keep_the_breaker_state_and_apply_to_running_services() {
     );
 }
 
+/// Flips of the breaker's mode while threads call through it: once a flip is applied
+/// (its `put` returned), every thread sees it on its next call; no call sees a value
+/// that is not yet applied, nor one that was replaced.
+///
+/// A sequence number tells each call what is in force: odd while a `put` is being
+/// applied, `2·i` once flip `i` is. A call that read the same even number before and
+/// after itself ran entirely under flip `i` and must see exactly its mode; a call that
+/// straddles a `put` may see either. After each flip, every thread must have made such a
+/// call under it.
 #[test]
 fn flips_under_concurrent_load_are_seen_by_every_thread() {
+    const THREADS: usize = 2;
+    const FLIPS: u64 = 200;
     let (sub, app, _fleet) = registry();
     let recs = sub.policy("recs");
-    let stop = Arc::new(AtomicBool::new(false));
     let svc = CircuitBreakerLayer::new(&recs).layer(Flaky::default());
+    // Flip 0 is the code default (`normal`); odd flips force the breaker open.
+    let open = |flip: u64| flip % 2 == 1;
+    let seq = AtomicU64::new(0);
+    let seen: Vec<AtomicU64> = (0..THREADS).map(|_| AtomicU64::new(0)).collect();
+    let stop = AtomicBool::new(false);
     std::thread::scope(|s| {
-        let workers: Vec<_> = (0..2)
-            .map(|_| {
+        let workers: Vec<_> = (0..THREADS)
+            .map(|t| {
                 let mut svc = svc.clone();
-                let stop = stop.clone();
+                let (seq, seen, stop) = (&seq, &seen, &stop);
                 s.spawn(move || {
-                    let (mut ok, mut rejected) = (0u64, 0u64);
-                    while !stop.load(Ordering::Relaxed) {
-                        match call_now(&mut svc, 1) {
-                            Ok(_) => ok += 1,
-                            Err(e) if e.is::<OpenCircuit>() => rejected += 1,
+                    let mut calls = 0u64;
+                    while !stop.load(Ordering::Acquire) {
+                        let before = seq.load(Ordering::Acquire);
+                        let rejected = match call_now(&mut svc, 1) {
+                            Ok(_) => false,
+                            Err(e) if e.is::<OpenCircuit>() => true,
                             Err(e) => panic!("{e}"),
+                        };
+                        let after = seq.load(Ordering::Acquire);
+                        calls += 1;
+                        if before == after && before % 2 == 0 {
+                            let flip = before / 2;
+                            assert_eq!(
+                                rejected,
+                                open(flip),
+                                "thread {t}, a call entirely under flip {flip}"
+                            );
+                            seen[t].store(flip, Ordering::Release);
                         }
                     }
-                    (ok, rejected)
+                    calls
                 })
             })
             .collect();
-        for i in 0..200 {
-            let mode = if i % 2 == 0 { "force_open" } else { "normal" };
+        'flips: for flip in 1..=FLIPS {
+            seq.store(2 * flip - 1, Ordering::Release);
+            let mode = if open(flip) { "force_open" } else { "normal" };
             app.put(
                 "policies/recs",
                 &format!(r#"{{"breaker": {{"mode": "{mode}"}}}}"#),
             )
             .unwrap();
-            std::thread::yield_now();
+            seq.store(2 * flip, Ordering::Release);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while let Some(t) = (0..THREADS).find(|&t| seen[t].load(Ordering::Acquire) < flip) {
+                if workers.iter().any(|w| w.is_finished()) {
+                    break 'flips; // a worker failed: its panic is joined below
+                }
+                if std::time::Instant::now() > deadline {
+                    stop.store(true, Ordering::Release);
+                    panic!("thread {t} made no call under flip {flip}");
+                }
+                std::thread::yield_now();
+            }
         }
-        app.put("policies/recs", r#"{"breaker": {"mode": "force_open"}}"#)
-            .unwrap();
-        // Once the flip is published, no thread gets through any more.
-        let mut check = svc.clone();
-        assert!(call_now(&mut check, 1).unwrap_err().is::<OpenCircuit>());
-        stop.store(true, Ordering::Relaxed);
+        stop.store(true, Ordering::Release);
         for w in workers {
-            let (ok, rejected) = w.join().unwrap();
-            assert!(ok + rejected > 0);
+            assert!(w.join().unwrap() >= FLIPS);
         }
     });
 }
@@ -402,4 +508,324 @@ fn the_revision_moves_forward_with_events_and_is_set_by_a_listing() {
     })
     .unwrap();
     assert_eq!(sub.snapshot().revision(), 3);
+}
+
+/// Every event logged on this thread while `f` runs, one line each, fields formatted the
+/// way `tracing-subscriber`'s formatter does (`Debug` of each recorded value).
+fn logged<R>(f: impl FnOnce() -> R) -> (R, Vec<String>) {
+    use std::fmt::Write as _;
+    use tracing::field::{Field, Visit};
+
+    #[derive(Clone, Default)]
+    struct Capture(Arc<std::sync::Mutex<Vec<String>>>);
+    struct Line(String);
+    impl Visit for Line {
+        fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+            let _ = write!(self.0, " {}={:?}", field.name(), value);
+        }
+    }
+    impl tracing::Subscriber for Capture {
+        fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+            tracing::span::Id::from_u64(1)
+        }
+        fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+        fn event(&self, event: &tracing::Event<'_>) {
+            let mut line = Line(event.metadata().level().to_string());
+            event.record(&mut line);
+            self.0.lock().unwrap().push(line.0);
+        }
+        fn enter(&self, _: &tracing::span::Id) {}
+        fn exit(&self, _: &tracing::span::Id) {}
+    }
+    let capture = Capture::default();
+    let r = tracing::subscriber::with_default(capture.clone(), f);
+    let lines = capture.0.lock().unwrap().clone();
+    (r, lines)
+}
+
+/// A key can carry a newline or a terminal escape and a value can be megabytes: neither
+/// is written raw, nor whole, into the log or a rejection.
+#[test]
+fn forged_keys_and_huge_values_are_escaped_and_cut() {
+    let (sub, sink) = Manual::registry();
+    let forged = "policies/x\n2026-01-01 ERROR forged line \x1b[31mred";
+    let huge = "y".repeat(1_400_000);
+    let huge_ctl = "\x1b[31m\n".repeat(200_000); // 1.4 MB of control characters
+    let change = |key: &str, value: String| Change {
+        layer: Layer::App,
+        key: key.to_owned(),
+        value: Some(value.into_bytes()),
+    };
+    let changes = vec![
+        change(forged, "{}".into()),
+        change(&format!("policies/{huge}"), "{}".into()),
+        change(
+            "policies/a",
+            format!(r#"{{"breaker": {{"mode": "{huge}"}}}}"#),
+        ),
+        change("policies/b", format!(r#"{{"kill": "{huge}"}}"#)),
+        change(
+            "policies/c",
+            format!(
+                r#"{{"{}": 1}}"#,
+                huge_ctl.replace('\x1b', "\\u001b").replace('\n', "\\n")
+            ),
+        ),
+        change("policies/d", format!(r#""{huge}""#)),
+        change("policies/e", format!("[{}1]", "1,".repeat(700_000))),
+    ];
+    let n = changes.len();
+    let (rejected, lines) = logged(|| {
+        sink.apply(Update::Changes {
+            revision: 3,
+            changes,
+        })
+        .unwrap()
+    });
+    assert_eq!(rejected.len(), n, "{rejected:?}");
+    let warnings: Vec<&String> = lines.iter().filter(|l| l.contains("rejected")).collect();
+    assert_eq!(warnings.len(), n, "{lines:?}");
+    let snapshot = sub.snapshot();
+    let texts = rejected
+        .iter()
+        .map(|r| r.to_string())
+        .chain(snapshot.rejected().map(|r| r.to_string()))
+        .chain(warnings.iter().map(|l| l.to_string()));
+    for text in texts {
+        assert!(text.len() < 1_000, "{} bytes: {text}", text.len());
+        assert!(
+            !text.contains(['\n', '\r', '\x1b']),
+            "raw control character in {text:?}"
+        );
+    }
+    // The forged key is shown quoted and escaped, whole (it is short).
+    let shown = r#""policies/x\n2026-01-01 ERROR forged line \u{1b}[31mred""#;
+    assert!(
+        rejected[0].to_string().starts_with(shown),
+        "{}",
+        rejected[0]
+    );
+    assert!(warnings[0].contains(shown), "{}", warnings[0]);
+    assert!(
+        warnings[2].contains(r#"error="breaker.mode: unknown variant `yyyy"#),
+        "the error is quoted too: {}",
+        warnings[2]
+    );
+    // Long input is cut, and says by how much.
+    for r in &rejected[1..5] {
+        assert!(r.to_string().contains(" bytes cut]…"), "{r}");
+    }
+    assert!(
+        rejected[2]
+            .error
+            .to_string()
+            .starts_with("breaker.mode: unknown variant `yyyy"),
+        "{}",
+        rejected[2].error
+    );
+    assert!(
+        rejected[2].error.to_string().ends_with("`metrics_only`"),
+        "the end of the message is kept: {}",
+        rejected[2].error
+    );
+    assert_eq!(
+        rejected[5].error.to_string(),
+        "expected an object, found a string"
+    );
+}
+
+/// `build` says what was wrong with a type to match on, and keeps the cause as its
+/// `source()`.
+#[test]
+fn build_errors_are_typed() {
+    use std::error::Error as _;
+    use substation::live::{BuildError, Key, NameKind};
+    use substation::switch::SwitchSettings;
+
+    let err = Substation::builder()
+        .policy("bad name!", PolicySettings::default())
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(&err, BuildError::InvalidName { kind: NameKind::Policy, name } if name == "bad name!"),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        r#"invalid policy name "bad name!" (expected 1 to 128 of A-Z a-z 0-9 _ . -)"#
+    );
+    assert!(err.source().is_none());
+    let err = Substation::builder()
+        .switch("", SwitchSettings::on())
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(&err, BuildError::InvalidName { kind: NameKind::Switch, name } if name.is_empty()),
+        "{err:?}"
+    );
+
+    let mut bad = PolicySettings::default();
+    bad.breaker.error_rate = 150.0;
+    let err = Substation::builder()
+        .policy("recs", bad)
+        .build()
+        .unwrap_err();
+    match &err {
+        BuildError::InvalidDefault { key, error } => {
+            assert_eq!(*key, Key::Policy("recs".into()));
+            assert_eq!(error.field(), "breaker.error_rate");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        err.to_string(),
+        "invalid code default of policies/recs: breaker.error_rate: 150 is not in 0..=100"
+    );
+    let cause = err.source().unwrap();
+    assert!(cause.is::<substation::settings::SettingsError>());
+    let err = Substation::builder()
+        .switch("s", SwitchSettings::percent(f64::NAN))
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(&err, BuildError::InvalidDefault { key: Key::Switch(name), error } if name == "s" && error.field() == "percent"),
+        "{err:?}"
+    );
+
+    struct Failing;
+    impl Source for Failing {
+        fn start(self: Box<Self>, _: substation::live::Sink) -> Result<(), BoxError> {
+            Err("connection refused".into())
+        }
+    }
+    let first = InMemorySource::new();
+    let err = Substation::builder()
+        .source(first)
+        .source(Failing)
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(err, BuildError::Source { index: 1, .. }),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "source 1 failed to start: connection refused"
+    );
+    assert_eq!(err.source().unwrap().to_string(), "connection refused");
+    // Still a `BoxError` for `?`.
+    let boxed: BoxError = err.into();
+    assert!(boxed.is::<BuildError>());
+}
+
+/// Names from input go through `try_policy` / `try_switch`: an invalid one is an error,
+/// not a panic; `policy` / `switch` keep panicking for names from code.
+#[test]
+fn the_fallible_forms_return_an_error_for_an_invalid_name() {
+    let (sub, app, _fleet) = registry();
+    let err = sub.try_policy("bad name!\n").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        r#""bad name!\n" is not a valid policy name (1 to 128 of A-Z a-z 0-9 _ . -)"#
+    );
+    let err = sub.try_switch(&"x".repeat(129)).unwrap_err();
+    assert!(
+        err.to_string()
+            .ends_with("is not a valid switch name (1 to 128 of A-Z a-z 0-9 _ . -)")
+    );
+    app.put("policies/recs", r#"{"timeout": {"ms": 42}}"#)
+        .unwrap();
+    let recs = sub.try_policy("recs").unwrap();
+    assert_eq!(recs.settings().timeout.ms, Some(42));
+    assert_eq!(sub.policy("recs").settings().timeout.ms, Some(42));
+    assert!(!sub.try_switch("s").unwrap().is_on("u1"));
+    let panicked = std::panic::catch_unwind(|| sub.policy("bad name!")).unwrap_err();
+    assert!(
+        panicked
+            .downcast_ref::<String>()
+            .unwrap()
+            .contains("not a valid policy name")
+    );
+}
+
+/// The registry holds no policy alive: one that nobody holds any more is made again,
+/// with the settings in force; one in use is handed out again and kept up to date.
+#[test]
+fn a_policy_nobody_holds_is_made_again_with_the_settings_in_force() {
+    let (sub, app, fleet) = registry();
+    let recs = sub.policy("recs");
+    let flaky = Flaky::default();
+    let mut svc = CircuitBreakerLayer::new(&recs).layer(flaky.clone());
+    flaky.fail(true);
+    for _ in 0..5 {
+        let _ = call_now(&mut svc, 1);
+    }
+    assert_eq!(recs.breaker_state(), BreakerState::Open);
+    drop(recs);
+    assert_eq!(
+        sub.policy("recs").breaker_state(),
+        BreakerState::Open,
+        "held by a service: the same policy"
+    );
+    drop(svc);
+    app.put("policies/recs", r#"{"timeout": {"ms": 77}}"#)
+        .unwrap();
+    let recs = sub.policy("recs");
+    assert_eq!(
+        recs.breaker_state(),
+        BreakerState::Closed,
+        "nobody held it: a new one"
+    );
+    assert_eq!(recs.settings().timeout.ms, Some(77));
+    assert_eq!(recs.settings().breaker.min_calls, 5, "the code default");
+    // Updates and shedding reach the live one, and a new one is made shed.
+    app.put(
+        "policies/recs",
+        r#"{"timeout": {"ms": 78}, "critical": false}"#,
+    )
+    .unwrap();
+    assert_eq!(recs.settings().timeout.ms, Some(78));
+    fleet
+        .put("global", r#"{"shed_non_critical": true}"#)
+        .unwrap();
+    assert!(recs.is_killed());
+    drop(recs);
+    assert!(sub.policy("recs").is_killed());
+    // Switches alike.
+    let switch = sub.switch("s");
+    app.put("switches/s", r#"{"percent": 100}"#).unwrap();
+    assert!(switch.is_on("u"));
+    drop(switch);
+    assert!(sub.switch("s").is_on("u"));
+}
+
+/// A subscriber that falls more than 1,024 notices behind is told so (and by how much),
+/// then gets the newest notices; the snapshot has everything.
+#[test]
+fn a_subscriber_that_lags_is_told_so() {
+    use tokio::sync::broadcast::error::TryRecvError;
+
+    let (sub, app, _fleet) = registry();
+    let mut notices = sub.subscribe();
+    for ms in 1..=1_100u32 {
+        app.put(
+            "policies/recs",
+            &format!(r#"{{"timeout": {{"ms": {ms}}}}}"#),
+        )
+        .unwrap();
+    }
+    assert_eq!(notices.try_recv(), Err(TryRecvError::Lagged(1_100 - 1_024)));
+    let first = notices.try_recv().unwrap();
+    assert_eq!(first.revision, 1_100 - 1_024 + 1);
+    let mut last = first.revision;
+    while let Ok(n) = notices.try_recv() {
+        assert_eq!(n.revision, last + 1, "in order, none skipped after the lag");
+        last = n.revision;
+    }
+    assert_eq!(last, sub.snapshot().revision());
+    assert_eq!(sub.policy("recs").settings().timeout.ms, Some(1_100));
 }

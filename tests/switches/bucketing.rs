@@ -16,7 +16,7 @@ fn on_share(switch: &Switch) -> f64 {
 
 #[test]
 fn distribution_is_within_one_percent() {
-    let switch = Switch::detached("checkout-v2", SwitchSettings::off());
+    let switch = Switch::detached("checkout-v2", SwitchSettings::off()).unwrap();
     for percent in [1.0, 10.0, 50.0, 99.99] {
         switch.update(SwitchSettings::percent(percent)).unwrap();
         let share = on_share(&switch);
@@ -48,7 +48,8 @@ fn variants_split_by_weight() {
             VariantSettings::new("c", 30),
             VariantSettings::new("d", 40),
         ]),
-    );
+    )
+    .unwrap();
     let mut variants = switch.variants();
     let mut counts = [0usize; 4];
     for i in 0..KEYS {
@@ -67,17 +68,17 @@ fn variants_split_by_weight() {
 
 #[test]
 fn random_draws_follow_the_percentage() {
-    let switch = Switch::detached("sampled", SwitchSettings::percent(20.0));
+    let switch = Switch::detached("sampled", SwitchSettings::percent(20.0)).unwrap();
     let on = (0..KEYS).filter(|_| switch.is_on_random()).count();
     let share = on as f64 * 100.0 / KEYS as f64;
     assert!((share - 20.0).abs() <= 1.0, "{share}");
-    let off = Switch::detached("never", SwitchSettings::off());
+    let off = Switch::detached("never", SwitchSettings::off()).unwrap();
     assert!((0..1000).all(|_| !off.is_on_random()));
 }
 
 #[test]
 fn raising_only_adds_keys_and_lowering_only_removes() {
-    let switch = Switch::detached("rollout", SwitchSettings::off());
+    let switch = Switch::detached("rollout", SwitchSettings::off()).unwrap();
     let steps = [0.01, 1.0, 5.0, 10.0, 33.3333, 50.0, 99.0, 99.99, 100.0];
     let mut previous = vec![false; KEYS];
     for percent in steps {
@@ -106,8 +107,8 @@ fn raising_only_adds_keys_and_lowering_only_removes() {
 
 #[test]
 fn answers_are_sticky_across_handles_and_updates_to_other_fields() {
-    let a = Switch::detached("sticky", SwitchSettings::percent(30.0));
-    let b = Switch::detached("sticky", SwitchSettings::percent(30.0));
+    let a = Switch::detached("sticky", SwitchSettings::percent(30.0)).unwrap();
+    let b = Switch::detached("sticky", SwitchSettings::percent(30.0)).unwrap();
     let first: Vec<bool> = (0..10_000).map(|i| a.is_on(key(i))).collect();
     for (i, on) in first.iter().enumerate() {
         assert_eq!(a.is_on(key(i)), *on);
@@ -124,8 +125,8 @@ fn answers_are_sticky_across_handles_and_updates_to_other_fields() {
 
 #[test]
 fn switches_are_independent() {
-    let a = Switch::detached("feature-a", SwitchSettings::percent(50.0));
-    let b = Switch::detached("feature-b", SwitchSettings::percent(50.0));
+    let a = Switch::detached("feature-a", SwitchSettings::percent(50.0)).unwrap();
+    let b = Switch::detached("feature-b", SwitchSettings::percent(50.0)).unwrap();
     let both = (0..KEYS)
         .filter(|&i| a.is_on(key(i)) && b.is_on(key(i)))
         .count();

@@ -31,7 +31,8 @@ fn fractional_flag() {
     let switch = Switch::detached(
         "fractional-flag",
         suits(["clubs", "diamonds", "hearts", "spades"]),
-    );
+    )
+    .unwrap();
     check(
         &switch,
         &[
@@ -54,7 +55,8 @@ fn fractional_flag_shorthand() {
             VariantSettings::new("heads", 1),
             VariantSettings::new("tails", 1),
         ]),
-    );
+    )
+    .unwrap();
     check(
         &switch,
         &[("jon@company.com", "heads"), ("jane@company.com", "tails")],
@@ -69,7 +71,8 @@ fn fractional_flags_with_shared_seed() {
     let a = Switch::detached(
         "shared-seed",
         suits(["clubs", "diamonds", "hearts", "spades"]),
-    );
+    )
+    .unwrap();
     check(
         &a,
         &[
@@ -87,7 +90,8 @@ fn fractional_flags_with_shared_seed() {
             "ace-of-hearts",
             "ace-of-spades",
         ]),
-    );
+    )
+    .unwrap();
     check(
         &b,
         &[
@@ -121,14 +125,15 @@ fn hash_edge_cases() {
 /// A percentage switch is flagd's `[["on", p], ["off", 100 - p]]`: same cohort.
 #[test]
 fn a_percentage_is_a_two_variant_split() {
-    let percent = Switch::detached("fractional-flag", SwitchSettings::percent(25.0));
+    let percent = Switch::detached("fractional-flag", SwitchSettings::percent(25.0)).unwrap();
     let split = Switch::detached(
         "fractional-flag",
         SwitchSettings::variants([
             VariantSettings::new("on", 25).value(true),
             VariantSettings::new("off", 75).value(false),
         ]),
-    );
+    )
+    .unwrap();
     let mut variants = split.variants();
     for i in 0..20_000 {
         let key = format!("user-{i}");

@@ -25,7 +25,7 @@ fn evaluations_are_counted_in_batches_and_exactly() {
     let recorder = DebuggingRecorder::new();
     let switch = metrics::with_local_recorder(&recorder, || {
         substation::metrics::describe();
-        Switch::detached("counted", SwitchSettings::on())
+        Switch::detached("counted", SwitchSettings::on()).unwrap()
     });
     // One thread: one stripe. 2,500 evaluations push two batches of 1024.
     for i in 0..2_500u32 {

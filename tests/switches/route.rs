@@ -17,7 +17,7 @@ fn key(req: &&'static str) -> Option<&'static str> {
 
 #[tokio::test]
 async fn ready_only_when_both_are_and_a_call_uses_one_readiness() {
-    let switch = Switch::detached("route-ready", SwitchSettings::off());
+    let switch = Switch::detached("route-ready", SwitchSettings::off()).unwrap();
     let (old, mut old_handle) = mock::pair::<&'static str, &'static str>();
     let (new, mut new_handle) = mock::pair::<&'static str, &'static str>();
     let mut route = task::spawn(Route::new(&switch, old, new, key));
@@ -52,7 +52,7 @@ async fn ready_only_when_both_are_and_a_call_uses_one_readiness() {
 
 #[tokio::test]
 async fn an_error_from_either_poll_ready_is_the_routes() {
-    let switch = Switch::detached("route-err", SwitchSettings::on());
+    let switch = Switch::detached("route-err", SwitchSettings::on()).unwrap();
     let (old, mut old_handle) = mock::pair::<&'static str, &'static str>();
     let (new, mut new_handle) = mock::pair::<&'static str, &'static str>();
     let mut route = Route::new(&switch, old, new, key);
@@ -65,7 +65,7 @@ async fn an_error_from_either_poll_ready_is_the_routes() {
 #[test]
 #[should_panic(expected = "poll_ready must be called first")]
 fn a_clone_starts_unpolled() {
-    let switch = Switch::detached("route-clone", SwitchSettings::on());
+    let switch = Switch::detached("route-clone", SwitchSettings::on()).unwrap();
     let svc = service_fn(|_: &'static str| async { Ok::<_, BoxError>("x") });
     let mut route = Route::new(&switch, svc, svc, key);
     let waker = std::task::Waker::noop();

@@ -1,0 +1,379 @@
+//! The writer side of the registry: layers of stored values, validation key by key,
+//! rejections, and applying an [`Update`] as one snapshot.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use imbl::OrdMap;
+use serde_json::Value;
+
+use super::handles::Handles;
+use super::merge::merge;
+use super::registry::{Changed, Shared, Snapshot};
+use super::source::{Change, Health, Key, Layer, Rejection, Update};
+use crate::policy::WeakPolicy;
+use crate::settings::decode::{self, Settings};
+use crate::settings::{Bounded, GlobalSettings, PolicySettings, SettingsError};
+use crate::switch::{SwitchSettings, WeakSwitch};
+
+/// The registry's state behind its lock: what every layer holds, what was refused, and
+/// the effective values published in each snapshot.
+pub(crate) struct Writer {
+    /// Code defaults, as JSON objects.
+    defaults: HashMap<Key, Value>,
+    /// The last good value of every key, per layer.
+    layers: [BTreeMap<Key, Value>; 2],
+    /// Each rejection with the raw value it refused (a listing that brings the same
+    /// value again is not rejected, logged and counted again).
+    rejected: BTreeMap<(Layer, String), (Rejection, Vec<u8>)>,
+    /// The policies and switches in use, held weakly: the registry keeps none alive.
+    pub(super) policies: Handles<WeakPolicy>,
+    pub(super) switches: Handles<WeakSwitch>,
+    /// Effective settings of every policy / switch with a default or a stored value;
+    /// updated key by key (persistent maps: publishing a snapshot copies nothing).
+    pub(super) effective: OrdMap<String, Arc<PolicySettings>>,
+    pub(super) switch_values: OrdMap<String, Arc<SwitchSettings>>,
+    pub(super) global: Arc<GlobalSettings>,
+    rejected_view: OrdMap<(Layer, String), Rejection>,
+    pub(super) health: Health,
+    revision: u64,
+}
+
+impl Shared {
+    pub(crate) fn apply(&self, update: Update) -> Vec<Rejection> {
+        let mut w = self.lock();
+        let mut rejections = Vec::new();
+        // A listing sets the revision (it may go down: a wiped or restored etcd); the
+        // events of a watch only move it forward (two layers' streams may interleave).
+        let listing = matches!(update, Update::Replace { .. });
+        let (revision, changes) = match update {
+            Update::Changes { revision, changes } => (revision, changes),
+            Update::Replace { revision, layers } => {
+                let mut changes = Vec::new();
+                for (layer, entries) in layers {
+                    let listed: std::collections::BTreeSet<&str> =
+                        entries.iter().map(|(k, _)| k.as_str()).collect();
+                    let stored = w.layers[layer.index()].keys().map(|k| k.to_string());
+                    let rejected = w
+                        .rejected
+                        .keys()
+                        .filter(|(l, _)| *l == layer)
+                        .map(|(_, k)| k.clone());
+                    let gone: std::collections::BTreeSet<String> = stored
+                        .chain(rejected)
+                        .filter(|k| !listed.contains(k.as_str()))
+                        .collect();
+                    changes.extend(gone.into_iter().map(|key| Change {
+                        layer,
+                        key,
+                        value: None,
+                    }));
+                    changes.extend(entries.into_iter().map(|(key, value)| Change {
+                        layer,
+                        key,
+                        value: Some(value),
+                    }));
+                }
+                (revision, changes)
+            }
+        };
+        let mut touched = Vec::new();
+        for change in changes {
+            if let Some(r) = w.change(change, revision, &mut touched) {
+                rejections.push(r);
+            }
+        }
+        touched.sort_unstable();
+        touched.dedup();
+        let mut changed = Vec::new();
+        for key in &touched {
+            if w.refresh(key) {
+                changed.push(key.to_string());
+            }
+        }
+        w.revision = if listing {
+            revision
+        } else {
+            w.revision.max(revision)
+        };
+        if let Health::Live { .. } | Health::DefaultsOnly = w.health {
+            w.health = Health::Live {
+                revision: w.revision,
+            };
+        }
+        self.snapshot.store(Arc::new(w.snapshot()));
+        if !changed.is_empty() {
+            // Sent under the lock (a broadcast send never waits): notices arrive in the
+            // order the snapshots were published.
+            let _ = self.changes.send(Changed {
+                revision,
+                keys: changed.into(),
+            });
+        }
+        drop(w);
+        rejections
+    }
+}
+
+impl Writer {
+    /// A writer holding code defaults only, with their effective values computed.
+    pub(super) fn new(defaults: HashMap<Key, Value>) -> Writer {
+        let mut writer = Writer {
+            defaults,
+            layers: Default::default(),
+            rejected: BTreeMap::new(),
+            policies: Handles::new(),
+            switches: Handles::new(),
+            effective: OrdMap::new(),
+            switch_values: OrdMap::new(),
+            global: Arc::default(),
+            rejected_view: OrdMap::new(),
+            health: Health::DefaultsOnly,
+            revision: 0,
+        };
+        let keys: Vec<Key> = writer.defaults.keys().cloned().collect();
+        for key in keys {
+            writer.refresh(&key);
+        }
+        writer
+    }
+
+    pub(super) fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            revision: self.revision,
+            policies: self.effective.clone(),
+            switches: self.switch_values.clone(),
+            global: self.global.clone(),
+            rejected: self.rejected_view.clone(),
+            health: self.health.clone(),
+        }
+    }
+
+    fn stored(&self, key: &Key) -> bool {
+        self.defaults.contains_key(key) || self.layers.iter().any(|layer| layer.contains_key(key))
+    }
+
+    /// Recomputes `key`'s effective value; updates its live handle and the published
+    /// maps. Returns whether it changed.
+    fn refresh(&mut self, key: &Key) -> bool {
+        let merged = self.merged(key, None);
+        match key {
+            Key::Policy(name) => {
+                let settings = match decode::from_value::<PolicySettings>(&merged) {
+                    Ok(s) => s,
+                    Err(e) => return self.invalid_combination(key, &e),
+                };
+                if let Some(policy) = self.policies.get(name.as_str()) {
+                    if *policy.settings() != settings
+                        && let Err(e) = policy.update(settings.clone())
+                    {
+                        tracing::error!(%key, error = %e, "substation: invalid effective settings");
+                    }
+                    policy.set_shed(self.global.shed_non_critical && !settings.critical);
+                }
+                if !self.stored(key) {
+                    return self.effective.remove(name.as_str()).is_some();
+                }
+                if self
+                    .effective
+                    .get(name.as_str())
+                    .is_some_and(|old| **old == settings)
+                {
+                    return false;
+                }
+                self.effective.insert(name.clone(), Arc::new(settings));
+                true
+            }
+            Key::Switch(name) => {
+                let settings = match decode::from_value::<SwitchSettings>(&merged) {
+                    Ok(s) => s,
+                    Err(e) => return self.invalid_combination(key, &e),
+                };
+                if let Some(switch) = self.switches.get(name.as_str())
+                    && *switch.settings() != settings
+                    && let Err(e) = switch.update(settings.clone())
+                {
+                    tracing::error!(%key, error = %e, "substation: invalid effective settings");
+                }
+                if !self.stored(key) {
+                    return self.switch_values.remove(name.as_str()).is_some();
+                }
+                if self
+                    .switch_values
+                    .get(name.as_str())
+                    .is_some_and(|old| **old == settings)
+                {
+                    return false;
+                }
+                self.switch_values.insert(name.clone(), Arc::new(settings));
+                true
+            }
+            Key::Global => {
+                let global = match decode::from_value::<GlobalSettings>(&merged) {
+                    Ok(g) => g,
+                    Err(e) => return self.invalid_combination(key, &e),
+                };
+                if *self.global == global {
+                    return false;
+                }
+                if global.shed_non_critical != self.global.shed_non_critical {
+                    tracing::warn!(
+                        shed = global.shed_non_critical,
+                        "substation: shedding of non-critical dependencies changed"
+                    );
+                }
+                self.global = Arc::new(global);
+                let shed = self.global.shed_non_critical;
+                self.policies
+                    .for_each(|policy| policy.set_shed(shed && !policy.settings().critical));
+                true
+            }
+        }
+    }
+
+    fn invalid_combination(&self, key: &Key, e: &SettingsError) -> bool {
+        // Every stored value was validated with the layers below it when it was
+        // accepted; a later change below can still break a cross-field rule. Keep what
+        // is in force.
+        tracing::error!(%key, error = %e, "substation: effective settings invalid; keeping the previous ones");
+        false
+    }
+
+    /// `key`'s layers merged field by field (code default ← shared ← app), with
+    /// `candidate` in place of one layer's value.
+    fn merged(&self, key: &Key, candidate: Option<(Layer, &Value)>) -> Value {
+        let mut merged = match self.defaults.get(key) {
+            Some(v) => v.clone(),
+            None => Value::Object(Default::default()),
+        };
+        for layer in [Layer::Shared, Layer::App] {
+            let value = match candidate {
+                Some((l, v)) if l == layer => Some(v),
+                _ => self.layers[layer.index()].get(key),
+            };
+            if let Some(value) = value {
+                merge(&mut merged, value);
+            }
+        }
+        merged
+    }
+
+    /// Checks a stored value: on its own, it must be in exactly the documented form
+    /// (its ranges may depend on the layers below it); merged with `key`'s other
+    /// layers, it must be valid. Every part of a value that no layer above hides is in
+    /// the merged value, whose strict decoding checks its form; so only a value under
+    /// another layer's is decoded on its own too.
+    fn validate(&self, key: &Key, layer: Layer, value: &Value) -> Result<(), SettingsError> {
+        fn check<T: Settings>(alone: Option<&Value>, merged: &Value) -> Result<(), SettingsError> {
+            if let Some(value) = alone {
+                decode::decode::<T>(value)?;
+            }
+            decode::from_value::<T>(merged).map(drop)
+        }
+        let hidden = layer == Layer::Shared && self.layers[Layer::App.index()].contains_key(key);
+        let alone = hidden.then_some(value);
+        let merged = self.merged(key, Some((layer, value)));
+        match key {
+            Key::Policy(_) => check::<PolicySettings>(alone, &merged),
+            Key::Switch(_) => check::<SwitchSettings>(alone, &merged),
+            Key::Global => check::<GlobalSettings>(alone, &merged),
+        }
+    }
+
+    fn reject(
+        &mut self,
+        layer: Layer,
+        key: String,
+        revision: u64,
+        error: SettingsError,
+        bytes: Vec<u8>,
+    ) -> Rejection {
+        if let Some((old, refused)) = self.rejected.get(&(layer, key.clone()))
+            && *refused == bytes
+            && old.error.to_string() == error.to_string()
+        {
+            return old.clone(); // the same value refused again (a listing): said once
+        }
+        // Both come from outside: the key quoted, escaped and cut if long; the error
+        // (escaped and cut already) quoted, so that neither can pass for another field.
+        tracing::warn!(key = %Bounded::key(&key), ?layer, revision, error = ?error.to_string(), "settings value rejected; keeping the last good value");
+        let label = Bounded::new(&key, 96, 32).to_string();
+        metrics::counter!(crate::metrics::SETTINGS_REJECTED, "key" => label).increment(1);
+        let r = Rejection {
+            layer,
+            key: key.clone(),
+            revision,
+            error,
+        };
+        self.rejected
+            .insert((layer, key.clone()), (r.clone(), bytes));
+        self.rejected_view.insert((layer, key), r.clone());
+        r
+    }
+
+    fn clear_rejection(&mut self, layer: Layer, key: &str) {
+        let slot = (layer, key.to_owned());
+        if self.rejected.remove(&slot).is_some() {
+            self.rejected_view.remove(&slot);
+        }
+    }
+
+    fn change(
+        &mut self,
+        change: Change,
+        revision: u64,
+        touched: &mut Vec<Key>,
+    ) -> Option<Rejection> {
+        let Change {
+            layer,
+            key: raw,
+            value,
+        } = change;
+        let key = match Key::parse(&raw) {
+            Ok(key) => key,
+            Err(error) => {
+                return match value {
+                    Some(bytes) => Some(self.reject(layer, raw, revision, error, bytes)),
+                    None => {
+                        self.clear_rejection(layer, &raw);
+                        None
+                    }
+                };
+            }
+        };
+        match value {
+            None => {
+                self.clear_rejection(layer, &raw);
+                if self.layers[layer.index()].remove(&key).is_some() {
+                    let next = match layer {
+                        Layer::App if self.layers[Layer::Shared.index()].contains_key(&key) => {
+                            "the shared default"
+                        }
+                        _ if self.defaults.contains_key(&key) => "the code default",
+                        _ => "the library defaults",
+                    };
+                    tracing::info!(%key, ?layer, revision, "settings key deleted; falling back to {next}");
+                    touched.push(key);
+                }
+                None
+            }
+            Some(bytes) => {
+                let parsed = decode::parse(&bytes).and_then(|v| {
+                    self.validate(&key, layer, &v)?;
+                    Ok(v)
+                });
+                match parsed {
+                    Ok(value) => {
+                        self.clear_rejection(layer, &raw);
+                        let old = self.layers[layer.index()].insert(key.clone(), value.clone());
+                        if old.as_ref() != Some(&value) {
+                            touched.push(key);
+                        }
+                        None
+                    }
+                    Err(error) => Some(self.reject(layer, raw, revision, error, bytes)),
+                }
+            }
+        }
+    }
+}

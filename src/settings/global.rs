@@ -1,0 +1,29 @@
+//! Settings of the whole registry (key `global`).
+
+use serde::{Deserialize, Serialize};
+
+use super::decode::{self, Settings};
+use super::error::SettingsError;
+
+/// Settings of the whole registry rather than of one policy (key `global`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GlobalSettings {
+    /// Kills every non-critical policy (`"critical": false`) at once: they answer from
+    /// their static fallback. Default `false`.
+    pub shed_non_critical: bool,
+}
+
+impl GlobalSettings {
+    /// Deserializes an already parsed JSON value, strictly: an object with each field
+    /// at most once (see [`PolicySettings::from_json`](super::PolicySettings::from_json)).
+    pub fn from_value(value: serde_json::Value) -> Result<Self, SettingsError> {
+        decode::from_value(&value)
+    }
+}
+
+impl Settings for GlobalSettings {
+    fn check(&self) -> Result<(), SettingsError> {
+        Ok(())
+    }
+}
