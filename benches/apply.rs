@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use substation::live::{Change, Layer, Sink, Source, Update};
+use substation::live::{Change, Scope, Sink, Source, Update};
 use substation::{BoxError, Substation};
 
 struct Counting;
@@ -83,7 +83,7 @@ fn apply(c: &mut Criterion) {
         .collect();
     sink.apply(Update::Replace {
         revision: 1,
-        layers: vec![(Layer::App, entries)],
+        layers: vec![(Scope::App, entries)],
     })
     .unwrap();
     let registry_bytes = LIVE.load(Ordering::Relaxed) - before;
@@ -108,7 +108,7 @@ fn apply(c: &mut Criterion) {
             let update = Update::Changes {
                 revision,
                 changes: vec![Change {
-                    layer: Layer::App,
+                    layer: Scope::App,
                     key: format!("policies/p{i}"),
                     value: Some(value(i, 1 + revision % 2)),
                 }],

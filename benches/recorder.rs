@@ -76,10 +76,7 @@ fn recorder(c: &mut Criterion) {
             b.iter_custom(|iters| two_threads(&svc, iters))
         });
 
-        let killed = PolicySettings {
-            kill: true,
-            ..Default::default()
-        };
+        let killed = PolicySettings::default().with(|s| s.kill = true);
         let policy = under(recorder, || {
             Policy::new(&format!("recorder-killed-{label}"), killed).unwrap()
         });

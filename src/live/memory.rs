@@ -3,7 +3,7 @@
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use super::source::{Change, Key, Layer, Sink, Source, Update};
+use super::source::{Change, Key, Scope, Sink, Source, Update};
 use crate::BoxError;
 use crate::settings::{PolicySettings, SettingsError};
 
@@ -26,7 +26,7 @@ pub struct InMemorySource {
 }
 
 struct Inner {
-    layer: Layer,
+    layer: Scope,
     sink: Option<Sink>,
     pending: Vec<Change>,
     revision: u64,
@@ -49,17 +49,17 @@ impl Default for InMemorySource {
 }
 
 impl InMemorySource {
-    /// A source of the application's own values ([`Layer::App`]).
+    /// A source of the application's own values ([`Scope::App`]).
     pub fn new() -> Self {
-        Self::for_layer(Layer::App)
+        Self::for_layer(Scope::App)
     }
 
-    /// A source of fleet-wide defaults ([`Layer::Shared`]).
+    /// A source of fleet-wide defaults ([`Scope::Shared`]).
     pub fn shared_defaults() -> Self {
-        Self::for_layer(Layer::Shared)
+        Self::for_layer(Scope::Shared)
     }
 
-    fn for_layer(layer: Layer) -> Self {
+    fn for_layer(layer: Scope) -> Self {
         InMemorySource {
             inner: Arc::new(Mutex::new(Inner {
                 layer,

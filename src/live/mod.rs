@@ -2,8 +2,8 @@
 //!
 //! A [`Substation`] holds every policy of an application. Its settings come in layers,
 //! each overriding the one before it field by field: the library defaults, the code
-//! defaults given to the [`Builder`], the fleet's [`Layer::Shared`] values, and the
-//! application's own [`Layer::App`] values. [`Source`]s push [`Update`]s into the
+//! defaults given to the [`Builder`], the fleet's [`Scope::Shared`] values, and the
+//! application's own [`Scope::App`] values. [`Source`]s push [`Update`]s into the
 //! registry; each update is applied as **one** atomic swap of the published
 //! [`Snapshot`] (readers load it lock-free), and each policy touched by it gets its new
 //! settings before the swap is visible.
@@ -57,5 +57,5 @@ pub use self::error::{BuildError, NameKind};
 pub use self::memory::InMemorySource;
 pub use self::registry::{Builder, Changed, Snapshot, Substation};
 pub use self::source::{
-    Change, Closed, Entries, Health, Key, Layer, Rejection, Sink, Source, Update, valid_name,
+    Change, Closed, Entries, Health, Key, Rejection, Scope, Sink, Source, Update, valid_name,
 };

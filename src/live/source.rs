@@ -8,22 +8,24 @@ use super::registry::Shared;
 use crate::BoxError;
 use crate::settings::{Bounded, SettingsError};
 
-/// Which layer of the lookup a value belongs to. A policy's effective settings are the
-/// library defaults, overridden by the code defaults given to the builder, then by the
-/// [`Layer::Shared`] value, then by the [`Layer::App`] value — field by field.
+/// The scope of a stored value: which layer of the lookup it belongs to. A policy's
+/// effective settings are the library defaults, overridden by the code defaults given to
+/// the builder, then by the [`Scope::Shared`] value, then by the [`Scope::App`] value —
+/// field by field. (Named so as not to collide with `tower::Layer` in users' imports;
+/// fields holding it keep the name `layer`.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Layer {
+pub enum Scope {
     /// Fleet-wide defaults shared by many applications.
     Shared,
     /// This application's own values; they win.
     App,
 }
 
-impl Layer {
+impl Scope {
     pub(crate) fn index(self) -> usize {
         match self {
-            Layer::Shared => 0,
-            Layer::App => 1,
+            Scope::Shared => 0,
+            Scope::App => 1,
         }
     }
 }
@@ -106,7 +108,7 @@ impl fmt::Display for Key {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Change {
     /// The layer the key lives in.
-    pub layer: Layer,
+    pub layer: Scope,
     /// The key, relative to the layer's prefix (e.g. `policies/recommendations`); one
     /// that is not a known key is rejected like a bad value.
     pub key: String,
@@ -119,6 +121,7 @@ pub type Entries = Vec<(String, Vec<u8>)>;
 
 /// A batch of changes that the registry applies as one atomic snapshot swap.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Update {
     /// Some keys changed at `revision` (for etcd: every event of one revision).
     Changes {
@@ -134,12 +137,13 @@ pub enum Update {
         /// The source's revision of this listing.
         revision: u64,
         /// Each listed layer with every key it holds and its value (JSON).
-        layers: Vec<(Layer, Entries)>,
+        layers: Vec<(Scope, Entries)>,
     },
 }
 
 /// How current the settings in force are, as the sources report it.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub enum Health {
     /// No source has delivered anything: code defaults only.
     DefaultsOnly,
@@ -171,9 +175,10 @@ pub enum Health {
 /// Displayed as `"policies/recs" (App layer, revision 7): timeout.ms: 0 is not in
 /// 1..=3600000`: the key quoted and escaped, a long one cut, like the error.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Rejection {
     /// The layer of the refused value.
-    pub layer: Layer,
+    pub layer: Scope,
     /// The key of the refused value, relative to its layer's prefix, as the source
     /// sent it (it may be no valid key at all: quote it before showing it; `Display`
     /// does).

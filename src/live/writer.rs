@@ -10,7 +10,7 @@ use serde_json::Value;
 use super::handles::Handles;
 use super::merge::merge;
 use super::registry::{Changed, Shared, Snapshot};
-use super::source::{Change, Health, Key, Layer, Rejection, Update};
+use super::source::{Change, Health, Key, Rejection, Scope, Update};
 use crate::policy::WeakPolicy;
 use crate::settings::decode::{self, Settings};
 use crate::settings::{Bounded, GlobalSettings, PolicySettings, SettingsError};
@@ -25,7 +25,7 @@ pub(crate) struct Writer {
     layers: [BTreeMap<Key, Value>; 2],
     /// Each rejection with the raw value it refused (a listing that brings the same
     /// value again is not rejected, logged and counted again).
-    rejected: BTreeMap<(Layer, String), (Rejection, Vec<u8>)>,
+    rejected: BTreeMap<(Scope, String), (Rejection, Vec<u8>)>,
     /// The policies and switches in use, held weakly: the registry keeps none alive.
     pub(super) policies: Handles<WeakPolicy>,
     pub(super) switches: Handles<WeakSwitch>,
@@ -34,7 +34,7 @@ pub(crate) struct Writer {
     pub(super) effective: OrdMap<String, Arc<PolicySettings>>,
     pub(super) switch_values: OrdMap<String, Arc<SwitchSettings>>,
     pub(super) global: Arc<GlobalSettings>,
-    rejected_view: OrdMap<(Layer, String), Rejection>,
+    rejected_view: OrdMap<(Scope, String), Rejection>,
     pub(super) health: Health,
     revision: u64,
 }
@@ -241,12 +241,12 @@ impl Writer {
 
     /// `key`'s layers merged field by field (code default ← shared ← app), with
     /// `candidate` in place of one layer's value.
-    fn merged(&self, key: &Key, candidate: Option<(Layer, &Value)>) -> Value {
+    fn merged(&self, key: &Key, candidate: Option<(Scope, &Value)>) -> Value {
         let mut merged = match self.defaults.get(key) {
             Some(v) => v.clone(),
             None => Value::Object(Default::default()),
         };
-        for layer in [Layer::Shared, Layer::App] {
+        for layer in [Scope::Shared, Scope::App] {
             let value = match candidate {
                 Some((l, v)) if l == layer => Some(v),
                 _ => self.layers[layer.index()].get(key),
@@ -263,14 +263,14 @@ impl Writer {
     /// layers, it must be valid. Every part of a value that no layer above hides is in
     /// the merged value, whose strict decoding checks its form; so only a value under
     /// another layer's is decoded on its own too.
-    fn validate(&self, key: &Key, layer: Layer, value: &Value) -> Result<(), SettingsError> {
+    fn validate(&self, key: &Key, layer: Scope, value: &Value) -> Result<(), SettingsError> {
         fn check<T: Settings>(alone: Option<&Value>, merged: &Value) -> Result<(), SettingsError> {
             if let Some(value) = alone {
                 decode::decode::<T>(value)?;
             }
             decode::from_value::<T>(merged).map(drop)
         }
-        let hidden = layer == Layer::Shared && self.layers[Layer::App.index()].contains_key(key);
+        let hidden = layer == Scope::Shared && self.layers[Scope::App.index()].contains_key(key);
         let alone = hidden.then_some(value);
         let merged = self.merged(key, Some((layer, value)));
         match key {
@@ -282,7 +282,7 @@ impl Writer {
 
     fn reject(
         &mut self,
-        layer: Layer,
+        layer: Scope,
         key: String,
         revision: u64,
         error: SettingsError,
@@ -311,7 +311,7 @@ impl Writer {
         r
     }
 
-    fn clear_rejection(&mut self, layer: Layer, key: &str) {
+    fn clear_rejection(&mut self, layer: Scope, key: &str) {
         let slot = (layer, key.to_owned());
         if self.rejected.remove(&slot).is_some() {
             self.rejected_view.remove(&slot);
@@ -346,7 +346,7 @@ impl Writer {
                 self.clear_rejection(layer, &raw);
                 if self.layers[layer.index()].remove(&key).is_some() {
                     let next = match layer {
-                        Layer::App if self.layers[Layer::Shared.index()].contains_key(&key) => {
+                        Scope::App if self.layers[Scope::Shared.index()].contains_key(&key) => {
                             "the shared default"
                         }
                         _ if self.defaults.contains_key(&key) => "the code default",

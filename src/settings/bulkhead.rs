@@ -7,6 +7,7 @@ use super::error::{SettingsError, range_u64};
 /// The bulkhead's settings.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct BulkheadSettings {
     /// Calls allowed in flight at once, `1..=1_000_000`; a call beyond it is rejected at
     /// once (no queue) with `BulkheadFull`. `null` (the default) means no limit.

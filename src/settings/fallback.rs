@@ -7,6 +7,7 @@ use super::error::{SettingsError, range_u64};
 /// A fallback tier.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Tier {
     /// A fixed response, or one built from the request's parts and the error.
     Static,
@@ -30,6 +31,7 @@ impl Tier {
 /// What makes the fallback answer instead of the dependency.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct Triggers {
     /// The breaker rejected the call. Default `true`.
     pub open: bool,
@@ -59,6 +61,7 @@ impl Default for Triggers {
 /// code to build it); these settings choose their order and bounds live.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct FallbackSettings {
     /// The order in which tiers are tried; tiers not configured in code are skipped,
     /// configured tiers not listed are not used. `null` (the default): the order in

@@ -8,6 +8,7 @@ use super::error::SettingsError;
 /// Settings of the whole registry rather than of one policy (key `global`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct GlobalSettings {
     /// Kills every non-critical policy (`"critical": false`) at once: they answer from
     /// their static fallback. Default `false`.
@@ -15,6 +16,13 @@ pub struct GlobalSettings {
 }
 
 impl GlobalSettings {
+    /// These settings changed by `f` (see [`PolicySettings::with`](super::PolicySettings::with)).
+    #[must_use]
+    pub fn with(mut self, f: impl FnOnce(&mut Self)) -> Self {
+        f(&mut self);
+        self
+    }
+
     /// Deserializes an already parsed JSON value, strictly: an object with each field
     /// at most once (see [`PolicySettings::from_json`](super::PolicySettings::from_json)).
     pub fn from_value(value: serde_json::Value) -> Result<Self, SettingsError> {

@@ -9,6 +9,7 @@ use super::{BreakerSettings, BulkheadSettings, FallbackSettings, FaultSettings, 
 /// Everything that protects one dependency ("policy"); see the [module docs](super).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct PolicySettings {
     /// Kill switch: when `true`, calls never reach the dependency; they go straight to
     /// the fallback, or fail at once with `Killed`. Default `false`.
@@ -45,6 +46,24 @@ impl Default for PolicySettings {
 }
 
 impl PolicySettings {
+    /// These settings changed by `f`: the way to build a value in an expression, since
+    /// the settings types are `#[non_exhaustive]` (they grow with the library).
+    ///
+    /// ```
+    /// use substation::settings::PolicySettings;
+    ///
+    /// let s = PolicySettings::default().with(|s| {
+    ///     s.critical = false;
+    ///     s.timeout.ms = Some(250);
+    /// });
+    /// assert_eq!(s.timeout.ms, Some(250));
+    /// ```
+    #[must_use]
+    pub fn with(mut self, f: impl FnOnce(&mut Self)) -> Self {
+        f(&mut self);
+        self
+    }
+
     /// Parses and validates a JSON value; fields it omits keep their defaults. The
     /// value is an object with each field at most once, in exactly its documented form
     /// (no array for an object, no map for a mode); anything else is an error naming

@@ -7,6 +7,7 @@ use super::error::{SettingsError, range_u64};
 /// The timeout layer's settings.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct TimeoutSettings {
     /// The deadline of one call in milliseconds, `1..=3_600_000`; `null` for none.
     /// Default 1000 (Hystrix's).

@@ -28,6 +28,7 @@ pub enum Algorithm {
 /// switch with `variants` picks one of them by weight. `on` overrides both.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct SwitchSettings {
     /// The bucketing algorithm. Default `fractional_v2`.
     pub algorithm: Algorithm,
@@ -49,6 +50,7 @@ pub struct SwitchSettings {
 /// One weighted variant of a switch.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct VariantSettings {
     /// The variant's name: 1 to 64 bytes, unique within the switch.
     pub name: String,

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use substation::Substation;
 use substation::breaker::{BreakerState, CircuitBreakerLayer};
-use substation::live::{Health, Layer};
+use substation::live::{Health, Scope};
 use substation::settings::PolicySettings;
 use tower::Layer as _;
 
@@ -98,7 +98,7 @@ async fn values_rejections_and_deletes() {
         let rejected: Vec<_> = snap.rejected().collect();
         assert_eq!(rejected.len(), 1, "{rejected:?}");
         assert_eq!(rejected[0].key, "policies/payments");
-        assert_eq!(rejected[0].layer, Layer::App);
+        assert_eq!(rejected[0].layer, Scope::App);
         assert_eq!(rejected[0].revision, rev);
         assert!(
             rejected[0].error.to_string().starts_with(reason),

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use substation::breaker::error::OpenCircuit;
 use substation::breaker::{BreakerState, CircuitBreakerLayer};
 use substation::clock::Clock;
-use substation::live::{Change, Health, InMemorySource, Layer, Source, Update};
+use substation::live::{Change, Health, InMemorySource, Scope, Source, Update};
 use substation::settings::PolicySettings;
 use substation::{BoxError, Substation};
 use tower::Layer as _;
@@ -228,7 +228,7 @@ impl Source for Manual {
 fn an_update_is_one_atomic_snapshot_and_replace_diffs() {
     let (sub, sink) = Manual::registry();
     let put = |name: &str, json: &str| Change {
-        layer: Layer::App,
+        layer: Scope::App,
         key: format!("policies/{name}"),
         value: Some(json.as_bytes().to_vec()),
     };
@@ -240,7 +240,7 @@ fn an_update_is_one_atomic_snapshot_and_replace_diffs() {
                 put("b", r#"{"timeout": {"ms": 0}}"#),
                 put("c", r#"{"timeout": {"ms": 3}}"#),
                 Change {
-                    layer: Layer::App,
+                    layer: Scope::App,
                     key: "stray/key".into(),
                     value: Some(b"{}".to_vec()),
                 },
@@ -263,7 +263,7 @@ fn an_update_is_one_atomic_snapshot_and_replace_diffs() {
     sink.apply(Update::Replace {
         revision: 9,
         layers: vec![(
-            Layer::App,
+            Scope::App,
             vec![
                 ("policies/c".into(), br#"{"timeout": {"ms": 30}}"#.to_vec()),
                 ("policies/d".into(), br#"{}"#.to_vec()),
@@ -427,10 +427,7 @@ fn flips_under_concurrent_load_are_seen_by_every_thread() {
 fn shedding_non_critical_kills_them_all_at_once() {
     let app = InMemorySource::new();
     let fleet = InMemorySource::shared_defaults();
-    let optional = PolicySettings {
-        critical: false,
-        ..Default::default()
-    };
+    let optional = PolicySettings::default().with(|s| s.critical = false);
     let sub = Substation::builder()
         .policy("recs", optional.clone())
         .policy("ads", optional)
@@ -481,13 +478,13 @@ fn shedding_non_critical_kills_them_all_at_once() {
 #[test]
 fn the_revision_moves_forward_with_events_and_is_set_by_a_listing() {
     let (sub, sink) = Manual::registry();
-    let change = |layer: Layer, ms: u32| Change {
+    let change = |layer: Scope, ms: u32| Change {
         layer,
         key: "policies/p".into(),
         value: Some(format!(r#"{{"timeout": {{"ms": {ms}}}}}"#).into_bytes()),
     };
     let mut notices = sub.subscribe();
-    for (revision, layer, ms) in [(9, Layer::App, 5), (7, Layer::Shared, 6)] {
+    for (revision, layer, ms) in [(9, Scope::App, 5), (7, Scope::Shared, 6)] {
         sink.apply(Update::Changes {
             revision,
             changes: vec![change(layer, ms)],
@@ -504,7 +501,7 @@ fn the_revision_moves_forward_with_events_and_is_set_by_a_listing() {
     assert_eq!(notices.try_recv().unwrap().revision, 9);
     sink.apply(Update::Replace {
         revision: 3,
-        layers: vec![(Layer::App, vec![("policies/p".into(), b"{}".to_vec())])],
+        layers: vec![(Scope::App, vec![("policies/p".into(), b"{}".to_vec())])],
     })
     .unwrap();
     assert_eq!(sub.snapshot().revision(), 3);
@@ -556,7 +553,7 @@ fn forged_keys_and_huge_values_are_escaped_and_cut() {
     let huge = "y".repeat(1_400_000);
     let huge_ctl = "\x1b[31m\n".repeat(200_000); // 1.4 MB of control characters
     let change = |key: &str, value: String| Change {
-        layer: Layer::App,
+        layer: Scope::App,
         key: key.to_owned(),
         value: Some(value.into_bytes()),
     };

@@ -14,9 +14,9 @@ use tokio::time::{Instant, timeout};
 use super::disk::{self, Mirror};
 use super::{EtcdSource, tls};
 use crate::BoxError;
-use crate::live::source::{Change, Health, Layer, Sink, Update};
+use crate::live::source::{Change, Health, Scope, Sink, Update};
 
-const LAYERS: [Layer; 2] = [Layer::App, Layer::Shared];
+const LAYERS: [Scope; 2] = [Scope::App, Scope::Shared];
 
 /// The largest message accepted from etcd: what etcd sends at most (its gRPC send limit
 /// is `math.MaxInt32`), and what its own Go client accepts. A watcher that fell behind
@@ -208,8 +208,8 @@ impl Driver {
         let update = Update::Replace {
             revision: mirror.revision,
             layers: vec![
-                (Layer::App, to_entries(&mirror.app)),
-                (Layer::Shared, to_entries(&mirror.shared)),
+                (Scope::App, to_entries(&mirror.app)),
+                (Scope::Shared, to_entries(&mirror.shared)),
             ],
         };
         if self.sink.apply(update).is_err() {
@@ -272,7 +272,7 @@ impl Driver {
         if revision < self.high {
             rewound(&self.cfg.prefix, self.high, revision);
         }
-        let mut layers = vec![(Layer::App, self.entries(Layer::App, app.kvs()))];
+        let mut layers = vec![(Scope::App, self.entries(Scope::App, app.kvs()))];
         if let Some(shared) = self.cfg.shared_prefix.clone() {
             let opts = GetOptions::new()
                 .with_prefix()
@@ -280,7 +280,7 @@ impl Driver {
             let resp = timeout(req, c.kv.get(shared, Some(opts)))
                 .await
                 .map_err(|_| "listing etcd timed out")??;
-            layers.push((Layer::Shared, self.entries(Layer::Shared, resp.kvs())));
+            layers.push((Scope::Shared, self.entries(Scope::Shared, resp.kvs())));
         }
         let mut fresh = Mirror {
             revision,
@@ -319,7 +319,7 @@ impl Driver {
         Ok(())
     }
 
-    fn entries(&self, layer: Layer, kvs: &[etcd_client::KeyValue]) -> Vec<(String, Vec<u8>)> {
+    fn entries(&self, layer: Scope, kvs: &[etcd_client::KeyValue]) -> Vec<(String, Vec<u8>)> {
         let prefix = self.cfg.prefix_of(layer).unwrap_or_default();
         kvs.iter()
             .map(|kv| (relative(kv.key(), prefix), kv.value().to_vec()))
@@ -353,7 +353,7 @@ impl Driver {
             return WatchEnd::Failed("no prefix to watch".into());
         };
         // The acknowledgements come in the order of the requests.
-        let mut ids: Vec<(i64, Layer)> = Vec::new();
+        let mut ids: Vec<(i64, Scope)> = Vec::new();
         while ids.len() < layers.len() {
             let resp = match timeout(req, stream.message()).await {
                 Err(_) => return WatchEnd::Failed("creating the etcd watch timed out".into()),
@@ -397,7 +397,7 @@ impl Driver {
     /// Applies what an established watch delivers, and checks that etcd is alive: after
     /// `keep_alive.0` without a message it asks for progress, and declares the watch
     /// dead if nothing arrives within `keep_alive.1` of the request.
-    async fn follow(&mut self, stream: &mut WatchStream, ids: &[(i64, Layer)]) -> WatchEnd {
+    async fn follow(&mut self, stream: &mut WatchStream, ids: &[(i64, Scope)]) -> WatchEnd {
         let (interval, patience) = self.cfg.keep_alive;
         // Since the last message, or since the driver was done with it: time spent
         // applying is not silence.
@@ -480,7 +480,7 @@ impl Driver {
     /// two watches of a stream are not ordered with each other (after a pause, etcd may
     /// send the application's watch's batch up to revision 900, then the shared
     /// watch's batch at revision 850), while one watch never goes back.
-    fn check_header(&self, layer: Layer, resp: &WatchResponse) -> Option<WatchEnd> {
+    fn check_header(&self, layer: Scope, resp: &WatchResponse) -> Option<WatchEnd> {
         let revision = resp.header()?.revision();
         let applied = self.last[layer.index()];
         if revision >= 0 && (revision as u64) < applied {
@@ -491,7 +491,7 @@ impl Driver {
     }
 
     /// Applies a watch response's events, one update per revision, in order.
-    fn apply_events(&mut self, layer: Layer, resp: &WatchResponse) -> Result<(), ()> {
+    fn apply_events(&mut self, layer: Scope, resp: &WatchResponse) -> Result<(), ()> {
         let prefix = self.cfg.prefix_of(layer).unwrap_or_default().to_owned();
         let i = layer.index();
         let mut changes = Vec::new();
@@ -530,7 +530,7 @@ impl Driver {
 
     fn apply_changes(
         &mut self,
-        layer: Layer,
+        layer: Scope,
         revision: u64,
         changes: Vec<Change>,
     ) -> Result<(), ()> {
@@ -631,10 +631,10 @@ async fn first<A: Future, B: Future>(a: A, b: B) -> Either<A::Output, B::Output>
     .await
 }
 
-fn mirror_layer(m: &mut Mirror, layer: Layer) -> &mut std::collections::BTreeMap<String, String> {
+fn mirror_layer(m: &mut Mirror, layer: Scope) -> &mut std::collections::BTreeMap<String, String> {
     match layer {
-        Layer::App => &mut m.app,
-        Layer::Shared => &mut m.shared,
+        Scope::App => &mut m.app,
+        Scope::Shared => &mut m.shared,
     }
 }
 

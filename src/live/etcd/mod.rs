@@ -88,7 +88,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::source::{Layer, Sink, Source};
+use super::source::{Scope, Sink, Source};
 use crate::BoxError;
 
 /// A [`Source`] that reads and watches settings in etcd; see the [module docs](self).
@@ -157,7 +157,7 @@ impl EtcdSource {
         }
     }
 
-    /// Also watches fleet-wide defaults under `prefix` ([`Layer::Shared`]).
+    /// Also watches fleet-wide defaults under `prefix` ([`Scope::Shared`]).
     pub fn shared_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.shared_prefix = Some(normalize(prefix));
         self
@@ -233,10 +233,10 @@ impl EtcdSource {
         self
     }
 
-    pub(crate) fn prefix_of(&self, layer: Layer) -> Option<&str> {
+    pub(crate) fn prefix_of(&self, layer: Scope) -> Option<&str> {
         match layer {
-            Layer::App => Some(&self.prefix),
-            Layer::Shared => self.shared_prefix.as_deref(),
+            Scope::App => Some(&self.prefix),
+            Scope::Shared => self.shared_prefix.as_deref(),
         }
     }
 }
