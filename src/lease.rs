@@ -79,17 +79,6 @@ impl<T> Home<T> {
         }
     }
 
-    /// The last thing a lease does with its home.
-    #[inline]
-    fn finish(&self) {
-        match self.stripe() {
-            (s, true) => s.finished.store(s.finished.load(Relaxed) + 1, Release),
-            (s, false) => {
-                s.finished.fetch_add(1, Release);
-            }
-        }
-    }
-
     /// Whether every lease ever taken is finished. Only meaningful once retired (no
     /// lease can start any more).
     fn idle(&self) -> bool {
@@ -100,6 +89,19 @@ impl<T> Home<T> {
             finished = finished.wrapping_add(s.finished.load(Acquire));
         }
         started == finished
+    }
+}
+
+/// The last thing a lease does with its home: through the counter alone. A `&Home` (or
+/// a `&Stripe`, whose padding counts as its bytes) passed as an argument would be kept
+/// "live" until the function returns, across a free another thread may do as soon as
+/// the store is seen (the pattern of `Arc`'s drop; found by Miri with the timing forced).
+#[inline]
+fn finish(finished: &AtomicU64, owned: bool) {
+    if owned {
+        finished.store(finished.load(Relaxed) + 1, Release);
+    } else {
+        finished.fetch_add(1, Release);
     }
 }
 
@@ -305,7 +307,8 @@ impl<T: Send + Sync + 'static> Drop for Lease<T> {
         // `finish`: it may be freed the moment the count is seen.
         let home = unsafe { self.home.as_ref() };
         let retired = home.retired.load(Relaxed);
-        home.finish();
+        let (stripe, owned) = home.stripe();
+        finish(&stripe.finished, owned);
         if retired {
             reaper::nudge();
         }
@@ -352,9 +355,11 @@ mod reaper {
             match spawned {
                 Ok(handle) => s.thread = Some(handle.thread().clone()),
                 Err(error) => {
-                    // Freed later, by a `nudge` (a lease finished on a retired value)
-                    // or the next retirement.
+                    // Freed now if idle already, else by a `nudge` (a lease finished
+                    // on a retired value) or the next retirement, which tries again.
                     tracing::error!(%error, "substation: could not start the reaper thread; retired state is freed when its last call ends");
+                    drop(s);
+                    pass();
                 }
             }
         }
@@ -384,18 +389,37 @@ mod reaper {
             ready
         };
         // Freed without the lock: dropping a value may retire others (a fallback's
-        // tiers hold a policy), which comes back here.
+        // tiers hold a policy), which comes back here. A panicking drop (the user's
+        // alternate service, say) is logged and the others are freed all the same.
         for z in ready {
-            z.free_now();
+            let freed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| z.free_now()));
+            if freed.is_err() {
+                tracing::error!("substation: a value dropped by the reaper panicked");
+            }
         }
         lock().waiting.len()
     }
 
+    /// Forgets the reaper thread if `run` unwinds, so that the next retirement starts a
+    /// new one.
+    struct Unwind;
+
+    impl Drop for Unwind {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                lock().thread = None;
+            }
+        }
+    }
+
     fn run() {
+        let _unwind = Unwind;
         let mut pause = Duration::from_micros(100);
         loop {
             std::thread::park_timeout(pause);
             if pass() == 0 {
+                // Checked and forgotten under one lock: an `adopt` after this starts
+                // a new thread.
                 let mut s = lock();
                 if s.waiting.is_empty() {
                     s.thread = None;
@@ -457,6 +481,29 @@ mod tests {
         assert_eq!(lease.0.load(SeqCst), 0, "readable through the lease");
         drop(lease);
         wait_until(|| drops.load(SeqCst) == 1);
+    }
+
+    struct Panics;
+    impl Drop for Panics {
+        fn drop(&mut self) {
+            panic!("a user's drop panicked");
+        }
+    }
+
+    #[test]
+    fn a_panicking_drop_does_not_stop_the_reaper() {
+        for _ in 0..3 {
+            let bad = Shared::new(Panics);
+            let bad_lease = bad.lease();
+            drop(bad);
+            drop(bad_lease); // the reaper frees it: its drop panics there
+            let drops = Arc::new(AtomicUsize::new(0));
+            let good = Shared::new(Counted(drops.clone()));
+            let lease = good.lease();
+            drop(good);
+            drop(lease);
+            wait_until(|| drops.load(SeqCst) == 1);
+        }
     }
 
     #[test]

@@ -161,6 +161,18 @@ impl BreakerCore {
         }
     }
 
+    /// Whether a trial could be admitted now (open and due, or half-open with a permit
+    /// left), or the breaker is closed: a look, not a reservation.
+    #[inline]
+    pub(crate) fn may_admit(&self, now: u64) -> bool {
+        let w = Word(self.word.load(Acquire));
+        match w.state() {
+            CLOSED => true,
+            OPEN => now >= w.payload(),
+            _ => w.permits() > 0,
+        }
+    }
+
     /// Decides whether a call may go through.
     pub(crate) fn admit(&self, now: u64, s: &BreakerSettings, ctx: &Ctx<'_>) -> Admission {
         match s.mode {

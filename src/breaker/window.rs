@@ -176,7 +176,7 @@ impl Window {
         let mut c = WindowCounts::default();
         for stripe in self.existing() {
             for bucket in &stripe.buckets[..shape.buckets as usize] {
-                let epoch = bucket.epoch.load(Relaxed);
+                let epoch = bucket.epoch.load(Acquire);
                 if (oldest..=current).contains(&epoch) {
                     let ok = bucket.ok.load(Relaxed);
                     let fail = bucket.fail.load(Relaxed);
@@ -199,7 +199,9 @@ impl Window {
                 bucket.slow.store(0, Relaxed);
             }
             // Last: a head a racing `rotate` stored for a bucket just cleared is undone
-            // (and `rotate` checks its bucket again after storing the head).
+            // (and `rotate` checks its bucket again after storing the head; the fences
+            // on both sides make one of them see the other).
+            std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
             stripe.head.store(0, Release);
         }
     }
@@ -240,6 +242,10 @@ fn rotate(stripe: &Stripe, now_ms: u64, shape: Shape) -> usize {
         }
     }
     stripe.head.store(end << SLOT_BITS | slot as u64, Release);
+    // StoreLoad: the head must be visible before the epoch is read again, or a racing
+    // reset's `head = 0` could land first and be overwritten (store-buffer reordering,
+    // even on x86). A cold path: once per bucket per stripe.
+    std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
     if bucket.epoch.load(Acquire) != index {
         // A reset cleared the bucket meanwhile: without this, every call of the stripe
         // would count into a bucket no reader sees until it ends.

@@ -356,14 +356,22 @@ where
             None => None,
         };
         let classify = self.guard.classify().clone();
-        let (fut, timeout, record) = self.guard.call_admitted(req);
-        ResponseFuture::primary(
-            self.tiers.lease(),
-            classify,
-            plan,
-            crate::guard::future::ResponseFuture::called(fut, timeout, record),
-            parts,
-            spare,
-        )
+        match self.guard.call_admitted(req) {
+            Ok((fut, timeout, record)) => ResponseFuture::primary(
+                self.tiers.lease(),
+                classify,
+                plan,
+                crate::guard::future::ResponseFuture::called(fut, timeout, record),
+                parts,
+                spare,
+            ),
+            // A half-open trial refused at the call: the fallback answers it.
+            Err((req, short)) => match plan.short_value(&self.tiers, short) {
+                Some(resp) => ResponseFuture::answered(resp),
+                None => {
+                    ResponseFuture::short(self.tiers.lease(), classify, plan, parts, req, short)
+                }
+            },
+        }
     }
 }

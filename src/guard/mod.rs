@@ -13,8 +13,10 @@
 //!
 //! One call goes: `poll_ready` **decides** — killed, the bulkhead full, the breaker open
 //! (each answered `Ready` without polling the inner service), or admitted with a
-//! [`Ticket`] that holds the bulkhead slot and any half-open trial permit — then polls
-//! the inner service; `call` consumes the decision; the [response
+//! [`Ticket`] that holds the bulkhead slot — then polls the inner service; `call`
+//! consumes the decision, and takes a half-open trial permit then (a service kept ready
+//! and idle, as a balancer's ready cache does, must not hold the breaker's only trial:
+//! a trial refused at `call` fails with `OpenCircuit`, or goes to the fallback); the [response
 //! future](future::ResponseFuture) arms the timeout only if the inner future is pending,
 //! and when the call ends records its outcome in the breaker and frees the slot. A
 //! ticket that is dropped unused (the service or future dropped, the inner `call`
@@ -52,7 +54,7 @@ use crate::classify::{Classify, ErrorsAsFailures};
 use crate::kill::Killed;
 use crate::lease::Lease;
 use crate::policy::PolicyCore;
-use crate::settings::PolicySettings;
+use crate::settings::{BreakerMode, PolicySettings};
 use crate::{BoxError, Policy};
 
 use self::future::{Record, ResponseFuture};
@@ -285,6 +287,10 @@ enum Ready {
     /// The inner service will be called (with `Guard::ticket` when a slot or a trial
     /// permit is held for the call).
     Call,
+    /// The inner service will be called if the breaker admits it then: a half-open
+    /// trial permit is taken in `call`, not held by a service that is ready and idle
+    /// (a balancer's ready cache would otherwise keep the breaker half-open for good).
+    Trial,
     /// It will not.
     Short(Short),
 }
@@ -415,26 +421,63 @@ impl<S, C, K: Stages> Guard<S, C, K> {
     #[inline(never)]
     fn decide_cold(&mut self, max: Option<u32>) -> Ready {
         let core = &**self.policy.shared();
+        let settings = self.settings.load();
+        let now = core.clock.now_ms();
+        let forced = matches!(
+            settings.breaker.mode,
+            BreakerMode::ForceOpen | BreakerMode::ForceClosed
+        );
+        if forced {
+            // Decided now: no permit is involved.
+            if let Admission::Reject = core.breaker.admit(now, &settings.breaker, &core.ctx()) {
+                return if bulkhead_full(core, max) {
+                    Ready::Short(Short::Bulkhead)
+                } else {
+                    Ready::Short(Short::Open)
+                };
+            }
+        } else if settings.breaker.mode == BreakerMode::Normal && !core.breaker.may_admit(now) {
+            // Half-open with every permit taken: rejected without polling the inner
+            // service (a look; `call` decides).
+            return if bulkhead_full(core, max) {
+                Ready::Short(Short::Bulkhead)
+            } else {
+                Ready::Short(Short::Open)
+            };
+        }
         let slot = match acquire_slot(core, max) {
             Ok(slot) => slot,
             Err(()) => return Ready::Short(Short::Bulkhead),
         };
-        // Ticketed before the breaker is asked: a slot taken is given back by the
-        // ticket's drop if the breaker rejects.
-        let ticket = self.ticket(slot, NO_TRIAL);
+        if slot {
+            self.ticket = self.ticket(true, NO_TRIAL);
+        }
+        if forced { Ready::Call } else { Ready::Trial }
+    }
+
+    /// The breaker's decision for a call `poll_ready` left to `call` (a trial permit is
+    /// taken now, or the call is rejected).
+    #[cold]
+    #[inline(never)]
+    fn admit_now(&mut self) -> Result<(), Short> {
+        let core = &**self.policy.shared();
         let settings = self.settings.load();
         let now = core.clock.now_ms();
-        self.ticket = match core.breaker.admit(now, &settings.breaker, &core.ctx()) {
-            Admission::Admit if !slot => return Ready::Call, // nothing held
-            Admission::Admit => ticket,
+        match core.breaker.admit(now, &settings.breaker, &core.ctx()) {
+            Admission::Admit => Ok(()),
             Admission::Trial(episode) => {
-                let mut ticket = ticket;
-                ticket.bits = (ticket.bits & !u64::from(NO_TRIAL)) | (episode as u32 as u64);
-                ticket
+                if self.ticket.core.is_none() {
+                    self.ticket = self.ticket(false, NO_TRIAL);
+                }
+                self.ticket.bits =
+                    (self.ticket.bits & !u64::from(NO_TRIAL)) | u64::from(episode as u32);
+                Ok(())
             }
-            Admission::Reject => return Ready::Short(Short::Open),
-        };
-        Ready::Call
+            Admission::Reject => {
+                self.ticket = Ticket::EMPTY; // the slot goes back
+                Err(Short::Open)
+            }
+        }
     }
 
     #[inline]
@@ -464,8 +507,8 @@ impl<S, C, K: Stages> Guard<S, C, K> {
         S::Error: Into<BoxError>,
     {
         match self.ready {
-            Ready::Call if self.inner_ready => {}
-            Ready::Call => {
+            Ready::Call | Ready::Trial if self.inner_ready => {}
+            Ready::Call | Ready::Trial => {
                 if K::KILL {
                     self.preempt_pending();
                 }
@@ -502,18 +545,22 @@ impl<S, C, K: Stages> Guard<S, C, K> {
         if let Some(short) = self.take_short() {
             return ResponseFuture::rejected(short);
         }
-        let (fut, timeout, record) = self.call_admitted(req);
-        ResponseFuture::called(fut, timeout, record)
+        match self.call_admitted(req) {
+            Ok((fut, timeout, record)) => ResponseFuture::called(fut, timeout, record),
+            Err((_, short)) => ResponseFuture::rejected(short),
+        }
     }
 
     /// Makes an admitted call: the inner future and what its response future needs,
     /// in pieces, so that a caller builds the future in place (moving a built one
-    /// copied its timer's space on every call).
+    /// copied its timer's space on every call). A call whose trial the breaker refuses
+    /// now gives its request back, counted as rejected.
     #[inline(always)]
+    #[allow(clippy::type_complexity)]
     pub(crate) fn call_admitted<Req>(
         &mut self,
         req: Req,
-    ) -> (S::Future, Option<Duration>, Record<C>)
+    ) -> Result<(S::Future, Option<Duration>, Record<C>), (Req, Short)>
     where
         S: Service<Req>,
         C: Clone,
@@ -521,6 +568,16 @@ impl<S, C, K: Stages> Guard<S, C, K> {
         self.inner_ready = false;
         match self.ready {
             Ready::Call => {}
+            Ready::Trial => {
+                if let Err(short) = self.admit_now() {
+                    self.ready = Ready::Unpolled;
+                    short.count(self.policy.shared());
+                    return Err((req, short));
+                }
+                // Admitted: should the inner `call` panic, the permit stays with the
+                // service for its next call (or goes back when it is dropped).
+                self.ready = Ready::Call;
+            }
             // A timeout alone decides nothing in `poll_ready`.
             Ready::Unpolled if !(K::KILL || K::BULKHEAD || K::BREAKER) => {}
             Ready::Unpolled | Ready::Short(_) => panic!("poll_ready must be called first"),
@@ -556,7 +613,7 @@ impl<S, C, K: Stages> Guard<S, C, K> {
             start,
             classify: self.classify.clone(),
         };
-        (fut, timeout, record)
+        Ok((fut, timeout, record))
     }
 }
 

@@ -9,7 +9,7 @@ use substation::settings::{BreakerMode, PolicySettings};
 use substation::timeout::TimeoutLayer;
 use substation::{BoxError, Policy};
 use tokio::sync::Notify;
-use tower::{Layer, ServiceBuilder, ServiceExt, service_fn};
+use tower::{Layer, Service, ServiceBuilder, ServiceExt, service_fn};
 
 use crate::support::{Flaky, call_now};
 
@@ -370,14 +370,45 @@ async fn a_dropped_trial_gives_its_permit_back() {
     svc.clone().oneshot(1).await.unwrap();
     assert_eq!(policy.breaker_state(), BreakerState::Closed);
 
-    // A permit taken in poll_ready by a service that is then dropped comes back too.
+    // A service that is ready and idle (a balancer's ready cache) holds no permit: the
+    // trial is taken when a call is made, so another caller gets it.
     let _ = svc.clone().oneshot(0).await;
     tokio::time::advance(Duration::from_secs(5)).await;
-    let mut holder = svc.clone();
-    holder.ready().await.unwrap();
-    assert_eq!(policy.breaker_state(), BreakerState::HalfOpen);
-    drop(holder);
+    let mut idle = svc.clone();
+    idle.ready().await.unwrap();
+    tokio::time::advance(Duration::from_secs(3600)).await;
     svc.clone().oneshot(1).await.unwrap();
+    assert_eq!(policy.breaker_state(), BreakerState::Closed);
+    idle.call(1).await.unwrap(); // and its own call goes through, closed
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_trial_goes_to_the_first_call_not_the_first_ready_service() {
+    let s = settings(|s| {
+        s.breaker.min_calls = 1;
+        s.timeout.ms = None;
+    });
+    let policy = Policy::with_clock("trial-at-call", s, Clock::tokio()).unwrap();
+    let svc = CircuitBreakerLayer::new(&policy).layer(service_fn(|fail: bool| async move {
+        if fail {
+            Err::<(), BoxError>("boom".into())
+        } else {
+            Ok(())
+        }
+    }));
+    let _ = svc.clone().oneshot(true).await;
+    tokio::time::advance(Duration::from_secs(5)).await;
+    // Two services ready at once, one permit: the first to call is the trial, the
+    // other is refused at its call (not at its readiness).
+    let mut a = svc.clone();
+    let mut b = svc.clone();
+    a.ready().await.unwrap();
+    b.ready().await.unwrap();
+    let slow_trial = a.call(false); // admitted, not yet finished
+    let err = b.call(false).await.unwrap_err();
+    assert!(err.is::<OpenCircuit>(), "{err}");
+    assert_eq!(policy.breaker_state(), BreakerState::HalfOpen);
+    slow_trial.await.unwrap();
     assert_eq!(policy.breaker_state(), BreakerState::Closed);
 }
 
