@@ -2,4 +2,4 @@
 
 /// The response future of [`CircuitBreaker`](super::CircuitBreaker): no timer.
 pub type ResponseFuture<F, C> =
-    crate::guard::future::ResponseFuture<F, C, crate::guard::future::NoDeadline>;
+    crate::guard::future::ResponseFuture<F, C, crate::guard::stages::Breaker>;

@@ -42,7 +42,7 @@ pub type Bulkhead<S> = Guard<S, ErrorsAsFailures, stages::Bulkhead>;
 
 /// The response future of [`Bulkhead`]: holds the slot until it finishes or drops.
 pub type BulkheadFuture<F> =
-    crate::guard::future::ResponseFuture<F, ErrorsAsFailures, crate::guard::future::NoDeadline>;
+    crate::guard::future::ResponseFuture<F, ErrorsAsFailures, stages::Bulkhead>;
 
 /// Builds [`Bulkhead`] services; see the [module docs](self).
 #[derive(Clone, Debug)]

@@ -78,7 +78,7 @@ use tower::{Layer, Service, ServiceExt};
 pub use self::tiers::Cause;
 use self::tiers::{Config, KeyedCache, ServiceTier, StaticTier, Tiers};
 use crate::classify::{Classify, ErrorsAsFailures};
-use crate::guard::{Guard, Stages, stages};
+use crate::guard::{Guard, Short, Stages, stages};
 use crate::lease::Shared;
 use crate::settings::Tier;
 use crate::{BoxError, Policy};
@@ -318,13 +318,8 @@ where
 {
     type Response = Resp;
     type Error = BoxError;
-    type Future = ResponseFuture<
-        crate::guard::future::ResponseFuture<S::Future, C, K::Timer>,
-        Req,
-        Resp,
-        P,
-        C,
-    >;
+    type Future =
+        ResponseFuture<crate::guard::future::ResponseFuture<S::Future, C, K>, Req, Resp, P, C>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
@@ -340,38 +335,49 @@ where
     fn call(&mut self, req: Req) -> Self::Future {
         if let Some(short) = self.guard.take_short() {
             // `poll_ready` cached the plan for the settings it decided by.
-            let plan = self.plan.plan;
-            if let Some(resp) = plan.short_value(&self.tiers, short) {
-                return ResponseFuture::answered(resp);
-            }
-            let parts = (self.tiers.parts)(&req);
-            let classify = self.guard.classify().clone();
-            return ResponseFuture::short(self.tiers.lease(), classify, plan, parts, req, short);
+            return self.answer(self.plan.plan, req, short);
         }
         let settings = self.guard.settings();
         let plan = Plan::cached(&mut self.plan, &self.tiers, settings);
+        if let Some(short) = self.guard.confirm() {
+            // A half-open trial refused at the call: the fallback answers it.
+            return self.answer(plan, req, short);
+        }
         let parts = (self.tiers.parts)(&req);
         let spare = match &self.tiers.service {
             Some(s) => (s.clone_request)(&req),
             None => None,
         };
         let classify = self.guard.classify().clone();
-        match self.guard.call_admitted(req) {
-            Ok((fut, timeout, record)) => ResponseFuture::primary(
-                self.tiers.lease(),
-                classify,
-                plan,
-                crate::guard::future::ResponseFuture::called(fut, timeout, record),
-                parts,
-                spare,
-            ),
-            // A half-open trial refused at the call: the fallback answers it.
-            Err((req, short)) => match plan.short_value(&self.tiers, short) {
-                Some(resp) => ResponseFuture::answered(resp),
-                None => {
-                    ResponseFuture::short(self.tiers.lease(), classify, plan, parts, req, short)
-                }
-            },
+        // Leased before the call: the call's pieces then go straight into the future
+        // (taken after, the lease's work between them spilled the pieces to the stack
+        // and copied them back with wider loads: a store-forwarding stall per call).
+        let tiers = self.tiers.lease();
+        let (fut, timeout, hold) = self.guard.call_admitted(req);
+        ResponseFuture::primary(
+            tiers,
+            classify,
+            plan,
+            crate::guard::future::ResponseFuture::called(fut, timeout, hold),
+            parts,
+            spare,
+        )
+    }
+}
+
+impl<S, Req: 'static, Resp: 'static, P: 'static, C, K> FallbackService<S, Req, Resp, P, C, K>
+where
+    C: Clone,
+    K: Stages,
+{
+    /// A call not made (`short`): answered by the first tier that can.
+    #[inline(always)]
+    fn answer<F>(&self, plan: Plan, req: Req, short: Short) -> ResponseFuture<F, Req, Resp, P, C> {
+        if let Some(resp) = plan.short_value(&self.tiers, short) {
+            return ResponseFuture::answered(resp);
         }
+        let parts = (self.tiers.parts)(&req);
+        let classify = self.guard.classify().clone();
+        ResponseFuture::short(self.tiers.lease(), classify, plan, parts, req, short)
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 
-use super::{NO_TRIAL, Short, Ticket};
+use super::{NO_TRIAL, Short, Stages, Ticket, stages};
 use crate::BoxError;
 use crate::breaker::window::Record as WindowRecord;
 use crate::classify::{Classify, Outcome};
@@ -17,11 +17,21 @@ use crate::policy::PolicyCore;
 use crate::timeout::error::Elapsed;
 
 /// What a call reports when it ends: its ticket (lease on the policy, slot, trial
-/// permit, what to record), its start time and its classifier.
-pub(crate) struct Record<C> {
+/// permit, what to record), its start time and its classifier. (Public only as the
+/// [`Hold`] of stages that record; nothing of it is reachable.)
+#[doc(hidden)]
+pub struct Record<C> {
     pub(crate) ticket: Ticket,
     pub(crate) start: u64,
     pub(crate) classify: C,
+}
+
+impl<C> fmt::Debug for Record<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Record")
+            .field("ticket", &self.ticket)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<C> Record<C> {
@@ -40,6 +50,56 @@ impl<C> Record<C> {
             finish(core, self.start, slow_ms, trial, outcome, result);
         }
         self.ticket.done();
+    }
+}
+
+/// What a response future holds for the end of its call: a [`Record`] for stages with
+/// a breaker or a bulkhead, nothing ([`NoRecord`]) for the others, so that their futures
+/// have no drop glue of theirs.
+pub trait Hold<C>: sealed::Sealed {
+    #[doc(hidden)]
+    fn hold(record: impl FnOnce() -> Record<C>) -> Self;
+    #[doc(hidden)]
+    fn finish<T>(&mut self, result: &Result<T, BoxError>)
+    where
+        C: Classify<T, BoxError>;
+}
+
+impl<C> sealed::Sealed for Record<C> {}
+
+impl<C> Hold<C> for Record<C> {
+    #[inline(always)]
+    fn hold(record: impl FnOnce() -> Record<C>) -> Self {
+        record()
+    }
+
+    #[inline(always)]
+    fn finish<T>(&mut self, result: &Result<T, BoxError>)
+    where
+        C: Classify<T, BoxError>,
+    {
+        Record::finish(self, result)
+    }
+}
+
+/// The hold of stages that neither record nor take a slot (kill switch, timeout).
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct NoRecord;
+
+impl sealed::Sealed for NoRecord {}
+
+impl<C> Hold<C> for NoRecord {
+    #[inline(always)]
+    fn hold(_: impl FnOnce() -> Record<C>) -> Self {
+        NoRecord
+    }
+
+    #[inline(always)]
+    fn finish<T>(&mut self, _: &Result<T, BoxError>)
+    where
+        C: Classify<T, BoxError>,
+    {
     }
 }
 
@@ -127,36 +187,36 @@ pin_project! {
     /// [`Bulkhead`](crate::bulkhead::Bulkhead), [`KillSwitch`](crate::kill::KillSwitch)).
     ///
     /// No timer exists until the inner future has returned `Pending` once (and none at
-    /// all without a timeout stage, `T` = [`NoDeadline`]). Dropping it before it
-    /// finishes gives its bulkhead slot and half-open trial permit back.
-    pub struct ResponseFuture<F, C, T: Timer = Deadline> {
+    /// all without a timeout stage). Dropping it before it finishes gives its bulkhead
+    /// slot and half-open trial permit back. `K` are the stages of its service.
+    pub struct ResponseFuture<F, C, K: Stages = stages::All> {
         #[pin]
-        kind: Kind<F, C, T>,
+        kind: Kind<F, C, K>,
     }
 }
 
 pin_project! {
     #[project = KindProj]
-    enum Kind<F, C, T: Timer> {
+    enum Kind<F, C, K: Stages> {
         /// Not made: killed, bulkhead full, or the breaker open.
         Rejected { why: Short },
         Called {
             #[pin]
             inner: F,
             #[pin]
-            timer: T::Slot,
-            record: Record<C>,
+            timer: <K::Timer as Timer>::Slot,
+            record: K::Hold<C>,
         },
     }
 }
 
-impl<F, C, T: Timer> ResponseFuture<F, C, T> {
+impl<F, C, K: Stages> ResponseFuture<F, C, K> {
     #[inline(always)]
-    pub(crate) fn called(inner: F, timeout: Option<Duration>, record: Record<C>) -> Self {
+    pub(crate) fn called(inner: F, timeout: Option<Duration>, record: K::Hold<C>) -> Self {
         ResponseFuture {
             kind: Kind::Called {
                 inner,
-                timer: T::slot(timeout),
+                timer: K::Timer::slot(timeout),
                 record,
             },
         }
@@ -170,23 +230,23 @@ impl<F, C, T: Timer> ResponseFuture<F, C, T> {
     }
 }
 
-impl<F, C, T: Timer> fmt::Debug for ResponseFuture<F, C, T> {
+impl<F, C, K: Stages> fmt::Debug for ResponseFuture<F, C, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("ResponseFuture");
         match &self.kind {
             Kind::Rejected { why } => d.field("rejected", why),
-            Kind::Called { record, .. } => d.field("ticket", &record.ticket),
+            Kind::Called { .. } => d.field("called", &true),
         }
         .finish_non_exhaustive()
     }
 }
 
-impl<F, C, D, T, E> Future for ResponseFuture<F, C, D>
+impl<F, C, K, T, E> Future for ResponseFuture<F, C, K>
 where
     F: Future<Output = Result<T, E>>,
     E: Into<BoxError>,
     C: Classify<T, BoxError>,
-    D: Timer,
+    K: Stages,
 {
     type Output = Result<T, BoxError>;
 
@@ -202,7 +262,7 @@ where
                 let result = match inner.poll(cx) {
                     Poll::Ready(r) => r.map_err(Into::into),
                     Poll::Pending => {
-                        ready!(D::poll_elapsed(timer, cx));
+                        ready!(K::Timer::poll_elapsed(timer, cx));
                         Err(Elapsed::new().into())
                     }
                 };

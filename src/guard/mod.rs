@@ -57,13 +57,16 @@ use crate::policy::PolicyCore;
 use crate::settings::{BreakerMode, PolicySettings};
 use crate::{BoxError, Policy};
 
-use self::future::{Record, ResponseFuture};
+use self::future::{Hold as _, Record, ResponseFuture};
 
 /// Which protections a [`Guard`] applies; implemented by the markers in [`stages`].
 pub trait Stages: sealed::Sealed + Send + Sync + 'static {
     /// The timeout's part of the response future ([`future::Deadline`] with the
     /// timeout stage, else the zero-sized [`future::NoDeadline`]).
     type Timer: future::Timer;
+    /// What the response future holds for the end of the call ([`future::Record`] with
+    /// a breaker or bulkhead stage, else the zero-sized [`future::NoRecord`]).
+    type Hold<C>: future::Hold<C>;
     /// The kill switch (`kill`, and shedding of non-critical dependencies).
     const KILL: bool;
     /// The bulkhead (`bulkhead.max_concurrent`).
@@ -83,35 +86,38 @@ pub mod stages {
     use super::{Stages, sealed::Sealed};
 
     macro_rules! stages {
-        ($($(#[$doc:meta])* $name:ident: $kill:literal $bulkhead:literal $breaker:literal $timeout:ident;)*) => {$(
+        ($($(#[$doc:meta])* $name:ident: $kill:literal $bulkhead:literal $breaker:literal $timeout:ident $hold:ident;)*) => {$(
             $(#[$doc])*
             #[derive(Debug)]
             pub enum $name {}
             impl Sealed for $name {}
             impl Stages for $name {
                 type Timer = super::future::$timeout;
+                type Hold<C> = stages!(@hold $hold C);
                 const KILL: bool = $kill;
                 const BULKHEAD: bool = $bulkhead;
                 const BREAKER: bool = $breaker;
                 const TIMEOUT: bool = stages!(@on $timeout);
             }
         )*};
+        (@hold Record $c:ident) => { super::future::Record<$c> };
+        (@hold NoRecord $c:ident) => { super::future::NoRecord };
         (@on Deadline) => { true };
         (@on NoDeadline) => { false };
     }
 
     stages! {
         /// The kill switch alone ([`KillSwitch`](crate::kill::KillSwitch)).
-        Kill: true false false NoDeadline;
+        Kill: true false false NoDeadline NoRecord;
         /// The bulkhead alone ([`Bulkhead`](crate::bulkhead::Bulkhead)).
-        Bulkhead: false true false NoDeadline;
+        Bulkhead: false true false NoDeadline Record;
         /// The circuit breaker alone ([`CircuitBreaker`](crate::breaker::CircuitBreaker)).
-        Breaker: false false true NoDeadline;
+        Breaker: false false true NoDeadline Record;
         /// The timeout alone ([`Timeout`](crate::timeout::Timeout)).
-        Timeout: false false false Deadline;
+        Timeout: false false false Deadline NoRecord;
         /// Everything, outermost first: kill switch → bulkhead → breaker → timeout
         /// ([`Protected`](crate::stack::Protected)).
-        All: true true true Deadline;
+        All: true true true Deadline Record;
     }
 }
 
@@ -206,13 +212,13 @@ impl Ticket {
     /// its result), and the lease ends.
     #[inline]
     pub(crate) fn done(&mut self) {
-        if self.bits & SLOT != 0
-            && let Some(core) = &self.core
-        {
-            core.inflight.fetch_sub(1, Ordering::AcqRel);
+        if let Some(core) = self.core.take() {
+            if self.bits & SLOT != 0 {
+                core.inflight.fetch_sub(1, Ordering::AcqRel);
+            }
+            self.bits = u64::from(NO_TRIAL);
+            drop(core); // the lease ends
         }
-        self.bits = u64::from(NO_TRIAL);
-        self.core = None;
     }
 }
 
@@ -220,6 +226,15 @@ impl Drop for Ticket {
     #[inline]
     fn drop(&mut self) {
         let Some(core) = &self.core else { return };
+        self.release(core);
+    }
+}
+
+impl Ticket {
+    /// Gives back what an unfinished call held.
+    #[cold]
+    #[inline(never)]
+    fn release(&self, core: &PolicyCore) {
         if self.bits & SLOT != 0 {
             core.inflight.fetch_sub(1, Ordering::AcqRel);
         }
@@ -506,7 +521,10 @@ impl<S, C, K: Stages> Guard<S, C, K> {
         S: Service<Req>,
         S::Error: Into<BoxError>,
     {
+        // A timeout alone decides nothing: readiness is the inner service's.
+        let decides = K::KILL || K::BULKHEAD || K::BREAKER;
         match self.ready {
+            _ if !decides => {}
             Ready::Call | Ready::Trial if self.inner_ready => {}
             Ready::Call | Ready::Trial => {
                 if K::KILL {
@@ -537,30 +555,50 @@ impl<S, C, K: Stages> Guard<S, C, K> {
 
     /// Makes the call `poll_ready` decided (or fails it at once).
     #[inline(always)]
-    pub(crate) fn call_inner<Req>(&mut self, req: Req) -> ResponseFuture<S::Future, C, K::Timer>
+    pub(crate) fn call_inner<Req>(&mut self, req: Req) -> ResponseFuture<S::Future, C, K>
     where
         S: Service<Req>,
         C: Clone,
     {
-        if let Some(short) = self.take_short() {
+        if let Some(short) = self.take_short().or_else(|| self.confirm()) {
             return ResponseFuture::rejected(short);
         }
-        match self.call_admitted(req) {
-            Ok((fut, timeout, record)) => ResponseFuture::called(fut, timeout, record),
-            Err((_, short)) => ResponseFuture::rejected(short),
+        let (fut, timeout, hold) = self.call_admitted(req);
+        ResponseFuture::called(fut, timeout, hold)
+    }
+
+    /// For a call `poll_ready` left to the breaker (`Ready::Trial`): takes its trial
+    /// permit now, or says why not (counted as rejected). `None` otherwise.
+    #[inline(always)]
+    pub(crate) fn confirm(&mut self) -> Option<Short> {
+        if self.ready != Ready::Trial {
+            return None;
+        }
+        match self.admit_now() {
+            // Admitted: should the inner `call` panic, the permit stays with the
+            // service for its next call (or goes back when it is dropped).
+            Ok(()) => {
+                self.ready = Ready::Call;
+                None
+            }
+            Err(short) => {
+                self.ready = Ready::Unpolled;
+                self.inner_ready = false;
+                short.count(self.policy.shared());
+                Some(short)
+            }
         }
     }
 
-    /// Makes an admitted call: the inner future and what its response future needs,
-    /// in pieces, so that a caller builds the future in place (moving a built one
-    /// copied its timer's space on every call). A call whose trial the breaker refuses
-    /// now gives its request back, counted as rejected.
+    /// Makes an admitted call (after [`Guard::take_short`] and [`Guard::confirm`] said
+    /// it is made): the inner future and what its response future needs, in pieces,
+    /// so that a caller builds the future in place (moving a built one copied its
+    /// timer's space on every call).
     #[inline(always)]
-    #[allow(clippy::type_complexity)]
     pub(crate) fn call_admitted<Req>(
         &mut self,
         req: Req,
-    ) -> Result<(S::Future, Option<Duration>, Record<C>), (Req, Short)>
+    ) -> (S::Future, Option<Duration>, K::Hold<C>)
     where
         S: Service<Req>,
         C: Clone,
@@ -568,16 +606,7 @@ impl<S, C, K: Stages> Guard<S, C, K> {
         self.inner_ready = false;
         match self.ready {
             Ready::Call => {}
-            Ready::Trial => {
-                if let Err(short) = self.admit_now() {
-                    self.ready = Ready::Unpolled;
-                    short.count(self.policy.shared());
-                    return Err((req, short));
-                }
-                // Admitted: should the inner `call` panic, the permit stays with the
-                // service for its next call (or goes back when it is dropped).
-                self.ready = Ready::Call;
-            }
+            Ready::Trial => unreachable!("a trial is confirmed before its call"),
             // A timeout alone decides nothing in `poll_ready`.
             Ready::Unpolled if !(K::KILL || K::BULKHEAD || K::BREAKER) => {}
             Ready::Unpolled | Ready::Short(_) => panic!("poll_ready must be called first"),
@@ -600,20 +629,24 @@ impl<S, C, K: Stages> Guard<S, C, K> {
         self.ready = Ready::Unpolled;
         // The breaker records every call: it needs the policy's state when the call
         // ends, held by a ticket (taken now when `poll_ready` needed none).
-        let mut ticket = std::mem::replace(&mut self.ticket, Ticket::EMPTY);
-        if K::BREAKER {
-            if ticket.core.is_none() {
-                ticket.core = Some(self.policy.shared().lease());
+        // Built only for stages that hold something (a `Record`; nothing for a kill
+        // switch or a timeout alone).
+        let hold = K::Hold::<C>::hold(|| {
+            let mut ticket = std::mem::replace(&mut self.ticket, Ticket::EMPTY);
+            if K::BREAKER {
+                if ticket.core.is_none() {
+                    ticket.core = Some(self.policy.shared().lease());
+                }
+                // `slow_call_ms` is at most 3,600,000 (validated): fits its 30 bits.
+                ticket.bits |= RECORD | slow_ms << SLOW_SHIFT;
             }
-            // `slow_call_ms` is at most 3,600,000 (validated): it fits its 30 bits.
-            ticket.bits |= RECORD | slow_ms << SLOW_SHIFT;
-        }
-        let record = Record {
-            ticket,
-            start,
-            classify: self.classify.clone(),
-        };
-        Ok((fut, timeout, record))
+            Record {
+                ticket,
+                start,
+                classify: self.classify.clone(),
+            }
+        });
+        (fut, timeout, hold)
     }
 }
 
@@ -652,7 +685,7 @@ where
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = ResponseFuture<S::Future, C, K::Timer>;
+    type Future = ResponseFuture<S::Future, C, K>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {

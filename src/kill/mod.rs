@@ -46,8 +46,7 @@ unit_error!(
 pub type KillSwitch<S> = Guard<S, ErrorsAsFailures, stages::Kill>;
 
 /// The response future of [`KillSwitch`].
-pub type KillFuture<F> =
-    crate::guard::future::ResponseFuture<F, ErrorsAsFailures, crate::guard::future::NoDeadline>;
+pub type KillFuture<F> = crate::guard::future::ResponseFuture<F, ErrorsAsFailures, stages::Kill>;
 
 /// Builds [`KillSwitch`] services; see the [module docs](self).
 #[derive(Clone, Debug)]

@@ -5,5 +5,5 @@
 pub type ResponseFuture<F> = crate::guard::future::ResponseFuture<
     F,
     crate::classify::ErrorsAsFailures,
-    crate::guard::future::Deadline,
+    crate::guard::stages::Timeout,
 >;
