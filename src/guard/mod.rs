@@ -383,7 +383,7 @@ impl<S, C, K: Stages> Guard<S, C, K> {
 
     /// Decides the next call: made (with a ticket when a slot or permit is held) or
     /// not.
-    #[inline]
+    #[inline(always)]
     fn decide(&mut self) {
         if self.ticket.core.is_some() {
             // A ticket still held belongs to a call that never started (the inner
@@ -423,7 +423,7 @@ impl<S, C, K: Stages> Guard<S, C, K> {
     }
 
     /// Admitted: a ticket holds the slot or permit, if either was taken.
-    #[inline]
+    #[inline(always)]
     fn admitted(&mut self, slot: bool, trial: u32) -> Ready {
         if slot || trial != NO_TRIAL {
             self.ticket = self.ticket(slot, trial);
@@ -512,7 +512,7 @@ impl<S, C, K: Stages> Guard<S, C, K> {
     }
 
     /// `poll_ready`, telling why when the call will not be made.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn poll_decide<Req>(
         &mut self,
         cx: &mut Context<'_>,
