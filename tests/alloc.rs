@@ -71,17 +71,21 @@ fn failing_service() -> impl Service<
     Error = BoxError,
     Future = std::future::Ready<Result<u32, BoxError>>,
 > + Clone {
-    // A zero-sized error boxes without allocating, so the count below is ours alone.
-    #[derive(Debug)]
-    struct Failed;
-    impl std::fmt::Display for Failed {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("failed")
-        }
-    }
-    impl std::error::Error for Failed {}
     service_fn(|_: u32| std::future::ready(Err::<u32, BoxError>(Box::new(Failed))))
 }
+
+/// The inner services' error: zero-sized, so boxing it allocates nothing and the counts
+/// are the layers' alone.
+#[derive(Debug)]
+struct Failed;
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("failed")
+    }
+}
+
+impl std::error::Error for Failed {}
 
 #[test]
 fn closed_breaker_and_timeout_allocate_nothing_per_call() {
@@ -225,14 +229,6 @@ fn answers(
     Error = BoxError,
     Future = std::future::Ready<Result<Answer, BoxError>>,
 > + Clone {
-    #[derive(Debug)]
-    struct Failed;
-    impl std::fmt::Display for Failed {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("failed")
-        }
-    }
-    impl std::error::Error for Failed {}
     service_fn(move |x: u32| {
         std::future::ready(if fail {
             Err::<Answer, BoxError>(Box::new(Failed))

@@ -119,12 +119,19 @@ async fn values_rejections_and_deletes() {
     .await;
 
     // Deleting falls back to the code default; the rejection goes with the key.
-    client
+    let deleted = client
         .delete(format!("{PREFIX}policies/payments"), None)
         .await
         .unwrap();
+    let at = deleted.header().map_or(0, |h| h.revision()) as u64;
     eventually("payments back to its code default", WAIT, || async {
         *payments.settings() == defaults
+    })
+    .await;
+    // A live policy gets its settings before the snapshot that says so is published:
+    // the snapshot is read once it has the delete's revision.
+    eventually("the delete's snapshot", WAIT, || async {
+        sub.snapshot().revision() >= at
     })
     .await;
     assert!(
