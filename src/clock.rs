@@ -172,6 +172,20 @@ impl Clock {
     }
 }
 
+impl Clock {
+    /// Microseconds since an arbitrary fixed point, read precisely (a real clock read
+    /// for the coarse clock: for latencies of calls that were pending, not per call).
+    pub fn now_us(&self) -> u64 {
+        match &self.kind {
+            Kind::Coarse { .. } | Kind::Precise => {
+                start().elapsed().as_micros() as u64 + EPOCH_OFFSET_MS * 1000
+            }
+            Kind::Tokio(start) => start.elapsed().as_micros() as u64 + EPOCH_OFFSET_MS * 1000,
+            Kind::Manual(ms) => ms.load(Ordering::Relaxed) * 1000,
+        }
+    }
+}
+
 impl Default for Clock {
     fn default() -> Self {
         Clock::coarse()

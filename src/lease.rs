@@ -79,6 +79,16 @@ impl<T> Home<T> {
         }
     }
 
+    /// Leases taken and not yet finished (a racy sum: for statistics).
+    fn outstanding(&self) -> u64 {
+        let mut n = 0u64;
+        for s in self.stripes.iter() {
+            n = n.wrapping_add(s.started.load(Relaxed));
+            n = n.wrapping_sub(s.finished.load(Relaxed));
+        }
+        if n > u64::MAX / 2 { 0 } else { n }
+    }
+
     /// Whether every lease ever taken is finished. Only meaningful once retired (no
     /// lease can start any more).
     fn idle(&self) -> bool {
@@ -195,6 +205,12 @@ impl<T: Send + Sync + 'static> Shared<T> {
         // SAFETY: `self.owner` is alive, so the home is not retired.
         unsafe { self.home.as_ref() }.start();
         Lease { home: self.home }
+    }
+
+    /// Leases taken and not yet finished (calls in flight, for statistics).
+    pub(crate) fn in_flight(&self) -> u64 {
+        // SAFETY: `self.owner` keeps the home alive.
+        unsafe { self.home.as_ref() }.outstanding()
     }
 
     pub(crate) fn downgrade(&self) -> WeakShared<T> {

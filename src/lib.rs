@@ -82,6 +82,7 @@ pub mod metrics;
 pub mod policy;
 pub mod settings;
 pub mod stack;
+pub mod stats;
 pub mod switch;
 #[cfg(feature = "test-util")]
 pub mod testkit;

@@ -6,6 +6,10 @@
 //! when a policy is created, never per call. Call [`describe`] after installing the
 //! recorder to attach units and help texts.
 //!
+//! Policies' counts and durations are kept by the library ([`crate::stats`]) and reach
+//! the recorder in batches: once a second from a background thread, when a policy is
+//! dropped, and at [`flush`]. A call never calls the recorder.
+//!
 //! Every metric carries the label `policy` (the dependency's name).
 //!
 //! ```
@@ -19,8 +23,10 @@ use metrics::{Counter, Gauge, Histogram, Unit};
 /// Counter of completed, rejected or killed calls, labelled `policy` and `outcome`
 /// (see the `OUTCOME_*` constants).
 pub const CALLS: &str = "substation_calls_total";
-/// Histogram of call durations in seconds (at the clock's resolution, one millisecond
-/// with the default coarse clock), labelled `policy`. Rejected calls are not recorded.
+/// Histogram of call durations in seconds, labelled `policy`: the calls that reached the
+/// dependency, a call ready on its first poll as 0, others to ±12 % (the statistics'
+/// buckets, pushed once a second as each bucket's middle). Rejected calls are not
+/// recorded.
 pub const CALL_DURATION: &str = "substation_call_duration_seconds";
 /// Gauge of a breaker's state, labelled `policy`: 0 closed, 1 open, 2 half-open.
 pub const BREAKER_STATE: &str = "substation_breaker_state";
@@ -62,6 +68,12 @@ pub const FALLBACK_DURATION: &str = "substation_fallback_duration_seconds";
 pub const SWITCH_EVALUATIONS: &str = "substation_switch_evaluations_total";
 /// Counter of changes of a switch's value, labelled `switch`.
 pub const SWITCH_CHANGES: &str = "substation_switch_changes_total";
+
+/// Pushes every live policy's counts to the recorder now (the background flush does it
+/// once a second): before reading a test recorder, or at shutdown.
+pub fn flush() {
+    crate::stats::flush_all();
+}
 
 /// Describes every metric to the installed recorder (units and help texts).
 pub fn describe() {
@@ -123,15 +135,13 @@ pub fn describe() {
     );
 }
 
-/// The handles of one policy, registered once when the policy is created.
+/// The handles of one policy, registered once when the policy is created (with the
+/// recorder current then). Counts reach them in batches, from the policy's statistics
+/// ([`crate::stats`]): at most once a second, and when the policy is dropped.
 #[derive(Debug)]
 pub(crate) struct PolicyMetrics {
-    pub(crate) success: Counter,
-    pub(crate) failure: Counter,
-    pub(crate) timeout: Counter,
-    pub(crate) rejected: Counter,
-    pub(crate) killed: Counter,
-    pub(crate) bulkhead_full: Counter,
+    /// By statistics counter index (`stats::SUCCESS`, …).
+    counters: [Counter; crate::stats::COUNTERS],
     pub(crate) duration: Histogram,
     pub(crate) state: Gauge,
     pub(crate) to_open: Counter,
@@ -144,18 +154,58 @@ impl PolicyMetrics {
         let p = policy.to_owned();
         let calls = |outcome: &'static str| metrics::counter!(CALLS, "policy" => p.clone(), "outcome" => outcome);
         let to = |state: &'static str| metrics::counter!(BREAKER_TRANSITIONS, "policy" => p.clone(), "to" => state);
+        let fault =
+            |kind: &'static str| metrics::counter!(FAULTS, "policy" => p.clone(), "kind" => kind);
+        let fallback = |tier: &'static str, result: &'static str| metrics::counter!(FALLBACKS, "policy" => p.clone(), "tier" => tier, "result" => result);
         PolicyMetrics {
-            success: calls(OUTCOME_SUCCESS),
-            failure: calls(OUTCOME_FAILURE),
-            timeout: calls(OUTCOME_TIMEOUT),
-            rejected: calls(OUTCOME_REJECTED),
-            killed: calls(OUTCOME_KILLED),
-            bulkhead_full: calls(OUTCOME_BULKHEAD_FULL),
+            counters: [
+                calls(OUTCOME_SUCCESS),
+                calls(OUTCOME_FAILURE),
+                calls(OUTCOME_TIMEOUT),
+                calls(OUTCOME_REJECTED),
+                calls(OUTCOME_KILLED),
+                calls(OUTCOME_BULKHEAD_FULL),
+                fault("abort"),
+                fault("delay"),
+                fallback("static", "served"),
+                fallback("static", "failed"),
+                fallback("cache", "served"),
+                fallback("cache", "failed"),
+                fallback("service", "served"),
+                fallback("service", "failed"),
+            ],
             duration: metrics::histogram!(CALL_DURATION, "policy" => p.clone()),
             state: metrics::gauge!(BREAKER_STATE, "policy" => p.clone()),
             to_open: to("open"),
             to_half_open: to("half_open"),
             to_closed: to("closed"),
+        }
+    }
+
+    /// Gives the recorder what was counted between `before` and `now`.
+    pub(crate) fn push(&self, now: &crate::stats::Totals, before: &crate::stats::Totals) {
+        use crate::stats::{FAILURE, SUCCESS, TIMEOUT, bucket_value};
+        for (i, counter) in self.counters.iter().enumerate() {
+            let n = now.counts[i].saturating_sub(before.counts[i]);
+            if n > 0 {
+                counter.increment(n);
+            }
+        }
+        let made =
+            |t: &crate::stats::Totals| t.counts[SUCCESS] + t.counts[FAILURE] + t.counts[TIMEOUT];
+        let mut timed = 0;
+        for (b, (a, z)) in now.latency.iter().zip(before.latency.iter()).enumerate() {
+            let n = a.saturating_sub(*z);
+            if n > 0 {
+                timed += n;
+                self.duration
+                    .record_many(bucket_value(b) * 1e-6, n as usize);
+            }
+        }
+        // Calls ready on their first poll took no measurable time.
+        let zeros = made(now).saturating_sub(made(before)).saturating_sub(timed);
+        if zeros > 0 {
+            self.duration.record_many(0.0, zeros as usize);
         }
     }
 }

@@ -39,6 +39,7 @@ use crate::lease::{Shared, WeakShared};
 use crate::live::valid_name;
 use crate::metrics::PolicyMetrics;
 use crate::settings::{BreakerMode, PolicySettings, SettingsError};
+use crate::stats::{PolicyStats, Stats};
 
 /// The runtime state of one policy, shared by its handles, services and futures.
 pub(crate) struct PolicyCore {
@@ -51,9 +52,20 @@ pub(crate) struct PolicyCore {
     pub(crate) shed: AtomicBool,
     /// Calls in flight through the bulkhead.
     pub(crate) inflight: AtomicU32,
+    /// Counts by outcome, fallback answers, latencies (see [`crate::stats`]).
+    pub(crate) stats: Stats,
     /// Serializes `Policy::update`, so that each compares the settings it replaced
     /// with the ones it stored.
     updates: Mutex<()>,
+}
+
+impl Drop for PolicyCore {
+    fn drop(&mut self) {
+        // The last counts reach the recorder (the flusher runs once a second), and the
+        // flusher forgets this policy.
+        self.flush();
+        crate::stats::forget_dead();
+    }
 }
 
 impl PolicyCore {
@@ -62,6 +74,11 @@ impl PolicyCore {
             policy: &self.name,
             metrics: &self.metrics,
         }
+    }
+
+    /// Pushes the counts since the last flush to the policy's metric handles.
+    pub(crate) fn flush(&self) {
+        self.stats.flush(&self.metrics);
     }
 
     /// Whether calls are killed now, given the settings in force.
@@ -101,7 +118,7 @@ impl Policy {
         settings.validate()?;
         let metrics = PolicyMetrics::new(name);
         metrics.state.set(0.0);
-        Ok(Policy {
+        let policy = Policy {
             core: Shared::new(PolicyCore {
                 name: name.into(),
                 clock,
@@ -110,9 +127,12 @@ impl Policy {
                 metrics,
                 shed: AtomicBool::new(false),
                 inflight: AtomicU32::new(0),
+                stats: Stats::new(),
                 updates: Mutex::new(()),
             }),
-        })
+        };
+        crate::stats::register(policy.core.downgrade());
+        Ok(policy)
     }
 
     /// The policy's name (the dependency it protects).
@@ -144,6 +164,9 @@ impl Policy {
             && old.breaker.mode != BreakerMode::ForceClosed
         {
             core.breaker.close(&core.ctx());
+        }
+        if new.breaker.mode != old.breaker.mode {
+            core.breaker.changed();
         }
         Ok(())
     }
@@ -180,6 +203,21 @@ impl Policy {
         self.core
             .breaker
             .counts(self.core.clock.now_ms(), &s.breaker)
+    }
+
+    /// The policy's statistics: calls by outcome and fallback answers over the last
+    /// 10 s and since it was made, latency percentiles, calls in flight, the breaker;
+    /// see [`crate::stats`]. The first call starts keeping the samples of the rolling
+    /// view (until then its figures are the totals).
+    pub fn stats(&self) -> PolicyStats {
+        let core = &*self.core;
+        PolicyStats::from_samples(
+            &core.name,
+            &core.stats.history(),
+            self.core.in_flight(),
+            self.breaker_state(),
+            core.breaker.changed_at(),
+        )
     }
 
     /// The clock this policy reads.

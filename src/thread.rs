@@ -12,7 +12,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::Mutex;
 use std::sync::PoisonError;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 /// Indices given back by exited threads, smallest first.
 static FREE: Mutex<BinaryHeap<Reverse<usize>>> = Mutex::new(BinaryHeap::new());
@@ -96,6 +96,58 @@ pub(crate) fn exclusive_stripes() -> usize {
             n
         }
         n => n,
+    }
+}
+
+/// Per-thread stripes of `T`, each allocated when its thread first asks: one per thread
+/// index below [`exclusive_stripes`] (its owner's alone: single-writer counters may be
+/// bumped with a plain load and store), and a last one shared by every later thread.
+pub(crate) struct Stripes<T> {
+    slots: Box<[std::sync::OnceLock<Box<T>>]>,
+}
+
+impl<T: Default> Stripes<T> {
+    pub(crate) fn new() -> Self {
+        Stripes {
+            slots: (0..=exclusive_stripes())
+                .map(|_| std::sync::OnceLock::new())
+                .collect(),
+        }
+    }
+
+    /// This thread's stripe, and whether the thread owns it.
+    #[inline]
+    pub(crate) fn local(&self) -> (&T, bool) {
+        let last = self.slots.len() - 1;
+        let i = index();
+        let (i, owned) = if i < last { (i, true) } else { (last, false) };
+        (&**self.slots[i].get_or_init(Default::default), owned)
+    }
+}
+
+impl<T> Stripes<T> {
+    /// Every stripe allocated so far.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &T> {
+        self.slots.iter().filter_map(|s| s.get().map(|s| &**s))
+    }
+}
+
+impl<T> std::fmt::Debug for Stripes<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stripes")
+            .field("allocated", &self.iter().count())
+            .finish()
+    }
+}
+
+/// Adds `n` to a counter: a plain load and store on a stripe this thread owns (one
+/// writer), a `fetch_add` on the shared one.
+#[inline(always)]
+pub(crate) fn bump(counter: &AtomicU64, owned: bool, n: u64) {
+    if owned {
+        counter.store(counter.load(Relaxed) + n, Relaxed);
+    } else {
+        counter.fetch_add(n, Relaxed);
     }
 }
 

@@ -17,8 +17,10 @@ use crate::clock::Clock;
 use crate::metrics::PolicyMetrics;
 use crate::settings::{BreakerMode, BreakerSettings};
 
-/// The state of a circuit breaker as callers meet it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// The state of a circuit breaker as callers meet it. Serialized as its
+/// [`as_str`](BreakerState::as_str) name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum BreakerState {
     /// Calls pass and are counted.
@@ -112,6 +114,8 @@ pub(crate) enum Admission {
 #[derive(Debug)]
 pub(crate) struct BreakerCore {
     word: AtomicU64,
+    /// When the state (or the mode) last changed, in ms since the Unix epoch.
+    changed_at: AtomicU64,
     /// Consecutive re-opens (trial failures) since the breaker last closed.
     reopens: AtomicU32,
     pub(crate) window: Window,
@@ -127,6 +131,7 @@ impl BreakerCore {
     pub(crate) fn new() -> Self {
         BreakerCore {
             word: AtomicU64::new(0),
+            changed_at: AtomicU64::new(crate::stats::unix_ms()),
             reopens: AtomicU32::new(0),
             window: Window::new(),
         }
@@ -138,6 +143,16 @@ impl BreakerCore {
             HALF_OPEN => BreakerState::HalfOpen,
             _ => BreakerState::Closed,
         }
+    }
+
+    /// Notes a change of state or mode (off the request path).
+    pub(crate) fn changed(&self) {
+        self.changed_at.store(crate::stats::unix_ms(), Relaxed);
+    }
+
+    /// When the state or mode last changed, in ms since the Unix epoch.
+    pub(crate) fn changed_at(&self) -> u64 {
+        self.changed_at.load(Relaxed)
     }
 
     /// Whether the breaker is closed (the fast path's only question).
@@ -213,6 +228,7 @@ impl BreakerCore {
             {
                 Ok(_) => {
                     if w.state() == OPEN {
+                        self.changed();
                         transitioned(ctx, BreakerState::HalfOpen, None);
                     }
                     return admission;
@@ -292,10 +308,12 @@ impl BreakerCore {
                     match next.state() {
                         OPEN => {
                             self.reopens.fetch_add(1, Relaxed);
+                            self.changed();
                             transitioned(ctx, BreakerState::Open, None);
                         }
                         CLOSED => {
                             self.reopens.store(0, Relaxed);
+                            self.changed();
                             transitioned(ctx, BreakerState::Closed, None);
                         }
                         _ => {}
@@ -325,6 +343,7 @@ impl BreakerCore {
             .is_ok()
         {
             self.reopens.store(0, Relaxed);
+            self.changed();
             transitioned(ctx, BreakerState::Open, Some(counts));
         }
     }
@@ -348,6 +367,7 @@ impl BreakerCore {
             {
                 Ok(_) => {
                     self.reopens.store(0, Relaxed);
+                    self.changed();
                     transitioned(ctx, BreakerState::Closed, None);
                     return;
                 }

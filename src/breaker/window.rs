@@ -18,13 +18,13 @@
 //! never counts into a bucket that is about to be zeroed. Counts are exact; which bucket
 //! a call lands in is exact to the clock's resolution.
 
-use std::sync::OnceLock;
 use std::sync::atomic::{
     AtomicU64,
     Ordering::{Acquire, Relaxed, Release},
 };
 
 use crate::settings::MAX_BUCKETS;
+use crate::thread::Stripes;
 
 const SLOT_BITS: u32 = 8;
 const SLOT_MASK: u64 = (1 << SLOT_BITS) - 1;
@@ -41,7 +41,7 @@ pub(crate) struct Shape {
 }
 
 /// What the window holds; see [`Policy::window`](crate::Policy::window).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct WindowCounts {
     /// Calls recorded in the window (successes and failures).
     pub calls: u64,
@@ -112,42 +112,34 @@ pub(crate) struct Record {
 
 #[derive(Debug)]
 pub(crate) struct Window {
-    /// One per thread index below `len - 1` (owned: plain increments), and the last
-    /// shared by every later thread (`fetch_add`). Allocated on first use.
-    stripes: Box<[OnceLock<Box<Stripe>>]>,
+    stripes: Stripes<Stripe>,
 }
 
-use crate::thread::index as thread_index;
+impl Default for Stripe {
+    fn default() -> Self {
+        Stripe::new()
+    }
+}
 
-/// Adds one to a counter: a plain load and store on a stripe this thread owns.
 #[inline(always)]
 fn bump(counter: &AtomicU64, owned: bool) {
-    if owned {
-        counter.store(counter.load(Relaxed) + 1, Relaxed);
-    } else {
-        counter.fetch_add(1, Relaxed);
-    }
+    crate::thread::bump(counter, owned, 1)
 }
 
 impl Window {
     pub(crate) fn new() -> Self {
         Window {
-            stripes: (0..=crate::thread::exclusive_stripes())
-                .map(|_| OnceLock::new())
-                .collect(),
+            stripes: Stripes::new(),
         }
     }
 
     fn existing(&self) -> impl Iterator<Item = &Stripe> {
-        self.stripes.iter().filter_map(|s| s.get().map(|s| &**s))
+        self.stripes.iter()
     }
 
     #[inline]
     pub(crate) fn record(&self, now_ms: u64, shape: impl FnOnce() -> Shape, rec: Record) {
-        let last = self.stripes.len() - 1;
-        let i = thread_index();
-        let (i, owned) = if i < last { (i, true) } else { (last, false) };
-        let stripe = self.stripes[i].get_or_init(|| Box::new(Stripe::new()));
+        let (stripe, owned) = self.stripes.local();
         let head = stripe.head.load(Relaxed);
         let slot = if now_ms < head >> SLOT_BITS {
             (head & SLOT_MASK) as usize

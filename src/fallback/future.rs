@@ -128,7 +128,7 @@ impl Plan {
             return None;
         };
         let resp = value();
-        tiers.tier_metrics(Tier::Static).served.increment(1);
+        tiers.count(Tier::Static, true);
         Some(resp)
     }
 
@@ -444,7 +444,7 @@ fn fast_tiers<Req, Resp, P>(
         Tier::Static => {
             let build = tiers.static_fn.as_ref()?;
             let resp = build.build(parts, cause);
-            tiers.tier_metrics(Tier::Static).served.increment(1);
+            tiers.count(Tier::Static, true);
             Some(resp)
         }
         Tier::Cache => {
@@ -452,7 +452,7 @@ fn fast_tiers<Req, Resp, P>(
             let resp = cache
                 .get(parts, tiers.policy.clock().now_ms(), plan.max_stale_ms)
                 .ok()?;
-            tiers.tier_metrics(Tier::Cache).served.increment(1);
+            tiers.count(Tier::Cache, true);
             Some(resp)
         }
         Tier::Service => None,
@@ -471,7 +471,6 @@ where
     let core = tiers.policy.shared();
     loop {
         if let Some(run) = &mut p.running {
-            let m = tiers.tier_metrics(Tier::Service);
             let outcome = match run.fut.as_mut().poll(cx) {
                 Poll::Ready(r) => r,
                 Poll::Pending => match run.deadline.as_mut().poll(cx) {
@@ -484,11 +483,11 @@ where
             p.running = None;
             match outcome {
                 Ok(resp) => {
-                    m.served.increment(1);
+                    tiers.count(Tier::Service, true);
                     return Poll::Ready(Ok(resp));
                 }
                 Err(e) => {
-                    m.failed.increment(1);
+                    tiers.count(Tier::Service, false);
                     p.errors.push((Tier::Service, e));
                 }
             }
@@ -497,7 +496,6 @@ where
             return Poll::Ready(all_failed(p));
         };
         p.next += 1;
-        let m = tiers.tier_metrics(tier);
         match tier {
             Tier::Static => {
                 if let Some(build) = &tiers.static_fn {
@@ -506,7 +504,7 @@ where
                         Ok(_) => &FailedResponse::new(),
                     };
                     let resp = build.build(&p.parts, cause);
-                    m.served.increment(1);
+                    tiers.count(Tier::Static, true);
                     return Poll::Ready(Ok(resp));
                 }
             }
@@ -515,11 +513,11 @@ where
                     let max_stale = core.settings.load().fallback.cache_max_stale_ms;
                     match cache.get(&p.parts, core.clock.now_ms(), max_stale) {
                         Ok(resp) => {
-                            m.served.increment(1);
+                            tiers.count(Tier::Cache, true);
                             return Poll::Ready(Ok(resp));
                         }
                         Err(e) => {
-                            m.failed.increment(1);
+                            tiers.count(Tier::Cache, false);
                             p.errors.push((Tier::Cache, e));
                         }
                     }
@@ -528,14 +526,14 @@ where
             Tier::Service => {
                 let Some(st) = &tiers.service else { continue };
                 let Some(req) = p.spare.take() else {
-                    m.failed.increment(1);
+                    tiers.count(Tier::Service, false);
                     p.errors.push((Tier::Service, NoRequest::new().into()));
                     continue;
                 };
                 let f = core.settings.load().fallback.clone();
                 if st.in_flight.fetch_add(1, Ordering::AcqRel) >= f.max_concurrent {
                     st.in_flight.fetch_sub(1, Ordering::AcqRel);
-                    m.failed.increment(1);
+                    tiers.count(Tier::Service, false);
                     p.errors.push((Tier::Service, FallbackBusy::new().into()));
                     continue;
                 }

@@ -4,7 +4,7 @@ use std::hash::{BuildHasher, Hash};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use metrics::{Counter, Histogram};
+use metrics::Histogram;
 use tower::util::BoxCloneSyncService;
 
 use super::error::NoCachedResponse;
@@ -105,21 +105,6 @@ pub(crate) struct ServiceTier<Req, Resp> {
     pub(crate) in_flight: Arc<AtomicU32>,
 }
 
-pub(crate) struct TierMetrics {
-    pub(crate) served: Counter,
-    pub(crate) failed: Counter,
-}
-
-impl TierMetrics {
-    fn new(policy: &str, tier: Tier) -> Self {
-        let f = |result: &'static str| metrics::counter!(crate::metrics::FALLBACKS, "policy" => policy.to_owned(), "tier" => tier.as_str(), "result" => result);
-        TierMetrics {
-            served: f("served"),
-            failed: f("failed"),
-        }
-    }
-}
-
 /// The tiers as the builder collects them, before they belong to a policy.
 pub(crate) struct Config<Req, Resp, P> {
     pub(crate) parts: Box<dyn Fn(&Req) -> P + Send + Sync>,
@@ -140,7 +125,6 @@ pub(crate) struct Tiers<Req, Resp, P> {
     pub(crate) static_fn: Option<StaticTier<P, Resp>>,
     pub(crate) cache: Option<Box<dyn CacheTier<P, Resp>>>,
     pub(crate) service: Option<ServiceTier<Req, Resp>>,
-    pub(crate) metrics: [TierMetrics; 3],
     pub(crate) service_duration: Histogram,
     default_order: Order,
     static_order: Order,
@@ -158,7 +142,6 @@ impl<Req, Resp, P> Tiers<Req, Resp, P> {
             static_fn: config.static_fn,
             cache: config.cache,
             service: config.service,
-            metrics: [Tier::Static, Tier::Cache, Tier::Service].map(|t| TierMetrics::new(name, t)),
             service_duration: metrics::histogram!(crate::metrics::FALLBACK_DURATION, "policy" => name.to_owned()),
             default_order: Order::default(),
             static_order: Order::default(),
@@ -168,12 +151,16 @@ impl<Req, Resp, P> Tiers<Req, Resp, P> {
         tiers
     }
 
-    pub(crate) fn tier_metrics(&self, tier: Tier) -> &TierMetrics {
-        &self.metrics[match tier {
+    /// Counts an answer of `tier` (`served`) or its failure, in the policy's statistics.
+    #[inline]
+    pub(crate) fn count(&self, tier: Tier, served: bool) {
+        let t = match tier {
             Tier::Static => 0,
             Tier::Cache => 1,
             Tier::Service => 2,
-        }]
+        };
+        let counter = crate::stats::FALLBACK + 2 * t + usize::from(!served);
+        self.policy.shared().stats.count(counter);
     }
 
     /// The tiers to try, in order: the settings' order, or the code's; only configured

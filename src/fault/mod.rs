@@ -33,7 +33,6 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use metrics::Counter;
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 use tower::{Layer, Service};
@@ -65,8 +64,6 @@ struct Shared<Req, Resp> {
     seed: Option<u64>,
     /// Services made so far (each draws from its own stream of a seed).
     clones: Arc<AtomicU64>,
-    aborts: Counter,
-    delays: Counter,
 }
 
 impl<Req, Resp> Clone for Shared<Req, Resp> {
@@ -80,8 +77,6 @@ impl<Req, Resp> Clone for Shared<Req, Resp> {
             active: self.active.clone(),
             seed: self.seed,
             clones: self.clones.clone(),
-            aborts: self.aborts.clone(),
-            delays: self.delays.clone(),
         }
     }
 }
@@ -111,8 +106,6 @@ impl<Req, Resp> fmt::Debug for FaultLayer<Req, Resp> {
 impl<Req, Resp> FaultLayer<Req, Resp> {
     /// A layer injecting `policy`'s live faults.
     pub fn new(policy: &Policy) -> Self {
-        let name = policy.name().to_owned();
-        let kind = |k: &'static str| metrics::counter!(crate::metrics::FAULTS, "policy" => name.clone(), "kind" => k);
         FaultLayer {
             shared: Shared {
                 policy: policy.clone(),
@@ -123,8 +116,6 @@ impl<Req, Resp> FaultLayer<Req, Resp> {
                 active: Arc::new(AtomicU32::new(0)),
                 seed: None,
                 clones: Arc::new(AtomicU64::new(0)),
-                aborts: kind("abort"),
-                delays: kind("delay"),
             },
         }
     }
@@ -306,7 +297,11 @@ where
             return FaultFuture::pass(self.inner.call(req));
         };
         if abort {
-            self.shared.aborts.increment(1);
+            self.shared
+                .policy
+                .shared()
+                .stats
+                .count(crate::stats::FAULT_ABORT);
             let answer = match &self.shared.abort {
                 Some(respond) => Ok(respond(&req)),
                 None => Err(InjectedFault::new().into()),
@@ -320,7 +315,11 @@ where
                 },
             );
         }
-        self.shared.delays.increment(1);
+        self.shared
+            .policy
+            .shared()
+            .stats
+            .count(crate::stats::FAULT_DELAY);
         FaultFuture::fault(
             Some(self.inner.call(req)),
             Injected {

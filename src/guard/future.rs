@@ -14,6 +14,7 @@ use crate::BoxError;
 use crate::breaker::window::Record as WindowRecord;
 use crate::classify::{Classify, Outcome};
 use crate::policy::PolicyCore;
+use crate::stats;
 use crate::timeout::error::Elapsed;
 
 /// What a call reports when it ends: its ticket (lease on the policy, slot, trial
@@ -23,6 +24,8 @@ use crate::timeout::error::Elapsed;
 pub struct Record<C> {
     pub(crate) ticket: Ticket,
     pub(crate) start: u64,
+    /// When the call was first pending, in the clock's microseconds (0: not yet).
+    pub(crate) pending_us: u64,
     pub(crate) classify: C,
 }
 
@@ -47,7 +50,15 @@ impl<C> Record<C> {
         {
             let outcome = self.classify.classify(result);
             let (trial, slow_ms) = (self.ticket.trial(), self.ticket.slow_ms());
-            finish(core, self.start, slow_ms, trial, outcome, result);
+            // Measured only for a call that was pending: one ready at its first poll
+            // took no time worth a clock read.
+            let latency_us = match self.pending_us {
+                0 => 0,
+                since => core.clock.now_us().saturating_sub(since).max(1),
+            };
+            finish(
+                core, self.start, latency_us, slow_ms, trial, outcome, result,
+            );
         }
         self.ticket.done();
     }
@@ -63,6 +74,9 @@ pub trait Hold<C>: sealed::Sealed {
     fn finish<T>(&mut self, result: &Result<T, BoxError>)
     where
         C: Classify<T, BoxError>;
+    /// The call's inner future returned `Pending`.
+    #[doc(hidden)]
+    fn pending(&mut self);
 }
 
 impl<C> sealed::Sealed for Record<C> {}
@@ -79,6 +93,15 @@ impl<C> Hold<C> for Record<C> {
         C: Classify<T, BoxError>,
     {
         Record::finish(self, result)
+    }
+
+    #[inline]
+    fn pending(&mut self) {
+        if self.pending_us == 0
+            && let Some(core) = &self.ticket.core
+        {
+            self.pending_us = core.clock.now_us().max(1);
+        }
     }
 }
 
@@ -101,6 +124,9 @@ impl<C> Hold<C> for NoRecord {
         C: Classify<T, BoxError>,
     {
     }
+
+    #[inline(always)]
+    fn pending(&mut self) {}
 }
 
 /// The timeout's part of a response future: [`Deadline`] for stages with a timeout,
@@ -262,6 +288,7 @@ where
                 let result = match inner.poll(cx) {
                     Poll::Ready(r) => r.map_err(Into::into),
                     Poll::Pending => {
+                        record.pending();
                         ready!(K::Timer::poll_elapsed(timer, cx));
                         Err(Elapsed::new().into())
                     }
@@ -278,6 +305,7 @@ where
 fn finish<T>(
     core: &PolicyCore,
     start: u64,
+    latency_us: u64,
     slow_ms: u64,
     trial: u32,
     outcome: Outcome,
@@ -289,23 +317,17 @@ fn finish<T>(
         failed: outcome == Outcome::Failure,
         slow: slow_ms != 0 && elapsed >= slow_ms,
     };
-    let m = &core.metrics;
-    // Most calls finish within the clock's millisecond: skip the conversion then.
-    m.duration.record(if elapsed == 0 {
-        0.0
-    } else {
-        elapsed as f64 * 1e-3
-    });
     if trial == NO_TRIAL && !rec.failed && !rec.slow {
-        // The fast path: a success while closed is one `fetch_add`.
-        m.success.increment(1);
+        // The fast path: a success while closed is two plain increments in the
+        // thread's own stripes (statistics, window).
+        core.stats.call(stats::SUCCESS, latency_us);
         if core.breaker.is_closed() {
             // The window's shape is needed only when a new bucket starts.
             let shape = || crate::breaker::state::shape(&core.settings.load().breaker);
             core.breaker.window.record(now, shape, rec);
         }
     } else {
-        slow_path(core, trial, rec, now, result);
+        slow_path(core, trial, rec, now, latency_us, result);
     }
 }
 
@@ -315,14 +337,15 @@ fn slow_path<T>(
     trial: u32,
     rec: WindowRecord,
     now: u64,
+    latency_us: u64,
     result: &Result<T, BoxError>,
 ) {
-    let m = &core.metrics;
-    match result {
-        Ok(_) if !rec.failed => m.success.increment(1),
-        Err(e) if e.is::<Elapsed>() => m.timeout.increment(1),
-        _ => m.failure.increment(1),
-    }
+    let outcome = match result {
+        Ok(_) if !rec.failed => stats::SUCCESS,
+        Err(e) if e.is::<Elapsed>() => stats::TIMEOUT,
+        _ => stats::FAILURE,
+    };
+    core.stats.call(outcome, latency_us);
     let trial = (trial != NO_TRIAL).then_some(u64::from(trial));
     let settings = core.settings.load();
     core.breaker

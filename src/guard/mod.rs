@@ -134,12 +134,11 @@ impl Short {
     /// Counts the call under its outcome.
     #[inline]
     pub(crate) fn count(self, core: &PolicyCore) {
-        let m = &core.metrics;
-        match self {
-            Short::Killed => m.killed.increment(1),
-            Short::Open => m.rejected.increment(1),
-            Short::Bulkhead => m.bulkhead_full.increment(1),
-        }
+        core.stats.count(match self {
+            Short::Killed => crate::stats::KILLED,
+            Short::Open => crate::stats::REJECTED,
+            Short::Bulkhead => crate::stats::BULKHEAD_FULL,
+        });
     }
 
     /// The error a caller without a fallback gets (zero-sized: boxing it allocates
@@ -643,6 +642,7 @@ impl<S, C, K: Stages> Guard<S, C, K> {
             Record {
                 ticket,
                 start,
+                pending_us: 0,
                 classify: self.classify.clone(),
             }
         });

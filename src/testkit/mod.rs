@@ -233,8 +233,10 @@ impl Metrics {
     }
 
     /// The total of counter `name` so far, over every label set that contains
-    /// `labels`.
+    /// `labels` (the policies' counts are flushed to the recorder first).
     pub fn counter(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
+        // Policies' counts reach recorders in batches: push them now.
+        crate::metrics::flush();
         let mut totals = self.totals.lock().unwrap_or_else(PoisonError::into_inner);
         for (key, _, _, value) in self.snapshotter.snapshot().into_vec() {
             let DebugValue::Counter(n) = value else {

@@ -640,7 +640,10 @@ async fn a_killed_call_is_answered_by_the_first_tier_of_the_live_order() {
         } else {
             "fb-short-layered"
         };
-        let policy = Policy::new(name, PolicySettings::default()).unwrap();
+        // Made under the recorder: a policy's handles are registered when it is made.
+        let policy = metrics::with_local_recorder(&recorder, || {
+            Policy::new(name, PolicySettings::default()).unwrap()
+        });
         let dep = Dep::default();
         let svc = metrics::with_local_recorder(&recorder, || {
             let make = || {
@@ -696,6 +699,7 @@ async fn a_killed_call_is_answered_by_the_first_tier_of_the_live_order() {
         assert_eq!(dep.calls.load(Ordering::SeqCst), 1, "{name}: never called");
     }
     let mut served = std::collections::HashMap::new();
+    substation::metrics::flush(); // counts reach the recorder in batches
     for (key, _, _, value) in snapshotter.snapshot().into_vec() {
         let key = key.key();
         let label = |k: &str| {

@@ -32,6 +32,7 @@ fn calls_transitions_and_state_are_emitted() {
     }
 
     let mut seen = std::collections::HashMap::new();
+    names::flush(); // counts reach the recorder in batches
     for (key, _unit, _desc, value) in snapshotter.snapshot().into_vec() {
         let key = key.key();
         let labels: Vec<String> = key
@@ -96,5 +97,54 @@ fn a_fallback_registers_its_series_under_its_policy_only() {
             series.contains("metrics-fallback"),
             "a series without the policy's name: {series}"
         );
+    }
+}
+
+/// Counts reach the recorder in batches, never per call; at each flush the exported
+/// counters are exactly the calls made, from every thread.
+#[test]
+fn exported_counts_are_exact_at_each_flush() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let mut s = PolicySettings::default();
+    s.breaker.min_calls = 1_000_000; // stays closed: every call is made
+    let policy = metrics::with_local_recorder(&recorder, || {
+        Policy::with_clock("metrics-exact", s, Clock::manual().0).unwrap()
+    });
+    let svc = CircuitBreakerLayer::new(&policy).layer(tower::service_fn(|n: u32| {
+        std::future::ready(if n.is_multiple_of(3) {
+            Err::<u32, substation::BoxError>("boom".into())
+        } else {
+            Ok(n)
+        })
+    }));
+    let mut totals = std::collections::HashMap::<String, u64>::new();
+    let mut read = || {
+        names::flush();
+        for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+            if let DebugValue::Counter(n) = value {
+                let outcome = key
+                    .key()
+                    .labels()
+                    .find(|l| l.key() == "outcome")
+                    .map(|l| l.value().to_owned())
+                    .unwrap_or_default();
+                *totals.entry(outcome).or_default() += n;
+            }
+        }
+        (totals["success"], totals["failure"])
+    };
+    for round in 1..=3u64 {
+        std::thread::scope(|scope| {
+            for _ in 0..2 {
+                let mut svc = svc.clone();
+                scope.spawn(move || {
+                    for n in 0..3_000 {
+                        let _ = call_now(&mut svc, n);
+                    }
+                });
+            }
+        });
+        assert_eq!(read(), (round * 4_000, round * 2_000), "round {round}");
     }
 }
