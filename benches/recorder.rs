@@ -14,7 +14,13 @@
 //! - `breaker_closed_2threads`: the same breaker shared by two threads, time per call
 //!   per thread (the harness of `overhead`'s group of that name).
 //! - `killed_static`: the policy stack, killed, answered by a static fallback (one
-//!   `killed` outcome and one `served` fallback increment per call, no duration).
+//!   `killed` outcome and one `served` fallback count per call, no duration).
+//! - `full_ready`: the whole policy stack (static fallback, bulkhead limit 1000),
+//!   closed and healthy, as in `stack`'s `substation_full_ready`.
+//!
+//! Since the statistics rework, no call reaches the recorder: counts are kept in
+//! per-thread stripes and pushed once a second by a background thread (`stats`), so
+//! `none` and `prometheus` should cost the same.
 //!
 //! Same harness as `overhead` (`poll_ready` + `call` + one poll, no-op waker). Run with
 //! `cargo bench --workspace --bench recorder`.
@@ -91,11 +97,28 @@ fn recorder(c: &mut Criterion) {
         g.bench_function(format!("killed_static_2threads/{label}"), |b| {
             b.iter_custom(|iters| two_threads(&svc, iters))
         });
+
+        let limited = PolicySettings::default().with(|s| s.bulkhead.max_concurrent = Some(1000));
+        let policy = under(recorder, || {
+            Policy::new(&format!("recorder-full-{label}"), limited).unwrap()
+        });
+        let mut svc = PolicyLayer::new(&policy)
+            .fallback(Fallback::<u64, u64>::new().static_value(42))
+            .layer(ok_service());
+        assert_eq!(drive(&mut svc, 7, &mut cx).unwrap(), 7);
+        g.bench_function(format!("full_ready/{label}"), |b| {
+            b.iter(|| black_box(drive(&mut svc, black_box(7), &mut cx).unwrap()))
+        });
     }
     g.finish();
     // The recorder did see the calls (the cases above are not measuring a no-op).
+    substation::metrics::flush();
     let rendered = prometheus.handle().render();
-    for name in ["recorder-closed-prometheus", "recorder-killed-prometheus"] {
+    for name in [
+        "recorder-closed-prometheus",
+        "recorder-killed-prometheus",
+        "recorder-full-prometheus",
+    ] {
         assert!(
             rendered.contains(&format!("policy=\"{name}\"")),
             "{name} missing from:\n{rendered}"

@@ -72,6 +72,8 @@ pub mod breaker;
 pub mod bulkhead;
 pub mod classify;
 pub mod clock;
+#[cfg(feature = "dashboard")]
+pub mod dashboard;
 pub mod fallback;
 pub mod fault;
 pub mod guard;

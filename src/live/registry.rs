@@ -243,6 +243,30 @@ impl Substation {
         Ok(switch)
     }
 
+    /// Every policy in use now — made through this registry and still held by a handle,
+    /// layer, service or call — sorted by name. For status pages and diagnostics.
+    pub fn policies(&self) -> Vec<Policy> {
+        let mut all = Vec::new();
+        self.shared
+            .lock()
+            .policies
+            .for_each(|p| all.push(p.clone()));
+        all.sort_by(|a, b| a.name().cmp(b.name()));
+        all
+    }
+
+    /// Every switch in use now (made through this registry and still held), sorted by
+    /// name.
+    pub fn switches(&self) -> Vec<Switch> {
+        let mut all = Vec::new();
+        self.shared
+            .lock()
+            .switches
+            .for_each(|s| all.push(s.clone()));
+        all.sort_by(|a, b| a.name().cmp(b.name()));
+        all
+    }
+
     /// The settings in force now, as one consistent snapshot.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.shared.snapshot.load_full()

@@ -13,7 +13,8 @@ use crate::settings::{Bounded, SettingsError};
 /// the builder, then by the [`Scope::Shared`] value, then by the [`Scope::App`] value —
 /// field by field. (Named so as not to collide with `tower::Layer` in users' imports;
 /// fields holding it keep the name `layer`.)
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Scope {
     /// Fleet-wide defaults shared by many applications.
     Shared,
@@ -141,7 +142,9 @@ pub enum Update {
     },
 }
 
-/// How current the settings in force are, as the sources report it.
+/// How current the settings in force are, as the sources report it. Serialized as an
+/// object with `state` (`defaults_only`, `live`, `stale`, `from_disk`), `revision`, and
+/// times as milliseconds since the Unix epoch (`since_ms`, `written_ms`).
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub enum Health {
@@ -170,11 +173,45 @@ pub enum Health {
     },
 }
 
+impl serde::Serialize for Health {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let ms = |t: &SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64)
+        };
+        let mut m = serializer.serialize_map(None)?;
+        match self {
+            Health::DefaultsOnly => m.serialize_entry("state", "defaults_only")?,
+            Health::Live { revision } => {
+                m.serialize_entry("state", "live")?;
+                m.serialize_entry("revision", revision)?;
+            }
+            Health::Stale {
+                revision,
+                since,
+                reason,
+            } => {
+                m.serialize_entry("state", "stale")?;
+                m.serialize_entry("revision", revision)?;
+                m.serialize_entry("since_ms", &ms(since))?;
+                m.serialize_entry("reason", reason)?;
+            }
+            Health::FromDisk { revision, written } => {
+                m.serialize_entry("state", "from_disk")?;
+                m.serialize_entry("revision", revision)?;
+                m.serialize_entry("written_ms", &ms(written))?;
+            }
+        }
+        m.end()
+    }
+}
+
 /// A value the registry refused; the key's last good value stays in force.
 ///
 /// Displayed as `"policies/recs" (App layer, revision 7): timeout.ms: 0 is not in
 /// 1..=3600000`: the key quoted and escaped, a long one cut, like the error.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct Rejection {
     /// The layer of the refused value.
@@ -185,8 +222,13 @@ pub struct Rejection {
     pub key: String,
     /// The source's revision of the refused value.
     pub revision: u64,
-    /// Why: the field and the rule it broke.
+    /// Why: the field and the rule it broke (serialized as its text).
+    #[serde(serialize_with = "as_text")]
     pub error: SettingsError,
+}
+
+fn as_text<S: serde::Serializer>(e: &SettingsError, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(e)
 }
 
 impl fmt::Display for Rejection {

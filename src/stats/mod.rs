@@ -46,7 +46,8 @@ use std::sync::{Mutex, PoisonError};
 use crate::thread::{Stripes, bump};
 
 pub(crate) use self::flush::{flush_all, forget_dead, register};
-pub use self::snapshot::{CallCounts, FallbackCounts, Latency, PolicyStats, TierCounts};
+pub(crate) use self::snapshot::ROLLING_MS;
+pub use self::snapshot::{CallCounts, FallbackCounts, Latency, Point, PolicyStats, TierCounts};
 
 /// The counters of a stripe, by index.
 pub(crate) const SUCCESS: usize = 0;

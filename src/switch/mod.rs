@@ -118,6 +118,8 @@ struct SwitchInner {
     counts: Counts,
     changes: tokio::sync::watch::Sender<Arc<SwitchSettings>>,
     changes_total: metrics::Counter,
+    /// Changes of value so far.
+    changed: AtomicU64,
     /// Serializes updates.
     writer: Mutex<()>,
 }
@@ -147,6 +149,7 @@ impl Switch {
                 compiled: Arc::new(ArcSwap::from_pointee(compiled)),
                 changes: tokio::sync::watch::Sender::new(settings),
                 changes_total: metrics::counter!(crate::metrics::SWITCH_CHANGES, "switch" => name.to_owned()),
+                changed: AtomicU64::new(0),
                 writer: Mutex::new(()),
             }),
         })
@@ -194,6 +197,7 @@ impl Switch {
             .store(compiled.bool_threshold, Ordering::Release);
         inner.compiled.store(Arc::new(compiled));
         inner.changes_total.increment(1);
+        inner.changed.fetch_add(1, Ordering::Relaxed);
         inner.changes.send_replace(settings);
         Ok(())
     }
@@ -286,6 +290,11 @@ impl Switch {
     /// the variant's name for picks. Results never seen are left out.
     pub fn evaluations(&self) -> Vec<(String, u64)> {
         self.inner.counts.snapshot()
+    }
+
+    /// How many times the switch's value changed since it was made.
+    pub fn changes(&self) -> u64 {
+        self.inner.changed.load(Ordering::Relaxed)
     }
 
     /// A receiver that sees every change of the switch's value (a
