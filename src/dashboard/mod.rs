@@ -6,7 +6,8 @@
 //! address of its own for an application without one. Routes, relative to where it is
 //! mounted (only `GET`):
 //!
-//! - `…/` (or `…/index.html`): one self-contained HTML page — a tile per policy
+//! - `…/` (the trailing slash matters: the page fetches `stream` and `status` relative
+//!   to itself), or `…/index.html`: one self-contained HTML page — a tile per policy
 //!   (volume, error %, p99, breaker state, fallback share, a sparkline), the switches
 //!   with their rollout, the settings' health and rejections — fed by the stream.
 //! - `…/status`: JSON of the whole registry: settings health and revision, rejected
@@ -117,7 +118,9 @@ impl Dashboard {
     }
 
     fn respond(&self, path: &str) -> http::Response<Body> {
-        let last = path.trim_end_matches('/').rsplit('/').next().unwrap_or("");
+        // Mounted anywhere: the page is `…/` (so that its relative `stream` and `status`
+        // resolve beside it), the rest by the last segment.
+        let last = path.rsplit('/').next().unwrap_or("");
         match last {
             "status" => json(status::status(&self.substation, self.interval)),
             "stream" => http::Response::builder()

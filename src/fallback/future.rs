@@ -127,9 +127,7 @@ impl Plan {
         let Some(StaticTier::Value(value)) = &tiers.static_fn else {
             return None;
         };
-        let resp = value();
-        tiers.count(Tier::Static, true);
-        Some(resp)
+        Some(tiers.served(Tier::Static, value()))
     }
 
     /// The tiers to try for a failure of a known trigger.
@@ -443,17 +441,14 @@ fn fast_tiers<Req, Resp, P>(
     match order.get(0)? {
         Tier::Static => {
             let build = tiers.static_fn.as_ref()?;
-            let resp = build.build(parts, cause);
-            tiers.count(Tier::Static, true);
-            Some(resp)
+            Some(tiers.served(Tier::Static, build.build(parts, cause)))
         }
         Tier::Cache => {
             let cache = tiers.cache.as_ref()?;
             let resp = cache
                 .get(parts, tiers.policy.clock().now_ms(), plan.max_stale_ms)
                 .ok()?;
-            tiers.count(Tier::Cache, true);
-            Some(resp)
+            Some(tiers.served(Tier::Cache, resp))
         }
         Tier::Service => None,
     }
@@ -482,10 +477,7 @@ where
             tiers.service_duration.record(took as f64 * 1e-3);
             p.running = None;
             match outcome {
-                Ok(resp) => {
-                    tiers.count(Tier::Service, true);
-                    return Poll::Ready(Ok(resp));
-                }
+                Ok(resp) => return Poll::Ready(Ok(tiers.served(Tier::Service, resp))),
                 Err(e) => {
                     tiers.count(Tier::Service, false);
                     p.errors.push((Tier::Service, e));
@@ -504,18 +496,14 @@ where
                         Ok(_) => &FailedResponse::new(),
                     };
                     let resp = build.build(&p.parts, cause);
-                    tiers.count(Tier::Static, true);
-                    return Poll::Ready(Ok(resp));
+                    return Poll::Ready(Ok(tiers.served(Tier::Static, resp)));
                 }
             }
             Tier::Cache => {
                 if let Some(cache) = &tiers.cache {
                     let max_stale = core.settings.load().fallback.cache_max_stale_ms;
                     match cache.get(&p.parts, core.clock.now_ms(), max_stale) {
-                        Ok(resp) => {
-                            tiers.count(Tier::Cache, true);
-                            return Poll::Ready(Ok(resp));
-                        }
+                        Ok(resp) => return Poll::Ready(Ok(tiers.served(Tier::Cache, resp))),
                         Err(e) => {
                             tiers.count(Tier::Cache, false);
                             p.errors.push((Tier::Cache, e));

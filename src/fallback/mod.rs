@@ -123,6 +123,7 @@ impl<Req: 'static, Resp: 'static, P: 'static> Fallback<Req, Resp, P> {
                 static_fn: None,
                 cache: None,
                 service: None,
+                on_answer: None,
             },
         }
     }
@@ -182,6 +183,35 @@ impl<Req: 'static, Resp: 'static, P: 'static> Fallback<Req, Resp, P> {
             in_flight: Arc::new(AtomicU32::new(0)),
         });
         self.add(Tier::Service)
+    }
+}
+
+impl<Req: 'static, Resp: 'static, P: 'static> Fallback<Req, Resp, P> {
+    /// Calls `hook` with each response a tier gives (not the dependency's) and the tier
+    /// that gave it: to mark it (a header, a field) so that the caller can tell a
+    /// fallback answer, and which. Runs on the caller's task: keep it cheap.
+    pub fn on_answer(mut self, hook: impl Fn(&mut Resp, Tier) + Send + Sync + 'static) -> Self {
+        self.config.on_answer = Some(Box::new(hook));
+        self
+    }
+}
+
+/// The extension [`Fallback::mark_responses`] puts on an `http::Response` a fallback
+/// tier gave: which tier (feature `http`).
+#[cfg(feature = "http")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AnsweredBy(pub Tier);
+
+#[cfg(feature = "http")]
+impl<Req: 'static, B: 'static, P: 'static> Fallback<Req, http::Response<B>, P> {
+    /// Puts an [`AnsweredBy`] extension on every response a tier gives, so that the
+    /// caller (or a layer above) can tell which tier answered:
+    /// `resp.extensions().get::<AnsweredBy>()`. The dependency's own responses carry
+    /// none.
+    pub fn mark_responses(self) -> Self {
+        self.on_answer(|resp, tier| {
+            resp.extensions_mut().insert(AnsweredBy(tier));
+        })
     }
 }
 

@@ -113,7 +113,11 @@ pub(crate) struct Config<Req, Resp, P> {
     pub(crate) static_fn: Option<StaticTier<P, Resp>>,
     pub(crate) cache: Option<Box<dyn CacheTier<P, Resp>>>,
     pub(crate) service: Option<ServiceTier<Req, Resp>>,
+    pub(crate) on_answer: Option<AnswerHook<Resp>>,
 }
+
+/// What [`Fallback::on_answer`](super::Fallback::on_answer) installs.
+pub(crate) type AnswerHook<Resp> = Box<dyn Fn(&mut Resp, Tier) + Send + Sync>;
 
 /// Everything the fallback needs, shared by every service and future of one layer, and
 /// dropped with the last of them. Holds its policy, so a lease on the tiers keeps the
@@ -125,6 +129,7 @@ pub(crate) struct Tiers<Req, Resp, P> {
     pub(crate) static_fn: Option<StaticTier<P, Resp>>,
     pub(crate) cache: Option<Box<dyn CacheTier<P, Resp>>>,
     pub(crate) service: Option<ServiceTier<Req, Resp>>,
+    on_answer: Option<AnswerHook<Resp>>,
     pub(crate) service_duration: Histogram,
     default_order: Order,
     static_order: Order,
@@ -142,6 +147,7 @@ impl<Req, Resp, P> Tiers<Req, Resp, P> {
             static_fn: config.static_fn,
             cache: config.cache,
             service: config.service,
+            on_answer: config.on_answer,
             service_duration: metrics::histogram!(crate::metrics::FALLBACK_DURATION, "policy" => name.to_owned()),
             default_order: Order::default(),
             static_order: Order::default(),
@@ -149,6 +155,16 @@ impl<Req, Resp, P> Tiers<Req, Resp, P> {
         tiers.default_order = tiers.compute_order(&tiers.added, true);
         tiers.static_order = tiers.compute_order(&tiers.added, false);
         tiers
+    }
+
+    /// `tier` answers with `resp`: counted, and shown to the answer hook.
+    #[inline]
+    pub(crate) fn served(&self, tier: Tier, mut resp: Resp) -> Resp {
+        self.count(tier, true);
+        if let Some(hook) = &self.on_answer {
+            hook(&mut resp, tier);
+        }
+        resp
     }
 
     /// Counts an answer of `tier` (`served`) or its failure, in the policy's statistics.

@@ -12,10 +12,12 @@
 //!   policy's metric handles — so the recorder is called once per second per series,
 //!   not per call, and the exported counters equal the calls made at each flush.
 //!   [`crate::metrics::flush`] does it at once (tests, shutdown).
-//! - **The rolling view** ([`Policy::stats`](crate::Policy::stats)): while something
+//! - **The rolling view** ([`Policy::stats`](crate::Policy::stats)): once something
 //!   watches a policy (the dashboard, or code asking for its statistics), each flush
 //!   also keeps a sample of its totals, two minutes of them; the view over the last
-//!   10 s is the difference of two samples.
+//!   10 s is the difference between now and the newest sample at least 10 s old (or
+//!   the oldest there is: until 10 s of samples exist, the view reaches back to when
+//!   watching began, or to the policy's creation — `window_ms` says how far).
 //!
 //! The flushing thread runs while some policy exists and stops ten seconds after the
 //! last one is gone.
@@ -142,6 +144,9 @@ pub(crate) struct Stats {
     pushed: Mutex<Totals>,
     /// The samples of the rolling view, once something asked for it.
     history: Mutex<Option<VecDeque<Sample>>>,
+    /// When the policy was made (ms since the Unix epoch): the history starts with an
+    /// empty sample then.
+    created_ms: u64,
 }
 
 impl std::fmt::Debug for Stats {
@@ -158,6 +163,7 @@ impl Stats {
             stripes: Stripes::new(),
             pushed: Mutex::new(Totals::default()),
             history: Mutex::new(None),
+            created_ms: unix_ms(),
         }
     }
 
@@ -213,20 +219,22 @@ impl Stats {
         }
     }
 
-    /// The samples so far (starting the history if nothing watched the policy yet: it
-    /// then holds one sample, taken now).
+    /// The samples so far and one taken now (starting the history if nothing watched
+    /// the policy yet: from an empty sample at the policy's creation).
     pub(crate) fn history(&self) -> Vec<Sample> {
         let mut history = self.history.lock().unwrap_or_else(PoisonError::into_inner);
-        let h = history.get_or_insert_with(VecDeque::new);
-        let now = Sample {
+        let h = history.get_or_insert_with(|| {
+            // Nothing was counted before the policy was made.
+            VecDeque::from([Sample {
+                at_ms: self.created_ms,
+                totals: Totals::default(),
+            }])
+        });
+        let mut v: Vec<Sample> = h.iter().cloned().collect();
+        v.push(Sample {
             at_ms: unix_ms(),
             totals: self.totals(),
-        };
-        let mut v: Vec<Sample> = h.iter().cloned().collect();
-        if h.is_empty() {
-            h.push_back(now.clone());
-        }
-        v.push(now);
+        });
         v
     }
 }

@@ -191,8 +191,8 @@ pub struct Point {
 pub struct PolicyStats {
     /// The policy's name.
     pub name: String,
-    /// The span the rolling figures cover, in ms (up to 10,000; less while the policy
-    /// has been watched for less).
+    /// The span the rolling figures cover, in ms: about 10,000 once the policy has been
+    /// watched that long; before, back to when watching began or the policy was made.
     pub window_ms: u64,
     /// Calls in the rolling window, by outcome.
     pub calls: CallCounts,
@@ -231,16 +231,20 @@ impl PolicyStats {
         breaker_since_ms: u64,
     ) -> PolicyStats {
         let last = samples.last().expect("at least the sample taken now");
-        let first = samples
+        let earlier = &samples[..samples.len() - 1];
+        // The newest sample at least a window old, else the oldest there is.
+        let base = earlier
             .iter()
-            .find(|s| last.at_ms.saturating_sub(s.at_ms) <= ROLLING_MS)
-            .unwrap_or(last);
-        // The window starts at the first sample inside it; with one sample, it is
-        // everything since the policy was made.
-        let (base_counts, base_latency): (Vec<u64>, Vec<u64>) = if std::ptr::eq(first, last) {
-            (vec![0; last.totals.counts.len()], vec![0; BUCKETS])
-        } else {
-            (first.totals.counts.to_vec(), first.totals.latency.to_vec())
+            .rev()
+            .find(|s| last.at_ms.saturating_sub(s.at_ms) >= ROLLING_MS)
+            .or(earlier.first());
+        let (base_counts, base_latency, base_ms): (Vec<u64>, Vec<u64>, u64) = match base {
+            Some(b) => (b.totals.counts.to_vec(), b.totals.latency.to_vec(), b.at_ms),
+            None => (
+                vec![0; last.totals.counts.len()],
+                vec![0; BUCKETS],
+                last.at_ms,
+            ),
         };
         let counts: Vec<u64> = last
             .totals
@@ -275,11 +279,7 @@ impl PolicyStats {
             .collect();
         PolicyStats {
             name: name.to_owned(),
-            window_ms: if std::ptr::eq(first, last) {
-                0
-            } else {
-                last.at_ms - first.at_ms
-            },
+            window_ms: last.at_ms.saturating_sub(base_ms),
             latency: Latency::of(&buckets, calls.made()),
             calls,
             fallback: FallbackCounts::of(&counts),

@@ -7,5 +7,6 @@ mod live;
 mod metrics;
 mod ownership;
 mod readiness;
+mod stats;
 mod support;
 mod timeout;
