@@ -271,6 +271,9 @@ async fn main() -> Result<(), BoxError> {
             }
             next += 1;
         }
+        // Policies push their counts to the recorder once a second; push them now so
+        // that the row covers exactly the tick that just ended.
+        substation::metrics::flush();
         let counts = drain(&snap);
         let new_now = served_new.load(Relaxed);
         let delta = [
