@@ -4,7 +4,12 @@
 //! heals (the breaker closes), is killed and revived by its kill switch, and a new code
 //! path is rolled out to 50 % then 100 % of users.
 //!
-//! Run: `scripts/demo.sh` (or `cargo run --example demo -- --duration <secs>`). With
+//! The dashboard (`substation::dashboard`) is served on loopback while the story runs;
+//! the demo prints its address first (`--port <port>` to choose it, `--keep` to keep
+//! serving after the story until Ctrl-C).
+//!
+//! Run: `scripts/demo.sh` (or `cargo run --example demo --features dashboard --
+//! --duration <secs>`). With
 //! no external service it keeps its settings in memory; with `--etcd <url>` — or an
 //! `etcd` binary on `PATH` that it can start — every change is an etcd write that the
 //! watch applies. It exits 0 after telling the story, and fails if the story did not
@@ -20,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use substation::breaker::BreakerState;
+use substation::dashboard::Dashboard;
 use substation::fallback::Fallback;
 use substation::fault::FaultLayer;
 use substation::live::InMemorySource;
@@ -52,21 +58,35 @@ impl Settings {
     }
 }
 
-fn args() -> Result<(u64, Option<String>), BoxError> {
-    let (mut duration, mut etcd) = (24, None);
+struct Args {
+    duration: u64,
+    etcd: Option<String>,
+    port: u16,
+    keep: bool,
+}
+
+fn args() -> Result<Args, BoxError> {
+    let (mut duration, mut etcd, mut port, mut keep) = (24, None, 0, false);
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
             "--duration" => duration = it.next().ok_or("--duration needs seconds")?.parse()?,
             "--etcd" => etcd = Some(it.next().ok_or("--etcd needs a URL")?),
+            "--port" => port = it.next().ok_or("--port needs a number")?.parse()?,
+            "--keep" => keep = true,
             "-h" | "--help" => {
-                println!("usage: demo [--duration <secs>] [--etcd <url>]");
+                println!("usage: demo [--duration <secs>] [--etcd <url>] [--port <port>] [--keep]");
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
-    Ok((duration.max(8), etcd))
+    Ok(Args {
+        duration: duration.max(8),
+        etcd,
+        port,
+        keep,
+    })
 }
 
 type Counts = Vec<(String, Vec<(String, String)>, u64)>;
@@ -102,7 +122,12 @@ fn counter(counts: &Counts, name: &str, label: (&str, &str)) -> u64 {
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
-    let (duration, etcd_url) = args()?;
+    let Args {
+        duration,
+        etcd: etcd_url,
+        port,
+        keep,
+    } = args()?;
     // Settings: etcd if given or startable, else memory.
     let mut own_etcd = None;
     let etcd_url = match etcd_url {
@@ -145,6 +170,14 @@ async fn main() -> Result<(), BoxError> {
         }
     };
     substation.initialized().await;
+    // The dashboard: every policy's tile, the switches and the settings' health, live.
+    let dashboard = Dashboard::new(&substation)
+        .serve(([127, 0, 0, 1], port).into())
+        .await?;
+    println!(
+        "dashboard: http://{}/  (status: /status, Hystrix stream: /stream)",
+        dashboard.local_addr()
+    );
     let policy = metrics::with_local_recorder(&recorder, || substation.policy("pricing"));
     let rollout = substation.switch("new-pricing");
 
@@ -327,6 +360,15 @@ async fn main() -> Result<(), BoxError> {
             p99 as f64 / 1000.0,
         );
     }
+    if keep {
+        println!(
+            "\nthe story is told; the dashboard stays at http://{}/ until Ctrl-C",
+            dashboard.local_addr()
+        );
+        // Ctrl-C ends the process (and the etcd it started, in the same process group).
+        std::future::pending::<()>().await;
+    }
+    drop(dashboard);
     drop(own_etcd);
     println!(
         "\nbreaker opened: {opened}; closed again: {closed_after}; fallback answers: {fallback_served}; kill switch held: {killed_ok}; rollout reached everyone: {all_new}"

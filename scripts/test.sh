@@ -15,6 +15,12 @@ ensure etcdctl etcd-client
 # The etcd suites skip themselves where etcd cannot be run; here that is a failure.
 export SUBSTATION_REQUIRE_ETCD=1
 
+step "tools: headless Chromium and chromedriver (the dashboard's browser test)"
+ensure chromium chromium
+ensure chromedriver chromium-driver
+# Likewise the browser test skips without a browser, except here.
+export SUBSTATION_REQUIRE_BROWSER=1
+
 step "formatting"
 cargo fmt --all -- --check
 
@@ -46,5 +52,8 @@ cargo run --quiet --example grpc_client --features tonic -- --quick
 step "etcdctl put changes behaviour live (kill switch, rollout, injected fault)"
 cargo run --quiet --example etcd_switches
 
+step "the dashboard example tells its story through /status (breaker opens and closes, kill, outage, rejection, rollout)"
+cargo run --quiet --example dashboard --features dashboard -- --quick
+
 step "the demo tells its story (it fails if the breaker does not open and close)"
-cargo run --quiet --example demo -- --duration 10
+cargo run --quiet --example demo --features dashboard -- --duration 10

@@ -6,10 +6,13 @@
 //! address of its own for an application without one. Routes, relative to where it is
 //! mounted (only `GET`):
 //!
-//! - `…/` (the trailing slash matters: the page fetches `stream` and `status` relative
-//!   to itself), or `…/index.html`: one self-contained HTML page — a tile per policy
-//!   (volume, error %, p99, breaker state, fallback share, a sparkline), the switches
-//!   with their rollout, the settings' health and rejections — fed by the stream.
+//! - `…/` or `…/index.html`: one self-contained HTML page — a tile per policy (volume,
+//!   error %, p99, breaker state, fallback share, a sparkline of the last three
+//!   minutes), the switches with their rollout, the settings' health and rejections —
+//!   fed by the stream and by `status` every 2 s. It finds `stream` and `status`
+//!   beside itself, also when opened without the trailing slash under a router that
+//!   strips its prefix (axum's `nest_service`). 50 tiles fit a 1440 × 900 laptop
+//!   screen; names, keys and reasons are shown as text, never parsed as markup.
 //! - `…/status`: JSON of the whole registry: settings health and revision, rejected
 //!   values, every policy in use (its settings and [statistics](crate::stats)), every
 //!   switch (value, evaluations by variant, changes).
