@@ -8,9 +8,11 @@
 //!   unless `SUBSTATION_REQUIRE_BROWSER=1` (as `scripts/test.sh` sets): then it fails.
 //! - Every wait is a condition polled against a generous deadline (a loaded 2-core CI
 //!   machine); starting the WebDriver session is retried.
-//! - chromedriver runs in a process group of its own, with Chromium in it; a watchdog
-//!   (`sh`) holding a pipe from this process kills the group and removes the temporary
-//!   directory when the test ends — passing, failing, or killed without unwinding.
+//! - chromedriver runs in a process group of its own; a watchdog (`sh`) holding a pipe
+//!   from this process kills the group and every process whose command line names the
+//!   temporary directory (Chromium, which starts a session of its own, by its profile
+//!   there), then removes the directory, when the test ends — passing, failing, or
+//!   killed without unwinding.
 
 #![cfg(feature = "dashboard")]
 
@@ -91,6 +93,13 @@ fn browser() -> Option<(PathBuf, PathBuf)> {
 const WATCHDOG: &str = r#"trap '' INT TERM HUP
 read -r line
 kill -9 -- "-$1" 2>/dev/null
+# Chromium leaves chromedriver's group (a session of its own): its processes are found
+# by their profile directory, which is inside "$2".
+for p in /proc/[0-9]*; do
+  case "$(tr '\0' ' ' < "$p/cmdline" 2>/dev/null)" in
+    *"$2"*) [ "${p#/proc/}" = "$$" ] || kill -9 "${p#/proc/}" 2>/dev/null ;;
+  esac
+done
 i=0
 while [ -e "/proc/$1" ] && [ "$(cut -d' ' -f3 "/proc/$1/stat" 2>/dev/null)" != Z ] \
   && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
