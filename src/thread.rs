@@ -83,7 +83,7 @@ fn acquire() -> usize {
 }
 
 /// How many threads get a stripe of their own in per-thread counters (`2 × cores`,
-/// between 4 and 64); later threads share one.
+/// between 8 and 64); later threads share one.
 pub(crate) fn exclusive_stripes() -> usize {
     static N: AtomicUsize = AtomicUsize::new(0);
     match N.load(Relaxed) {
@@ -91,7 +91,7 @@ pub(crate) fn exclusive_stripes() -> usize {
             let n = std::thread::available_parallelism()
                 .map_or(4, |n| n.get())
                 .saturating_mul(2)
-                .clamp(4, 64);
+                .clamp(8, 64);
             N.store(n, Relaxed);
             n
         }

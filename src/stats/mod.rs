@@ -48,6 +48,7 @@ use std::sync::{Mutex, PoisonError};
 use crate::thread::{Stripes, bump};
 
 pub(crate) use self::flush::{flush_all, forget_dead, register};
+#[cfg(feature = "dashboard")]
 pub(crate) use self::snapshot::ROLLING_MS;
 pub use self::snapshot::{CallCounts, FallbackCounts, Latency, Point, PolicyStats, TierCounts};
 

@@ -69,8 +69,10 @@ fn calls_transitions_and_state_are_emitted() {
         Some(DebugValue::Gauge(v)) => assert_eq!(v.into_inner(), 1.0),
         other => panic!("state gauge: {other:?}"),
     }
+    // The six calls that reached the service were ready at once: no duration samples
+    // (the histogram has the calls that waited; `stats.rs` checks those).
     match seen.get("substation_call_duration_seconds{policy=metrics-test}") {
-        Some(DebugValue::Histogram(v)) => assert_eq!(v.len(), 6),
+        Some(DebugValue::Histogram(v)) => assert!(v.is_empty(), "{v:?}"),
         other => panic!("duration: {other:?}"),
     }
 }

@@ -13,8 +13,12 @@ use tower::{Layer, ServiceExt, service_fn};
 
 #[tokio::test(start_paused = true)]
 async fn latencies_have_sub_millisecond_resolution_and_ready_calls_cost_no_clock() {
-    let policy =
-        Policy::with_clock("stats-latency", PolicySettings::default(), Clock::tokio()).unwrap();
+    // Under a recorder: the duration histogram gets the calls that waited, and only them.
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let policy = metrics::with_local_recorder(&recorder, || {
+        Policy::with_clock("stats-latency", PolicySettings::default(), Clock::tokio()).unwrap()
+    });
     let gate = std::sync::Arc::new(tokio::sync::Notify::new());
     let g = gate.clone();
     let svc = PolicyLayer::new(&policy).layer(service_fn(move |wait: bool| {
@@ -59,6 +63,31 @@ async fn latencies_have_sub_millisecond_resolution_and_ready_calls_cost_no_clock
         "max ≈ 12 ms: {:?}",
         stats.latency
     );
+
+    // The histogram: one sample per call that waited (a ready call is in
+    // `substation_calls_total` only: pushing a zero for each would cost the flusher a
+    // loop per call in exporters whose `record_many` is one).
+    substation::metrics::flush();
+    let mut samples: Vec<f64> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .find_map(|(key, _, _, value)| match value {
+            metrics_util::debugging::DebugValue::Histogram(v)
+                if key.key().name() == substation::metrics::CALL_DURATION =>
+            {
+                Some(v.into_iter().map(|x| x.into_inner()).collect())
+            }
+            _ => None,
+        })
+        .expect("a duration histogram");
+    samples.sort_by(f64::total_cmp);
+    assert_eq!(samples.len(), 10, "{samples:?}");
+    assert!(
+        samples[..9].iter().all(|s| (310e-6..=390e-6).contains(s)),
+        "{samples:?}"
+    );
+    assert!((10.5e-3..=13.5e-3).contains(&samples[9]), "{samples:?}");
 }
 
 #[tokio::test]
