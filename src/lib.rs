@@ -82,6 +82,7 @@ mod lease;
 pub mod live;
 pub mod metrics;
 pub mod policy;
+pub mod retry;
 pub mod settings;
 pub mod stack;
 pub mod stats;

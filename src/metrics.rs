@@ -30,6 +30,9 @@ pub const CALLS: &str = "substation_calls_total";
 /// `record_many` is a loop of `record` would otherwise pay per call, in the flusher.
 /// Rejected calls are not recorded.
 pub const CALL_DURATION: &str = "substation_call_duration_seconds";
+/// Counter of retries, labelled `policy` and `result`: `made` (an attempt after a
+/// call's first) or `budget_refused` (the retry budget said no; the call ended).
+pub const RETRIES: &str = "substation_retries_total";
 /// Gauge of a breaker's state, labelled `policy`: 0 closed, 1 open, 2 half-open.
 pub const BREAKER_STATE: &str = "substation_breaker_state";
 /// Counter of breaker transitions, labelled `policy` and `to` (`open`, `half_open`,
@@ -83,6 +86,11 @@ pub fn describe() {
         CALLS,
         Unit::Count,
         "Calls through a substation policy, by outcome."
+    );
+    metrics::describe_counter!(
+        RETRIES,
+        Unit::Count,
+        "Retries made, and retries the retry budget refused."
     );
     metrics::describe_histogram!(
         CALL_DURATION,
@@ -158,6 +166,7 @@ impl PolicyMetrics {
         let to = |state: &'static str| metrics::counter!(BREAKER_TRANSITIONS, "policy" => p.clone(), "to" => state);
         let fault =
             |kind: &'static str| metrics::counter!(FAULTS, "policy" => p.clone(), "kind" => kind);
+        let retries = |result: &'static str| metrics::counter!(RETRIES, "policy" => p.clone(), "result" => result);
         let fallback = |tier: &'static str, result: &'static str| metrics::counter!(FALLBACKS, "policy" => p.clone(), "tier" => tier, "result" => result);
         PolicyMetrics {
             counters: [
@@ -175,6 +184,8 @@ impl PolicyMetrics {
                 fallback("cache", "failed"),
                 fallback("service", "served"),
                 fallback("service", "failed"),
+                retries("made"),
+                retries("budget_refused"),
             ],
             duration: metrics::histogram!(CALL_DURATION, "policy" => p.clone()),
             state: metrics::gauge!(BREAKER_STATE, "policy" => p.clone()),

@@ -54,6 +54,8 @@ pub(crate) struct PolicyCore {
     pub(crate) inflight: AtomicU32,
     /// Counts by outcome, fallback answers, latencies (see [`crate::stats`]).
     pub(crate) stats: Stats,
+    /// The retry budget (used by [`crate::retry`] only when a call would be retried).
+    pub(crate) retry_budget: crate::retry::Budget,
     /// Serializes `Policy::update`, so that each compares the settings it replaced
     /// with the ones it stored.
     updates: Mutex<()>,
@@ -128,6 +130,7 @@ impl Policy {
                 shed: AtomicBool::new(false),
                 inflight: AtomicU32::new(0),
                 stats: Stats::new(),
+                retry_budget: crate::retry::Budget::default(),
                 updates: Mutex::new(()),
             }),
         };

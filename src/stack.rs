@@ -23,8 +23,13 @@
 //! - **Timeout innermost**: it bounds the dependency itself, and the breaker counts a
 //!   timeout as a failure (Hystrix, resilience4j, failsafe-go all do).
 //!
-//! Retries, if wanted, belong outside the whole stack (or between fallback and
-//! bulkhead): a retry inside the breaker would hide failures from it.
+//! - **Retries between the fallback and the bulkhead** ([`PolicyLayer::retry`], off
+//!   until `retry.max_attempts` is above 1): each attempt takes its own bulkhead slot
+//!   and is seen by the breaker (a retry inside the breaker would hide failures from
+//!   it) and bounded by the timeout; the fallback answers only when the retries are
+//!   spent or refused by the budget; a killed dependency is not retried. A rejection
+//!   by the stack (open circuit, full bulkhead) ends the call at once: the dependency
+//!   was not asked. See [`crate::retry`].
 //!
 //! Readiness follows the kill switch's rule ([`crate::kill`]): a kill preempts a caller
 //! waiting for the dependency to become ready (the bulkhead slot and any trial permit
@@ -65,6 +70,7 @@ use crate::Policy;
 use crate::classify::ErrorsAsFailures;
 use crate::fallback::{Fallback, FallbackLayer, FallbackService};
 use crate::guard::{Guard, stages};
+use crate::retry::{Retry, RetryLayer, SharedRetry};
 
 /// The protection of one dependency without a fallback: kill switch → bulkhead →
 /// circuit breaker → timeout, as one service.
@@ -74,6 +80,23 @@ pub type Protected<S, C = ErrorsAsFailures> = Guard<S, C, stages::All>;
 /// bulkhead, circuit breaker and timeout, as one service.
 pub type PolicyService<S, Req, Resp, P, C = ErrorsAsFailures> =
     FallbackService<S, Req, Resp, P, C, stages::All>;
+
+/// The protection of one dependency with retries and without a fallback: kill switch,
+/// then the retry stage, then bulkhead, circuit breaker and timeout for each attempt.
+pub type RetryingService<S, R, C = ErrorsAsFailures> =
+    Guard<Retry<Guard<S, C, stages::Attempt>, SharedRetry<R>>, C, stages::Kill>;
+
+/// The protection of one dependency with retries and a fallback: kill switch and
+/// fallback, then the retry stage, then bulkhead, circuit breaker and timeout for each
+/// attempt.
+pub type RetryingPolicyService<S, R, Req, Resp, P, C = ErrorsAsFailures> = FallbackService<
+    Retry<Guard<S, C, stages::Attempt>, SharedRetry<R>>,
+    Req,
+    Resp,
+    P,
+    C,
+    stages::Kill,
+>;
 
 /// Builds the whole protection of a dependency from its policy; see the
 /// [module docs](self).
@@ -109,8 +132,47 @@ impl<C: Clone> PolicyLayer<C> {
         fallback: Fallback<Req, Resp, P>,
     ) -> PolicyLayerWithFallback<Req, Resp, P, C> {
         PolicyLayerWithFallback {
+            policy: self.policy.clone(),
             fallback: FallbackLayer::new(&self.policy, fallback).classify(self.classify),
         }
+    }
+
+    /// Adds the retry stage between the kill switch and the bulkhead, deciding with
+    /// `retry` ([`crate::retry::Errors`], [`crate::retry::Http`], or your own
+    /// [`Retryable`](crate::retry::Retryable)). It retries once the policy's `retry.max_attempts` is above 1.
+    pub fn retry<R>(self, retry: R) -> PolicyLayerWithRetry<R, C> {
+        PolicyLayerWithRetry {
+            retry: RetryLayer::new(&self.policy, retry),
+            policy: self.policy,
+            classify: self.classify,
+        }
+    }
+}
+
+/// [`PolicyLayer`] with the retry stage.
+#[derive(Clone, Debug)]
+pub struct PolicyLayerWithRetry<R, C = ErrorsAsFailures> {
+    policy: Policy,
+    classify: C,
+    retry: RetryLayer<R>,
+}
+
+impl<S, R, C> Layer<S> for PolicyLayerWithRetry<R, C>
+where
+    S: Clone + Send + 'static,
+    C: Clone + Send + Sync + 'static,
+    R: Send + Sync + 'static,
+{
+    type Service = RetryingService<S, R, C>;
+
+    fn layer(&self, service: S) -> Self::Service {
+        let attempt: Guard<S, C, stages::Attempt> =
+            Guard::with_classify(service, &self.policy, self.classify.clone());
+        Guard::with_classify(
+            self.retry.layer(attempt),
+            &self.policy,
+            self.classify.clone(),
+        )
     }
 }
 
@@ -125,14 +187,68 @@ impl<S, C: Clone> Layer<S> for PolicyLayer<C> {
 /// [`PolicyLayer`] with a fallback.
 #[derive(Debug)]
 pub struct PolicyLayerWithFallback<Req: 'static, Resp: 'static, P: 'static, C = ErrorsAsFailures> {
+    policy: Policy,
     fallback: FallbackLayer<Req, Resp, P, C>,
 }
 
 impl<Req, Resp, P, C: Clone> Clone for PolicyLayerWithFallback<Req, Resp, P, C> {
     fn clone(&self) -> Self {
         PolicyLayerWithFallback {
+            policy: self.policy.clone(),
             fallback: self.fallback.clone(),
         }
+    }
+}
+
+impl<Req, Resp, P, C: Clone> PolicyLayerWithFallback<Req, Resp, P, C> {
+    /// Adds the retry stage inside the fallback, outside the bulkhead: the fallback
+    /// answers once the retries are spent or refused. See [`PolicyLayer::retry`].
+    pub fn retry<R>(self, retry: R) -> PolicyLayerWithFallbackAndRetry<Req, Resp, P, R, C> {
+        PolicyLayerWithFallbackAndRetry {
+            retry: RetryLayer::new(&self.policy, retry),
+            policy: self.policy,
+            fallback: self.fallback,
+        }
+    }
+}
+
+/// [`PolicyLayer`] with a fallback and the retry stage.
+#[derive(Debug)]
+pub struct PolicyLayerWithFallbackAndRetry<
+    Req: 'static,
+    Resp: 'static,
+    P: 'static,
+    R,
+    C = ErrorsAsFailures,
+> {
+    policy: Policy,
+    fallback: FallbackLayer<Req, Resp, P, C>,
+    retry: RetryLayer<R>,
+}
+
+impl<Req, Resp, P, R, C: Clone> Clone for PolicyLayerWithFallbackAndRetry<Req, Resp, P, R, C> {
+    fn clone(&self) -> Self {
+        PolicyLayerWithFallbackAndRetry {
+            policy: self.policy.clone(),
+            fallback: self.fallback.clone(),
+            retry: self.retry.clone(),
+        }
+    }
+}
+
+impl<S, Req, Resp, P, R, C> Layer<S> for PolicyLayerWithFallbackAndRetry<Req, Resp, P, R, C>
+where
+    S: Clone + Send + 'static,
+    C: Clone + Send + Sync + 'static,
+    R: Send + Sync + 'static,
+{
+    type Service = RetryingPolicyService<S, R, Req, Resp, P, C>;
+
+    fn layer(&self, service: S) -> Self::Service {
+        let attempt: Guard<S, C, stages::Attempt> =
+            Guard::with_classify(service, &self.policy, self.fallback.classifier().clone());
+        self.fallback
+            .service::<_, stages::Kill>(self.retry.layer(attempt))
     }
 }
 

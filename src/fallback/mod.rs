@@ -251,6 +251,11 @@ impl<Req: 'static, Resp: 'static, P: 'static> FallbackLayer<Req, Resp, P> {
 }
 
 impl<Req: 'static, Resp: 'static, P: 'static, C> FallbackLayer<Req, Resp, P, C> {
+    /// The classifier.
+    pub(crate) fn classifier(&self) -> &C {
+        &self.classify
+    }
+
     /// Decides with `classify` which responses are failures (e.g. HTTP 5xx).
     pub fn classify<C2>(self, classify: C2) -> FallbackLayer<Req, Resp, P, C2> {
         FallbackLayer {

@@ -118,6 +118,9 @@ pub mod stages {
         /// Everything, outermost first: kill switch → bulkhead → breaker → timeout
         /// ([`Protected`](crate::stack::Protected)).
         All: true true true Deadline Record;
+        /// Everything but the kill switch: bulkhead → breaker → timeout, under the
+        /// retry stage (the kill switch is outside it, with the fallback).
+        Attempt: false true true Deadline Record;
     }
 }
 

@@ -31,6 +31,7 @@ mod fallback;
 mod fault;
 mod global;
 mod policy;
+mod retry;
 mod timeout;
 
 pub use self::breaker::{BreakerMode, BreakerSettings, MAX_BUCKETS};
@@ -41,4 +42,5 @@ pub use self::fallback::{FallbackSettings, Tier, Triggers};
 pub use self::fault::{FaultSettings, FaultTarget};
 pub use self::global::GlobalSettings;
 pub use self::policy::PolicySettings;
+pub use self::retry::{Jitter, RetrySettings};
 pub use self::timeout::TimeoutSettings;

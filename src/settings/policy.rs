@@ -4,7 +4,10 @@ use serde::{Deserialize, Serialize};
 
 use super::decode::{self, Settings};
 use super::error::SettingsError;
-use super::{BreakerSettings, BulkheadSettings, FallbackSettings, FaultSettings, TimeoutSettings};
+use super::{
+    BreakerSettings, BulkheadSettings, FallbackSettings, FaultSettings, RetrySettings,
+    TimeoutSettings,
+};
 
 /// Everything that protects one dependency ("policy"); see the [module docs](super).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -29,6 +32,8 @@ pub struct PolicySettings {
     pub fallback: FallbackSettings,
     /// Fault injection (off by default).
     pub fault: FaultSettings,
+    /// The retry stage (off by default: `retry.max_attempts` is 1).
+    pub retry: RetrySettings,
 }
 
 impl Default for PolicySettings {
@@ -41,6 +46,7 @@ impl Default for PolicySettings {
             bulkhead: BulkheadSettings::default(),
             fallback: FallbackSettings::default(),
             fault: FaultSettings::default(),
+            retry: RetrySettings::default(),
         }
     }
 }
@@ -84,7 +90,8 @@ impl PolicySettings {
         self.breaker.check()?;
         self.bulkhead.check()?;
         self.fallback.check()?;
-        self.fault.check()
+        self.fault.check()?;
+        self.retry.check()
     }
 }
 

@@ -63,7 +63,11 @@ pub(crate) const FAULT_ABORT: usize = 6;
 pub(crate) const FAULT_DELAY: usize = 7;
 /// `FALLBACK + 2 × tier + (0 served | 1 failed)`, tiers static, cache, service.
 pub(crate) const FALLBACK: usize = 8;
-pub(crate) const COUNTERS: usize = 14;
+/// A retry made (an attempt after the first; the attempt is counted by outcome too).
+pub(crate) const RETRY: usize = 14;
+/// A retry the budget refused.
+pub(crate) const RETRY_REFUSED: usize = 15;
+pub(crate) const COUNTERS: usize = 16;
 
 /// Latency buckets: four per power of two of microseconds, from 1 µs to 2³⁰ µs (≈ 18
 /// minutes; longer calls land in the last). Zero latency is not a bucket: it is every
@@ -183,6 +187,20 @@ impl Stats {
         if latency_us != 0 {
             bump(&stripe.latency[bucket(latency_us)], owned, 1);
         }
+    }
+
+    /// The sum of the counters `which`, over the stripes (no allocation; for slow paths
+    /// such as the retry budget).
+    pub(crate) fn sum(&self, which: &[usize]) -> u64 {
+        self.stripes
+            .iter()
+            .map(|stripe| {
+                which
+                    .iter()
+                    .map(|&i| stripe.counts[i].load(Relaxed))
+                    .sum::<u64>()
+            })
+            .sum()
     }
 
     /// Everything counted so far.

@@ -3,8 +3,8 @@
 use serde::Serialize;
 
 use super::{
-    BUCKETS, BULKHEAD_FULL, FAILURE, FALLBACK, FAULT_ABORT, FAULT_DELAY, KILLED, REJECTED, SUCCESS,
-    Sample, TIMEOUT, bucket_value,
+    BUCKETS, BULKHEAD_FULL, FAILURE, FALLBACK, FAULT_ABORT, FAULT_DELAY, KILLED, REJECTED, RETRY,
+    RETRY_REFUSED, SUCCESS, Sample, TIMEOUT, bucket_value,
 };
 use crate::breaker::BreakerState;
 
@@ -28,6 +28,11 @@ pub struct CallCounts {
     pub fault_abort: u64,
     /// Faults injected: delays.
     pub fault_delay: u64,
+    /// Retries made (attempts after a call's first; each is also counted above by its
+    /// outcome, so `success + failure + timeout` counts attempts).
+    pub retries: u64,
+    /// Retries the budget refused (the call ended with its last attempt's result).
+    pub retries_refused: u64,
 }
 
 impl CallCounts {
@@ -41,6 +46,8 @@ impl CallCounts {
             bulkhead_full: c[BULKHEAD_FULL],
             fault_abort: c[FAULT_ABORT],
             fault_delay: c[FAULT_DELAY],
+            retries: c[RETRY],
+            retries_refused: c[RETRY_REFUSED],
         }
     }
 

@@ -7,6 +7,7 @@ mod live;
 mod metrics;
 mod ownership;
 mod readiness;
+mod retry;
 mod stats;
 mod support;
 mod timeout;
