@@ -31,7 +31,8 @@ pub const CALLS: &str = "substation_calls_total";
 /// Rejected calls are not recorded.
 pub const CALL_DURATION: &str = "substation_call_duration_seconds";
 /// Counter of retries, labelled `policy` and `result`: `made` (an attempt after a
-/// call's first) or `budget_refused` (the retry budget said no; the call ended).
+/// call's first), `hedge` (an extra copy of a slow call sent) or `budget_refused` (the
+/// budget said no to a retry, which ended the call, or to a hedge).
 pub const RETRIES: &str = "substation_retries_total";
 /// Gauge of a breaker's state, labelled `policy`: 0 closed, 1 open, 2 half-open.
 pub const BREAKER_STATE: &str = "substation_breaker_state";
@@ -186,6 +187,7 @@ impl PolicyMetrics {
                 fallback("service", "failed"),
                 retries("made"),
                 retries("budget_refused"),
+                retries("hedge"),
             ],
             duration: metrics::histogram!(CALL_DURATION, "policy" => p.clone()),
             state: metrics::gauge!(BREAKER_STATE, "policy" => p.clone()),

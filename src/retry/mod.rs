@@ -295,11 +295,13 @@ where
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
         let settings = self.settings.load();
-        if !settings.retry.enabled() {
+        let hedging = settings.hedge.enabled();
+        if !settings.retry.enabled() && !hedging {
             return ResponseFuture {
                 attempt: Some(self.inner.call(req)),
                 backoff: None,
                 deadline: None,
+                hedge_timer: None,
                 state: None,
             };
         }
@@ -310,22 +312,27 @@ where
             attempt: Some(attempt),
             backoff: None,
             deadline: None,
+            hedge_timer: None,
             state: Some(State {
                 template,
+                hedging: hedging && next.is_some(),
                 next,
                 waiting: None,
                 service: None,
                 attempts: 1,
                 last_wait: Duration::ZERO,
+                hedges: Vec::new(),
+                extra: 0,
+                held: None,
             }),
         }
     }
 }
 
-/// A retrying call's state beyond its first attempt's future.
+/// A retrying (or hedging) call's state beyond its first attempt's future.
 struct State<S, Req, R>
 where
-    S: Send + 'static,
+    S: Service<Req> + Send + 'static,
     R: Send + Sync + 'static,
 {
     template: Lease<Template<S, R>>,
@@ -333,12 +340,42 @@ where
     next: Option<Req>,
     /// The request of the attempt being waited for (backoff, readiness).
     waiting: Option<Req>,
-    /// The service retries are made with (a copy of the template's, made at the first
-    /// retry).
+    /// The service retries and hedges are made with (a copy of the template's, made at
+    /// the first of them).
     service: Option<S>,
     attempts: u32,
     /// The last wait, for decorrelated jitter.
     last_wait: Duration,
+    /// Whether this call may still send hedges.
+    hedging: bool,
+    /// Hedges in flight (allocated only when one is sent).
+    hedges: Vec<Pin<Box<S::Future>>>,
+    /// Hedges sent.
+    extra: u32,
+    /// A retryable failure kept while other copies of the call are still out.
+    held: Option<Result<S::Response, BoxError>>,
+}
+
+/// The service for retries and hedges (a copy of the template's, made at the first of
+/// them), polled for readiness.
+fn ready<S, Req, R>(
+    service: &mut Option<S>,
+    template: &Template<S, R>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<(), BoxError>>
+where
+    S: Service<Req> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    R: Send + Sync + 'static,
+{
+    let service = service.get_or_insert_with(|| {
+        template
+            .service
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    });
+    service.poll_ready(cx).map_err(Into::into)
 }
 
 pin_project! {
@@ -358,6 +395,8 @@ pin_project! {
         backoff: Option<Sleep>,
         #[pin]
         deadline: Option<Sleep>,
+        #[pin]
+        hedge_timer: Option<Sleep>,
         state: Option<State<S, Req, R>>,
     }
 }
@@ -397,6 +436,33 @@ fn backoff(s: &RetrySettings, retry: u32, last: Duration) -> Duration {
     Duration::from_millis(ms)
 }
 
+/// What an attempt's end means for the call.
+enum Ended<T> {
+    /// The call's answer.
+    Answer(T),
+    /// A retryable failure, kept in the state.
+    Held,
+}
+
+/// An attempt (the first, a retry or a hedge) ended with `result`.
+fn ended<S, Req, R>(
+    state: &mut State<S, Req, R>,
+    result: Result<S::Response, BoxError>,
+) -> Ended<Result<S::Response, BoxError>>
+where
+    S: Service<Req> + Send + 'static,
+    R: Retryable<Req, S::Response>,
+{
+    match state.template.retry.verdict(&result) {
+        Verdict::Done => Ended::Answer(result),
+        _ => {
+            // Decided (retried or answered) when no other copy is out.
+            state.held = Some(result);
+            Ended::Held
+        }
+    }
+}
+
 impl<S, Req, R> Future for ResponseFuture<S, Req, R>
 where
     S: Service<Req> + Clone + Send + 'static,
@@ -408,70 +474,145 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         loop {
+            // The attempt out (the first, or a retry).
             if let Some(attempt) = this.attempt.as_mut().as_pin_mut() {
-                let result = match attempt.poll(cx) {
-                    Poll::Ready(r) => r.map_err(Into::into),
-                    Poll::Pending => {
-                        let Some(state) = this.state.as_mut() else {
-                            return Poll::Pending;
-                        };
-                        return deadline(this.deadline.as_mut(), state, cx);
+                if let Poll::Ready(r) = attempt.poll(cx) {
+                    this.attempt.set(None);
+                    let r = r.map_err(Into::into);
+                    let Some(state) = this.state.as_mut() else {
+                        return Poll::Ready(r);
+                    };
+                    if let Ended::Answer(r) = ended(state, r) {
+                        return Poll::Ready(r);
                     }
-                };
-                this.attempt.set(None);
-                let Some(state) = this.state.as_mut() else {
-                    return Poll::Ready(result);
-                };
-                match decide(state, this.deadline.as_mut(), &result) {
-                    Some(wait) => {
-                        this.backoff.set(Some(tokio::time::sleep(wait)));
-                    }
-                    None => return Poll::Ready(result),
                 }
             }
             let Some(state) = this.state.as_mut() else {
-                // Unreachable: without a state there is only the first attempt.
-                return Poll::Ready(Err("retry future polled after completion".into()));
+                return Poll::Pending;
             };
+            // Its hedges: the first good answer wins (the others are dropped with
+            // this future).
+            let mut i = 0;
+            while i < state.hedges.len() {
+                match state.hedges[i].as_mut().poll(cx) {
+                    Poll::Ready(r) => {
+                        drop(state.hedges.swap_remove(i));
+                        if let Ended::Answer(r) = ended(state, r.map_err(Into::into)) {
+                            return Poll::Ready(r);
+                        }
+                    }
+                    Poll::Pending => i += 1,
+                }
+            }
+            let in_flight = this.attempt.is_some() || !state.hedges.is_empty();
+            if in_flight {
+                if state.hedging && state.attempts == 1 {
+                    match hedge(state, this.hedge_timer.as_mut(), cx) {
+                        Poll::Ready(true) => continue, // a hedge went out: poll it
+                        Poll::Ready(false) | Poll::Pending => {}
+                    }
+                }
+                return deadline(this.deadline.as_mut(), state, cx);
+            }
+            // Nothing out: retry the failure kept, after a wait, or answer with it.
+            if let Some(held) = state.held.take() {
+                match decide(state, this.deadline.as_mut(), &held) {
+                    Some(wait) => this.backoff.set(Some(tokio::time::sleep(wait))),
+                    None => return Poll::Ready(held),
+                }
+            }
             if let Some(wait) = this.backoff.as_mut().as_pin_mut() {
                 if wait.poll(cx).is_pending() {
                     return deadline(this.deadline.as_mut(), state, cx);
                 }
                 this.backoff.set(None);
             }
-            let service = state.service.get_or_insert_with(|| {
-                state
-                    .template
-                    .service
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .clone()
-            });
-            match service.poll_ready(cx) {
+            match ready(&mut state.service, &state.template, cx) {
                 Poll::Pending => return deadline(this.deadline.as_mut(), state, cx),
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Ready(Ok(())) => {}
             }
-            let Some(req) = state.waiting.take() else {
+            let (Some(service), Some(req)) = (state.service.as_mut(), state.waiting.take()) else {
                 return Poll::Ready(Err("retry future polled after completion".into()));
             };
-            state.attempts += 1;
             state.next = state.template.retry.clone_request(&req);
             let attempt = service.call(req);
+            state.attempts += 1;
             this.attempt.set(Some(attempt));
         }
     }
 }
 
+/// Sends a hedge when its timer fires: `Ready(true)` if one went out, `Ready(false)` if
+/// hedging is over for this call, `Pending` while waiting (timer or readiness).
+fn hedge<S, Req, R>(
+    state: &mut State<S, Req, R>,
+    mut timer: Pin<&mut Option<Sleep>>,
+    cx: &mut Context<'_>,
+) -> Poll<bool>
+where
+    S: Service<Req> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    R: Retryable<Req, S::Response>,
+{
+    let core = state.template.policy.shared();
+    if timer.is_none() {
+        let settings = core.settings.load();
+        let h = &settings.hedge;
+        let delay = h
+            .at_percentile
+            .and_then(|p| core.stats.observed(p))
+            .or(h.delay_ms.map(Duration::from_millis));
+        match delay {
+            Some(delay) if state.extra < h.max_extra => {
+                timer.set(Some(tokio::time::sleep(delay)));
+            }
+            _ => {
+                state.hedging = false;
+                return Poll::Ready(false);
+            }
+        }
+    }
+    if let Some(sleep) = timer.as_mut().as_pin_mut() {
+        ready!(sleep.poll(cx));
+    }
+    let Some(copy) = state
+        .next
+        .as_ref()
+        .and_then(|next| state.template.retry.clone_request(next))
+    else {
+        state.hedging = false;
+        return Poll::Ready(false);
+    };
+    let ready = ready(&mut state.service, &state.template, cx);
+    let (Poll::Ready(Ok(())), Some(service)) = (ready, state.service.as_mut()) else {
+        // Not ready (or broken): no hedge for this call; its first attempt goes on.
+        state.hedging = false;
+        return Poll::Ready(false);
+    };
+    let settings = core.settings.load();
+    if !core.retry_budget.withdraw(core, &settings.retry) {
+        core.stats.count(stats::RETRY_REFUSED);
+        state.hedging = false;
+        return Poll::Ready(false);
+    }
+    let sent = Box::pin(service.call(copy));
+    state.hedges.push(sent);
+    state.extra += 1;
+    core.stats.count(stats::HEDGE);
+    timer.set(None);
+    Poll::Ready(true)
+}
+
 /// Arms the call's overall deadline (at its first wait) and checks it: `Pending`, or
-/// the call's end with [`Elapsed`] (the attempt in flight is dropped, so cancelled).
+/// the call's end with [`Elapsed`] (the attempts in flight are dropped, so cancelled).
 fn deadline<S, Req, R, T>(
     mut slot: Pin<&mut Option<Sleep>>,
     state: &mut State<S, Req, R>,
     cx: &mut Context<'_>,
 ) -> Poll<Result<T, BoxError>>
 where
-    S: Send + 'static,
+    S: Service<Req> + Send + 'static,
     R: Send + Sync + 'static,
 {
     if slot.is_none() {
@@ -491,15 +632,15 @@ where
     }
 }
 
-/// After an attempt ended with `result`: the wait before the next one, or `None` if the
-/// call ends with `result`.
+/// After the call's copies all ended, the last with the retryable failure `result`:
+/// the wait before the next attempt, or `None` if the call ends with `result`.
 fn decide<S, Req, R, Resp>(
     state: &mut State<S, Req, R>,
     deadline_slot: Pin<&mut Option<Sleep>>,
     result: &Result<Resp, BoxError>,
 ) -> Option<Duration>
 where
-    S: Send + 'static,
+    S: Service<Req> + Send + 'static,
     R: Retryable<Req, Resp>,
 {
     let core = state.template.policy.shared();

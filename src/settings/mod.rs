@@ -42,5 +42,5 @@ pub use self::fallback::{FallbackSettings, Tier, Triggers};
 pub use self::fault::{FaultSettings, FaultTarget};
 pub use self::global::GlobalSettings;
 pub use self::policy::PolicySettings;
-pub use self::retry::{Jitter, RetrySettings};
+pub use self::retry::{HEDGE_PERCENTILES, HedgeSettings, Jitter, RetrySettings};
 pub use self::timeout::TimeoutSettings;

@@ -5,8 +5,8 @@ use serde::{Deserialize, Serialize};
 use super::decode::{self, Settings};
 use super::error::SettingsError;
 use super::{
-    BreakerSettings, BulkheadSettings, FallbackSettings, FaultSettings, RetrySettings,
-    TimeoutSettings,
+    BreakerSettings, BulkheadSettings, FallbackSettings, FaultSettings, HedgeSettings,
+    RetrySettings, TimeoutSettings,
 };
 
 /// Everything that protects one dependency ("policy"); see the [module docs](super).
@@ -34,6 +34,9 @@ pub struct PolicySettings {
     pub fault: FaultSettings,
     /// The retry stage (off by default: `retry.max_attempts` is 1).
     pub retry: RetrySettings,
+    /// Hedged requests (off by default: `hedge.max_extra` is 0), made by the retry
+    /// stage and paid from its budget.
+    pub hedge: HedgeSettings,
 }
 
 impl Default for PolicySettings {
@@ -47,6 +50,7 @@ impl Default for PolicySettings {
             fallback: FallbackSettings::default(),
             fault: FaultSettings::default(),
             retry: RetrySettings::default(),
+            hedge: HedgeSettings::default(),
         }
     }
 }
@@ -91,7 +95,8 @@ impl PolicySettings {
         self.bulkhead.check()?;
         self.fallback.check()?;
         self.fault.check()?;
-        self.retry.check()
+        self.retry.check()?;
+        self.hedge.check()
     }
 }
 

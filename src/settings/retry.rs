@@ -106,3 +106,57 @@ impl RetrySettings {
         range_u64("retry.pushback_max_ms", self.pushback_max_ms, 0, 3_600_000)
     }
 }
+
+/// The percentiles of observed latency a hedge may wait for.
+pub const HEDGE_PERCENTILES: [f64; 4] = [50.0, 90.0, 95.0, 99.0];
+
+/// Hedged requests (`hedge.*`): off unless `max_extra` is above 0 and a delay is set.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct HedgeSettings {
+    /// Extra copies of a call sent while its first attempt is still out, one per delay,
+    /// `0..=3`. Default 0: no hedging.
+    pub max_extra: u32,
+    /// The wait before each extra copy, ms, `1..=600_000`; used until the percentile
+    /// below is known, or alone.
+    pub delay_ms: Option<u64>,
+    /// Wait for the policy's observed latency at this percentile (one of 50, 90, 95, 99)
+    /// instead: the calls that waited for the dependency over the last second with
+    /// at least 20 of them, else the last such second, else `delay_ms`.
+    pub at_percentile: Option<f64>,
+}
+
+impl Default for HedgeSettings {
+    fn default() -> Self {
+        HedgeSettings {
+            max_extra: 0,
+            delay_ms: None,
+            at_percentile: None,
+        }
+    }
+}
+
+impl HedgeSettings {
+    /// Whether calls are hedged at all.
+    pub fn enabled(&self) -> bool {
+        self.max_extra > 0 && (self.delay_ms.is_some() || self.at_percentile.is_some())
+    }
+
+    /// Checks every field (named `hedge.*`).
+    pub(super) fn check(&self) -> Result<(), SettingsError> {
+        range_u64("hedge.max_extra", u64::from(self.max_extra), 0, 3)?;
+        if let Some(ms) = self.delay_ms {
+            range_u64("hedge.delay_ms", ms, 1, 600_000)?;
+        }
+        if let Some(p) = self.at_percentile
+            && !HEDGE_PERCENTILES.contains(&p)
+        {
+            return Err(SettingsError::new(
+                "hedge.at_percentile",
+                format!("{p} is not one of 50, 90, 95, 99"),
+            ));
+        }
+        Ok(())
+    }
+}

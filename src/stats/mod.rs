@@ -65,9 +65,11 @@ pub(crate) const FAULT_DELAY: usize = 7;
 pub(crate) const FALLBACK: usize = 8;
 /// A retry made (an attempt after the first; the attempt is counted by outcome too).
 pub(crate) const RETRY: usize = 14;
-/// A retry the budget refused.
+/// A retry or hedge the budget refused.
 pub(crate) const RETRY_REFUSED: usize = 15;
-pub(crate) const COUNTERS: usize = 16;
+/// A hedge sent (an extra copy of a call whose first attempt was still out).
+pub(crate) const HEDGE: usize = 16;
+pub(crate) const COUNTERS: usize = 17;
 
 /// Latency buckets: four per power of two of microseconds, from 1 µs to 2³⁰ µs (≈ 18
 /// minutes; longer calls land in the last). Zero latency is not a bucket: it is every
@@ -152,6 +154,10 @@ pub(crate) struct Stats {
     /// When the policy was made (ms since the Unix epoch): the history starts with an
     /// empty sample then.
     created_ms: u64,
+    /// The latency of calls that waited, at the percentiles of
+    /// [`HEDGE_PERCENTILES`](crate::settings::HEDGE_PERCENTILES), µs, over the last
+    /// flush interval that had at least 20 of them (0: none yet). Read by hedging.
+    observed_us: [AtomicU64; 4],
 }
 
 impl std::fmt::Debug for Stats {
@@ -169,6 +175,7 @@ impl Stats {
             pushed: Mutex::new(Totals::default()),
             history: Mutex::new(None),
             created_ms: unix_ms(),
+            observed_us: Default::default(),
         }
     }
 
@@ -224,6 +231,7 @@ impl Stats {
         {
             let mut pushed = self.pushed.lock().unwrap_or_else(PoisonError::into_inner);
             metrics.push(&totals, &pushed);
+            self.observe(&totals, &pushed);
             *pushed = totals.clone();
         }
         let mut history = self.history.lock().unwrap_or_else(PoisonError::into_inner);
@@ -235,6 +243,49 @@ impl Stats {
                 at_ms: unix_ms(),
                 totals,
             });
+        }
+    }
+
+    /// Keeps the percentiles of the latencies between `before` and `now`, if there
+    /// are enough of them.
+    fn observe(&self, now: &Totals, before: &Totals) {
+        let mut delta = [0u64; BUCKETS];
+        for (d, (a, z)) in delta
+            .iter_mut()
+            .zip(now.latency.iter().zip(before.latency.iter()))
+        {
+            *d = a.saturating_sub(*z);
+        }
+        let n: u64 = delta.iter().sum();
+        if n < 20 {
+            return;
+        }
+        for (slot, p) in self
+            .observed_us
+            .iter()
+            .zip(crate::settings::HEDGE_PERCENTILES)
+        {
+            let rank = ((p / 100.0 * n as f64).ceil() as u64).clamp(1, n);
+            let mut seen = 0;
+            for (b, k) in delta.iter().enumerate() {
+                seen += k;
+                if seen >= rank {
+                    slot.store(bucket_value(b) as u64, Relaxed);
+                    break;
+                }
+            }
+        }
+    }
+
+    /// The observed latency at `percentile` (one of
+    /// [`HEDGE_PERCENTILES`](crate::settings::HEDGE_PERCENTILES)), if known.
+    pub(crate) fn observed(&self, percentile: f64) -> Option<std::time::Duration> {
+        let i = crate::settings::HEDGE_PERCENTILES
+            .iter()
+            .position(|p| *p == percentile)?;
+        match self.observed_us[i].load(Relaxed) {
+            0 => None,
+            us => Some(std::time::Duration::from_micros(us)),
         }
     }
 

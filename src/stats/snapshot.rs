@@ -3,8 +3,8 @@
 use serde::Serialize;
 
 use super::{
-    BUCKETS, BULKHEAD_FULL, FAILURE, FALLBACK, FAULT_ABORT, FAULT_DELAY, KILLED, REJECTED, RETRY,
-    RETRY_REFUSED, SUCCESS, Sample, TIMEOUT, bucket_value,
+    BUCKETS, BULKHEAD_FULL, FAILURE, FALLBACK, FAULT_ABORT, FAULT_DELAY, HEDGE, KILLED, REJECTED,
+    RETRY, RETRY_REFUSED, SUCCESS, Sample, TIMEOUT, bucket_value,
 };
 use crate::breaker::BreakerState;
 
@@ -31,8 +31,12 @@ pub struct CallCounts {
     /// Retries made (attempts after a call's first; each is also counted above by its
     /// outcome, so `success + failure + timeout` counts attempts).
     pub retries: u64,
-    /// Retries the budget refused (the call ended with its last attempt's result).
+    /// Retries and hedges the budget refused (a refused retry ends the call with its
+    /// last attempt's result).
     pub retries_refused: u64,
+    /// Hedges sent: extra copies of calls whose first attempt was slow (each is also
+    /// counted above by its outcome if it finished).
+    pub hedges: u64,
 }
 
 impl CallCounts {
@@ -48,6 +52,7 @@ impl CallCounts {
             fault_delay: c[FAULT_DELAY],
             retries: c[RETRY],
             retries_refused: c[RETRY_REFUSED],
+            hedges: c[HEDGE],
         }
     }
 

@@ -328,3 +328,168 @@ async fn an_attempt_dropped_by_the_caller_is_cancelled() {
     assert_eq!(dep.calls(), 2, "nothing ran after the caller gave up");
     assert_eq!(p.in_flight(), 0);
 }
+
+/// A dependency whose `n`th call (from 0) takes `slow(n)`; counts futures dropped
+/// before they finished.
+#[derive(Clone)]
+struct Tail {
+    calls: Arc<AtomicU32>,
+    cancelled: Arc<AtomicU32>,
+    slow: Arc<dyn Fn(u32) -> Duration + Send + Sync>,
+}
+
+struct OnDrop(Arc<AtomicU32>, bool);
+
+impl Drop for OnDrop {
+    fn drop(&mut self) {
+        if !self.1 {
+            self.0.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+impl Tail {
+    fn new(slow: impl Fn(u32) -> Duration + Send + Sync + 'static) -> Self {
+        Tail {
+            calls: Arc::default(),
+            cancelled: Arc::default(),
+            slow: Arc::new(slow),
+        }
+    }
+
+    fn service(
+        &self,
+    ) -> impl Service<u32, Response = u32, Error = BoxError, Future: Send> + Clone + Send + 'static
+    {
+        let t = self.clone();
+        service_fn(move |req: u32| {
+            let n = t.calls.fetch_add(1, Relaxed);
+            let wait = (t.slow)(n);
+            let guard = OnDrop(t.cancelled.clone(), false);
+            async move {
+                let mut guard = guard; // moved in whole
+                tokio::time::sleep(wait).await;
+                guard.1 = true;
+                Ok::<u32, BoxError>(req + n * 1000)
+            }
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hedge_wins_over_a_slow_first_attempt_which_is_cancelled() {
+    let p = policy("hedge-winner", |s| {
+        s.hedge.max_extra = 1;
+        s.hedge.delay_ms = Some(50);
+    });
+    // The first call is slow (1 s), the hedge fast (10 ms).
+    let dep = Tail::new(|n| Duration::from_millis(if n == 0 { 1_000 } else { 10 }));
+    let svc = PolicyLayer::new(&p).retry(copy()).layer(dep.service());
+    let start = Instant::now();
+    assert_eq!(
+        svc.oneshot(5).await.unwrap(),
+        1_005,
+        "the hedge (call 1) answered"
+    );
+    assert_eq!(start.elapsed(), Duration::from_millis(60));
+    assert_eq!(
+        dep.cancelled.load(Relaxed),
+        1,
+        "the slow attempt was dropped"
+    );
+    assert_eq!(p.stats().totals.hedges, 1);
+    assert_eq!(p.in_flight(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn hedges_go_out_one_per_delay_up_to_the_maximum() {
+    let p = policy("hedge-max", |s| {
+        s.hedge.max_extra = 3;
+        s.hedge.delay_ms = Some(50);
+    });
+    // Every call takes 1 s: hedges at 50, 100 and 150 ms; the first attempt answers.
+    let dep = Tail::new(|_| Duration::from_secs(1));
+    let svc = PolicyLayer::new(&p).retry(copy()).layer(dep.service());
+    let start = Instant::now();
+    assert_eq!(svc.oneshot(5).await.unwrap(), 5);
+    assert_eq!(start.elapsed(), Duration::from_secs(1));
+    assert_eq!(dep.calls.load(Relaxed), 4);
+    assert_eq!(dep.cancelled.load(Relaxed), 3);
+
+    // A request that may not be sent twice is not hedged.
+    let dep = Tail::new(|_| Duration::from_secs(1));
+    let svc = PolicyLayer::new(&p)
+        .retry(Errors::cloning(|_: &u32| None))
+        .layer(dep.service());
+    svc.oneshot(5).await.unwrap();
+    assert_eq!(dep.calls.load(Relaxed), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hedge_waits_for_the_observed_percentile() {
+    let p = policy("hedge-percentile", |s| {
+        s.hedge.max_extra = 1;
+        s.hedge.at_percentile = Some(95.0);
+    });
+    // 100 calls of 20 ms teach the policy its p95 (the flush computes it).
+    let dep = Tail::new(|n| Duration::from_millis(if n == 100 { 1_000 } else { 20 }));
+    let svc = PolicyLayer::new(&p).retry(copy()).layer(dep.service());
+    let settings = (*p.settings()).clone();
+    let mut off = settings.clone();
+    off.hedge.max_extra = 0;
+    p.update(off).unwrap();
+    for i in 0..100 {
+        svc.clone().oneshot(i).await.unwrap();
+    }
+    substation::metrics::flush();
+    p.update(settings).unwrap();
+    // Call 100 is slow: hedged at ≈ 20 ms (±12 %), answered 20 ms later.
+    let start = Instant::now();
+    assert_eq!(svc.oneshot(0).await.unwrap(), 101_000);
+    let took = start.elapsed();
+    assert!(
+        (Duration::from_millis(37)..=Duration::from_millis(43)).contains(&took),
+        "{took:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn hedging_cuts_a_tail_of_a_hundred_times_the_median() {
+    // 5 % of calls take 100 × the median (2 ms → 200 ms); hedged after 10 ms.
+    let run = |hedge: bool| async move {
+        let p = policy(if hedge { "tail-hedged" } else { "tail-plain" }, |s| {
+            if hedge {
+                s.hedge.max_extra = 1;
+                s.hedge.delay_ms = Some(10);
+                s.retry.budget_percent = 10.0;
+            }
+        });
+        let dep =
+            Tail::new(|n| Duration::from_millis(if fastrand_like(n) % 20 == 0 { 200 } else { 2 }));
+        let svc = PolicyLayer::new(&p).retry(copy()).layer(dep.service());
+        let mut took = Vec::new();
+        for i in 0..2_000 {
+            let start = Instant::now();
+            svc.clone().oneshot(i).await.unwrap();
+            took.push(start.elapsed());
+        }
+        took.sort();
+        (took[took.len() * 99 / 100], dep.calls.load(Relaxed))
+    };
+    let (plain, plain_calls) = run(false).await;
+    let (hedged, hedged_calls) = run(true).await;
+    eprintln!(
+        "p99 without hedging {plain:?} ({plain_calls} calls), with {hedged:?} ({hedged_calls} calls)"
+    );
+    assert_eq!(plain, Duration::from_millis(200));
+    assert!(hedged <= Duration::from_millis(12), "{hedged:?}");
+    assert!(hedged_calls <= 2_000 * 110 / 100, "{hedged_calls} calls");
+}
+
+/// A fixed pseudo-random sequence (splitmix64), so the tail is the same in both runs.
+fn fastrand_like(n: u32) -> u64 {
+    let mut z = u64::from(n).wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
