@@ -475,16 +475,16 @@ where
         let mut this = self.project();
         loop {
             // The attempt out (the first, or a retry).
-            if let Some(attempt) = this.attempt.as_mut().as_pin_mut() {
-                if let Poll::Ready(r) = attempt.poll(cx) {
-                    this.attempt.set(None);
-                    let r = r.map_err(Into::into);
-                    let Some(state) = this.state.as_mut() else {
-                        return Poll::Ready(r);
-                    };
-                    if let Ended::Answer(r) = ended(state, r) {
-                        return Poll::Ready(r);
-                    }
+            if let Some(attempt) = this.attempt.as_mut().as_pin_mut()
+                && let Poll::Ready(r) = attempt.poll(cx)
+            {
+                this.attempt.set(None);
+                let r = r.map_err(Into::into);
+                let Some(state) = this.state.as_mut() else {
+                    return Poll::Ready(r);
+                };
+                if let Ended::Answer(r) = ended(state, r) {
+                    return Poll::Ready(r);
                 }
             }
             let Some(state) = this.state.as_mut() else {

@@ -111,7 +111,7 @@ impl RetrySettings {
 pub const HEDGE_PERCENTILES: [f64; 4] = [50.0, 90.0, 95.0, 99.0];
 
 /// Hedged requests (`hedge.*`): off unless `max_extra` is above 0 and a delay is set.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct HedgeSettings {
@@ -125,16 +125,6 @@ pub struct HedgeSettings {
     /// instead: the calls that waited for the dependency over the last second with
     /// at least 20 of them, else the last such second, else `delay_ms`.
     pub at_percentile: Option<f64>,
-}
-
-impl Default for HedgeSettings {
-    fn default() -> Self {
-        HedgeSettings {
-            max_extra: 0,
-            delay_ms: None,
-            at_percentile: None,
-        }
-    }
 }
 
 impl HedgeSettings {
