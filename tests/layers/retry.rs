@@ -464,8 +464,13 @@ async fn hedging_cuts_a_tail_of_a_hundred_times_the_median() {
                 s.retry.budget_percent = 10.0;
             }
         });
-        let dep =
-            Tail::new(|n| Duration::from_millis(if fastrand_like(n) % 20 == 0 { 200 } else { 2 }));
+        let dep = Tail::new(|n| {
+            Duration::from_millis(if fastrand_like(n).is_multiple_of(20) {
+                200
+            } else {
+                2
+            })
+        });
         let svc = PolicyLayer::new(&p).retry(copy()).layer(dep.service());
         let mut took = Vec::new();
         for i in 0..2_000 {
