@@ -695,7 +695,7 @@ where
         self.poll_decide(cx).map_ok(|_| ())
     }
 
-    #[inline]
+    #[inline(always)]
     fn call(&mut self, req: Req) -> Self::Future {
         self.call_inner(req)
     }

@@ -292,44 +292,36 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    #[inline]
+    #[inline(always)]
     fn call(&mut self, req: Req) -> Self::Future {
         let settings = self.settings.load();
         let hedging = settings.hedge.enabled();
         if !settings.retry.enabled() && !hedging {
             return ResponseFuture {
                 attempt: Some(self.inner.call(req)),
-                backoff: None,
-                deadline: None,
-                hedge_timer: None,
                 state: None,
             };
         }
+        let timed = settings.retry.deadline_ms.is_some();
         let template = self.template.lease();
         let next = template.retry.clone_request(&req);
         let attempt = self.inner.call(req);
         ResponseFuture {
             attempt: Some(attempt),
-            backoff: None,
-            deadline: None,
-            hedge_timer: None,
             state: Some(State {
                 template,
                 hedging: hedging && next.is_some(),
+                timed,
                 next,
-                waiting: None,
-                service: None,
                 attempts: 1,
-                last_wait: Duration::ZERO,
-                hedges: Vec::new(),
-                extra: 0,
-                held: None,
+                slow: None,
             }),
         }
     }
 }
 
-/// A retrying (or hedging) call's state beyond its first attempt's future.
+/// A retrying (or hedging) call's state beyond its attempt's future: small, inline; what
+/// only waits, retries and hedges need is allocated when one is first needed.
 struct State<S, Req, R>
 where
     S: Service<Req> + Send + 'static,
@@ -338,22 +330,72 @@ where
     template: Lease<Template<S, R>>,
     /// A copy of the request for the next attempt (`None`: it may not be retried).
     next: Option<Req>,
-    /// The request of the attempt being waited for (backoff, readiness).
-    waiting: Option<Req>,
-    /// The service retries and hedges are made with (a copy of the template's, made at
-    /// the first of them).
-    service: Option<S>,
-    attempts: u32,
-    /// The last wait, for decorrelated jitter.
-    last_wait: Duration,
     /// Whether this call may still send hedges.
     hedging: bool,
-    /// Hedges in flight (allocated only when one is sent).
-    hedges: Vec<Pin<Box<S::Future>>>,
-    /// Hedges sent.
-    extra: u32,
-    /// A retryable failure kept while other copies of the call are still out.
-    held: Option<Result<S::Response, BoxError>>,
+    /// Whether the call has an overall deadline (`retry.deadline_ms`).
+    timed: bool,
+    attempts: u32,
+    slow: Option<Pin<Box<Slow<S, Req>>>>,
+}
+
+pin_project! {
+    /// What a call needs once it waits (a backoff, its deadline, a hedge's delay) or
+    /// sends a retry or a hedge.
+    struct Slow<S, Req>
+    where
+        S: Service<Req>,
+    {
+        #[pin]
+        backoff: Option<Sleep>,
+        #[pin]
+        deadline: Option<Sleep>,
+        #[pin]
+        hedge_timer: Option<Sleep>,
+        // The service retries and hedges are made with (a copy of the template's).
+        service: Option<S>,
+        // The request of the attempt being waited for (backoff, readiness).
+        waiting: Option<Req>,
+        // Hedges in flight.
+        hedges: Vec<Pin<Box<S::Future>>>,
+        // Hedges sent.
+        extra: u32,
+        // A retryable failure kept while other copies of the call are still out.
+        held: Option<Result<S::Response, BoxError>>,
+        // The last wait, for decorrelated jitter.
+        last_wait: Duration,
+    }
+}
+
+impl<S, Req, R> State<S, Req, R>
+where
+    S: Service<Req> + Send + 'static,
+    R: Send + Sync + 'static,
+{
+    /// The slow part, allocated at its first use.
+    fn slow(&mut self) -> Pin<&mut Slow<S, Req>> {
+        self.split().1
+    }
+
+    /// The template and the slow part (allocated at its first use).
+    fn split(&mut self) -> (&Template<S, R>, Pin<&mut Slow<S, Req>>) {
+        let slow = self
+            .slow
+            .get_or_insert_with(|| {
+                Box::pin(Slow {
+                    backoff: None,
+                    deadline: None,
+                    hedge_timer: None,
+                    service: None,
+                    waiting: None,
+                    hedges: Vec::new(),
+                    extra: 0,
+                    held: None,
+                    last_wait: Duration::ZERO,
+                })
+            })
+            .as_mut();
+        (&self.template, slow)
+    }
 }
 
 /// The service for retries and hedges (a copy of the template's, made at the first of
@@ -380,6 +422,7 @@ where
 
 pin_project! {
     /// The retry stage's response future.
+    #[project = Projection]
     pub struct ResponseFuture<S, Req, R>
     where
         S: Service<Req>,
@@ -391,12 +434,6 @@ pin_project! {
     {
         #[pin]
         attempt: Option<S::Future>,
-        #[pin]
-        backoff: Option<Sleep>,
-        #[pin]
-        deadline: Option<Sleep>,
-        #[pin]
-        hedge_timer: Option<Sleep>,
         state: Option<State<S, Req, R>>,
     }
 }
@@ -436,33 +473,6 @@ fn backoff(s: &RetrySettings, retry: u32, last: Duration) -> Duration {
     Duration::from_millis(ms)
 }
 
-/// What an attempt's end means for the call.
-enum Ended<T> {
-    /// The call's answer.
-    Answer(T),
-    /// A retryable failure, kept in the state.
-    Held,
-}
-
-/// An attempt (the first, a retry or a hedge) ended with `result`.
-fn ended<S, Req, R>(
-    state: &mut State<S, Req, R>,
-    result: Result<S::Response, BoxError>,
-) -> Ended<Result<S::Response, BoxError>>
-where
-    S: Service<Req> + Send + 'static,
-    R: Retryable<Req, S::Response>,
-{
-    match state.template.retry.verdict(&result) {
-        Verdict::Done => Ended::Answer(result),
-        _ => {
-            // Decided (retried or answered) when no other copy is out.
-            state.held = Some(result);
-            Ended::Held
-        }
-    }
-}
-
 impl<S, Req, R> Future for ResponseFuture<S, Req, R>
 where
     S: Service<Req> + Clone + Send + 'static,
@@ -471,11 +481,56 @@ where
 {
     type Output = Result<S::Response, BoxError>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
+        // The common case, inline: one attempt out, nothing waited for yet; its answer
+        // stands (no retry stage for this call, or a success).
+        match this.state.as_ref() {
+            None => {
+                return match this.attempt.as_pin_mut() {
+                    Some(attempt) => attempt.poll(cx).map_err(Into::into),
+                    None => Poll::Ready(Err("retry future polled after completion".into())),
+                };
+            }
+            Some(state) if state.slow.is_none() && !state.hedging && !state.timed => {
+                let Some(attempt) = this.attempt.as_mut().as_pin_mut() else {
+                    return Poll::Ready(Err("retry future polled after completion".into()));
+                };
+                let r = ready!(attempt.poll(cx)).map_err(Into::into);
+                if state.template.retry.verdict(&r) == Verdict::Done {
+                    this.attempt.set(None);
+                    return Poll::Ready(r);
+                }
+                this.attempt.set(None);
+                return poll_slow(this, Some(r), cx);
+            }
+            Some(_) => {}
+        }
+        poll_slow(this, None, cx)
+    }
+}
+
+/// Everything but the common case: waits, retries, hedges, the deadline. `first` is an
+/// attempt's result the caller already took.
+#[inline(never)]
+fn poll_slow<S, Req, R>(
+    mut this: Projection<'_, S, Req, R>,
+    mut first: Option<Result<S::Response, BoxError>>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<S::Response, BoxError>>
+where
+    S: Service<Req> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    R: Retryable<Req, S::Response>,
+{
+    {
         loop {
             // The attempt out (the first, or a retry).
-            if let Some(attempt) = this.attempt.as_mut().as_pin_mut()
+            let mut held = None;
+            if let Some(r) = first.take() {
+                held = Some(r);
+            } else if let Some(attempt) = this.attempt.as_mut().as_pin_mut()
                 && let Poll::Ready(r) = attempt.poll(cx)
             {
                 this.attempt.set(None);
@@ -483,60 +538,108 @@ where
                 let Some(state) = this.state.as_mut() else {
                     return Poll::Ready(r);
                 };
-                if let Ended::Answer(r) = ended(state, r) {
+                if state.template.retry.verdict(&r) == Verdict::Done {
                     return Poll::Ready(r);
                 }
+                held = Some(r);
             }
             let Some(state) = this.state.as_mut() else {
                 return Poll::Pending;
             };
-            // Its hedges: the first good answer wins (the others are dropped with
-            // this future).
+            if state.slow.is_none() {
+                if let Some(r) = held.take() {
+                    // The common failure: one attempt out, failed, nothing else to wait
+                    // for.
+                    match decide(state, &r) {
+                        Some(wait) => {
+                            let next = state.next.take();
+                            let mut slow = state.slow().project();
+                            slow.backoff.set(Some(tokio::time::sleep(wait)));
+                            *slow.waiting = next;
+                        }
+                        None => return Poll::Ready(r),
+                    }
+                } else if !(state.hedging || state.timed) {
+                    // Out, and nothing to time.
+                    return Poll::Pending;
+                }
+            }
+            let (hedging, timed, attempts) = (state.hedging, state.timed, state.attempts);
+            let (template, slow) = state.split();
+            let mut slow = slow.project();
+            if let Some(r) = held {
+                *slow.held = Some(r);
+            }
+            // The hedges: the first good answer wins (the others are dropped with this
+            // future).
             let mut i = 0;
-            while i < state.hedges.len() {
-                match state.hedges[i].as_mut().poll(cx) {
+            while i < slow.hedges.len() {
+                match slow.hedges[i].as_mut().poll(cx) {
                     Poll::Ready(r) => {
-                        drop(state.hedges.swap_remove(i));
-                        if let Ended::Answer(r) = ended(state, r.map_err(Into::into)) {
+                        drop(slow.hedges.swap_remove(i));
+                        let r = r.map_err(Into::into);
+                        if template.retry.verdict(&r) == Verdict::Done {
                             return Poll::Ready(r);
                         }
+                        *slow.held = Some(r);
                     }
                     Poll::Pending => i += 1,
                 }
             }
-            let in_flight = this.attempt.is_some() || !state.hedges.is_empty();
+            if timed && slow.deadline.is_none() {
+                let ms = template.policy.shared().settings.load().retry.deadline_ms;
+                if let Some(ms) = ms {
+                    slow.deadline
+                        .set(Some(tokio::time::sleep(Duration::from_millis(ms))));
+                }
+            }
+            if let Some(deadline) = slow.deadline.as_mut().as_pin_mut()
+                && deadline.poll(cx).is_ready()
+            {
+                template.policy.shared().stats.count(stats::TIMEOUT);
+                return Poll::Ready(Err(Elapsed::new().into()));
+            }
+            let in_flight = this.attempt.is_some() || !slow.hedges.is_empty();
             if in_flight {
-                if state.hedging && state.attempts == 1 {
-                    match hedge(state, this.hedge_timer.as_mut(), cx) {
+                if hedging && attempts == 1 {
+                    match hedge(state, cx) {
                         Poll::Ready(true) => continue, // a hedge went out: poll it
                         Poll::Ready(false) | Poll::Pending => {}
                     }
                 }
-                return deadline(this.deadline.as_mut(), state, cx);
+                return Poll::Pending;
             }
             // Nothing out: retry the failure kept, after a wait, or answer with it.
-            if let Some(held) = state.held.take() {
-                match decide(state, this.deadline.as_mut(), &held) {
-                    Some(wait) => this.backoff.set(Some(tokio::time::sleep(wait))),
-                    None => return Poll::Ready(held),
+            if let Some(r) = slow.held.take() {
+                match decide(state, &r) {
+                    Some(wait) => {
+                        let next = state.next.take();
+                        let mut slow = state.slow().project();
+                        slow.backoff.set(Some(tokio::time::sleep(wait)));
+                        *slow.waiting = next;
+                    }
+                    None => return Poll::Ready(r),
                 }
             }
-            if let Some(wait) = this.backoff.as_mut().as_pin_mut() {
+            let (template, slow) = state.split();
+            let mut slow = slow.project();
+            if let Some(wait) = slow.backoff.as_mut().as_pin_mut() {
                 if wait.poll(cx).is_pending() {
-                    return deadline(this.deadline.as_mut(), state, cx);
+                    return Poll::Pending;
                 }
-                this.backoff.set(None);
+                slow.backoff.set(None);
             }
-            match ready(&mut state.service, &state.template, cx) {
-                Poll::Pending => return deadline(this.deadline.as_mut(), state, cx),
+            match ready(slow.service, template, cx) {
+                Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Ready(Ok(())) => {}
             }
-            let (Some(service), Some(req)) = (state.service.as_mut(), state.waiting.take()) else {
+            let (Some(service), Some(req)) = (slow.service.as_mut(), slow.waiting.take()) else {
                 return Poll::Ready(Err("retry future polled after completion".into()));
             };
-            state.next = state.template.retry.clone_request(&req);
+            let next = template.retry.clone_request(&req);
             let attempt = service.call(req);
+            state.next = next;
             state.attempts += 1;
             this.attempt.set(Some(attempt));
         }
@@ -544,19 +647,24 @@ where
 }
 
 /// Sends a hedge when its timer fires: `Ready(true)` if one went out, `Ready(false)` if
-/// hedging is over for this call, `Pending` while waiting (timer or readiness).
-fn hedge<S, Req, R>(
-    state: &mut State<S, Req, R>,
-    mut timer: Pin<&mut Option<Sleep>>,
-    cx: &mut Context<'_>,
-) -> Poll<bool>
+/// hedging is over for this call, `Pending` while waiting for the timer.
+fn hedge<S, Req, R>(state: &mut State<S, Req, R>, cx: &mut Context<'_>) -> Poll<bool>
 where
     S: Service<Req> + Clone + Send + 'static,
     S::Error: Into<BoxError>,
     R: Retryable<Req, S::Response>,
 {
-    let core = state.template.policy.shared();
-    if timer.is_none() {
+    let over = |state: &mut State<S, Req, R>| {
+        state.hedging = false;
+        Poll::Ready(false)
+    };
+    let template = &state.template;
+    let core = template.policy.shared();
+    let Some(slow) = state.slow.as_mut() else {
+        return Poll::Pending;
+    };
+    let mut slow = slow.as_mut().project();
+    if slow.hedge_timer.is_none() {
         let settings = core.settings.load();
         let h = &settings.hedge;
         let delay = h
@@ -564,84 +672,48 @@ where
             .and_then(|p| core.stats.observed(p))
             .or(h.delay_ms.map(Duration::from_millis));
         match delay {
-            Some(delay) if state.extra < h.max_extra => {
-                timer.set(Some(tokio::time::sleep(delay)));
+            Some(delay) if *slow.extra < h.max_extra => {
+                slow.hedge_timer.set(Some(tokio::time::sleep(delay)));
             }
-            _ => {
-                state.hedging = false;
-                return Poll::Ready(false);
-            }
+            _ => return over(state),
         }
     }
-    if let Some(sleep) = timer.as_mut().as_pin_mut() {
+    if let Some(sleep) = slow.hedge_timer.as_mut().as_pin_mut() {
         ready!(sleep.poll(cx));
     }
     let Some(copy) = state
         .next
         .as_ref()
-        .and_then(|next| state.template.retry.clone_request(next))
+        .and_then(|next| template.retry.clone_request(next))
     else {
-        state.hedging = false;
-        return Poll::Ready(false);
+        return over(state);
     };
-    let ready = ready(&mut state.service, &state.template, cx);
-    let (Poll::Ready(Ok(())), Some(service)) = (ready, state.service.as_mut()) else {
+    let ready = ready(slow.service, template, cx);
+    let (Poll::Ready(Ok(())), Some(service)) = (ready, slow.service.as_mut()) else {
         // Not ready (or broken): no hedge for this call; its first attempt goes on.
-        state.hedging = false;
-        return Poll::Ready(false);
+        return over(state);
     };
     let settings = core.settings.load();
     if !core.retry_budget.withdraw(core, &settings.retry) {
         core.stats.count(stats::RETRY_REFUSED);
-        state.hedging = false;
-        return Poll::Ready(false);
+        return over(state);
     }
-    let sent = Box::pin(service.call(copy));
-    state.hedges.push(sent);
-    state.extra += 1;
+    slow.hedges.push(Box::pin(service.call(copy)));
+    *slow.extra += 1;
     core.stats.count(stats::HEDGE);
-    timer.set(None);
+    slow.hedge_timer.set(None);
     Poll::Ready(true)
-}
-
-/// Arms the call's overall deadline (at its first wait) and checks it: `Pending`, or
-/// the call's end with [`Elapsed`] (the attempts in flight are dropped, so cancelled).
-fn deadline<S, Req, R, T>(
-    mut slot: Pin<&mut Option<Sleep>>,
-    state: &mut State<S, Req, R>,
-    cx: &mut Context<'_>,
-) -> Poll<Result<T, BoxError>>
-where
-    S: Service<Req> + Send + 'static,
-    R: Send + Sync + 'static,
-{
-    if slot.is_none() {
-        let core = state.template.policy.shared();
-        let Some(ms) = core.settings.load().retry.deadline_ms else {
-            return Poll::Pending;
-        };
-        slot.set(Some(tokio::time::sleep(Duration::from_millis(ms))));
-    }
-    match slot.as_pin_mut() {
-        Some(sleep) => {
-            ready!(sleep.poll(cx));
-            state.template.policy.shared().stats.count(stats::TIMEOUT);
-            Poll::Ready(Err(Elapsed::new().into()))
-        }
-        None => Poll::Pending,
-    }
 }
 
 /// After the call's copies all ended, the last with the retryable failure `result`:
 /// the wait before the next attempt, or `None` if the call ends with `result`.
-fn decide<S, Req, R, Resp>(
+fn decide<S, Req, R>(
     state: &mut State<S, Req, R>,
-    deadline_slot: Pin<&mut Option<Sleep>>,
-    result: &Result<Resp, BoxError>,
+    result: &Result<S::Response, BoxError>,
 ) -> Option<Duration>
 where
     S: Service<Req> + Send + 'static,
-    R: Retryable<Req, Resp>,
+    R: Retryable<Req, S::Response>,
 {
     let core = state.template.policy.shared();
     let settings = core.settings.load();
@@ -649,9 +721,10 @@ where
     if state.attempts >= s.max_attempts || state.next.is_none() {
         return None;
     }
+    let last_wait = state.slow.as_ref().map_or(Duration::ZERO, |s| s.last_wait);
     let wait = match state.template.retry.verdict(result) {
         Verdict::Done => return None,
-        Verdict::Retry => backoff(s, state.attempts, state.last_wait),
+        Verdict::Retry => backoff(s, state.attempts, last_wait),
         Verdict::RetryAfter(after) if after <= Duration::from_millis(s.pushback_max_ms) => after,
         Verdict::RetryAfter(_) => return None,
     };
@@ -659,12 +732,12 @@ where
     // has not waited before, so it started about now).
     if let Some(ms) = s.deadline_ms {
         let now = Instant::now();
-        let end = match deadline_slot.as_ref().as_pin_ref() {
+        let mut slow = state.slow().project();
+        let end = match slow.deadline.as_ref().as_pin_ref() {
             Some(sleep) => sleep.deadline(),
             None => {
                 let end = now + Duration::from_millis(ms);
-                let mut slot = deadline_slot;
-                slot.set(Some(tokio::time::sleep_until(end)));
+                slow.deadline.set(Some(tokio::time::sleep_until(end)));
                 end
             }
         };
@@ -672,12 +745,12 @@ where
             return None;
         }
     }
+    let core = state.template.policy.shared();
     if !core.retry_budget.withdraw(core, s) {
         core.stats.count(stats::RETRY_REFUSED);
         return None;
     }
     core.stats.count(stats::RETRY);
-    state.last_wait = wait;
-    state.waiting = state.next.take();
+    *state.slow().project().last_wait = wait;
     Some(wait)
 }
