@@ -46,6 +46,9 @@ cargo run --quiet --example propagation -- --watchers 5 --writes 200
 step "the hyper example tells its story (breaker opens, cache serves, breaker closes)"
 cargo run --quiet --example http_client --features http -- --quick
 
+step "retries recover a flaky hyper upstream, hedging cuts a slow tail (real server, real client)"
+cargo run --quiet --example retry_hedge --features http -- --quick
+
 step "the tonic example tells its story (server killed: breaker opens, fallback answers; server back: recovery)"
 cargo run --quiet --example grpc_client --features tonic -- --quick
 

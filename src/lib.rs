@@ -1,5 +1,5 @@
 //! Live resilience middleware for [Tower](tower): kill switches, tiered fallbacks,
-//! bulkheads, circuit breakers, timeouts, fault injection and percentage feature
+//! bulkheads, circuit breakers, timeouts, retries and hedging, fault injection and percentage feature
 //! switches, whose every setting can change while the service runs.
 //!
 //! Each dependency an application calls gets a named [`Policy`]. Layers built from the
@@ -31,7 +31,8 @@
 //! Module map:
 //! - the protections: [`stack`] (the whole policy stack in one layer), [`kill`],
 //!   [`fallback`], [`bulkhead`], [`breaker`], [`timeout`] — each a view of the one
-//!   engine in [`guard`] — and [`fault`] (fault injection);
+//!   engine in [`guard`] — [`retry`] (live retries with a budget, and hedging) and
+//!   [`fault`] (fault injection);
 //! - [`switch`]: feature switches (sticky percentages, variants, routing);
 //! - [`policy`] (named live policies and their runtime state), [`settings`] (plain data
 //!   and validation), [`live`] (the registry, its snapshots and sources, etcd among

@@ -39,10 +39,10 @@
 //! Every setting of every layer is read from the policy on each call, so one change —
 //! from code, a test, or etcd — applies to the next call. The stack is not a
 //! composition of the individual layers but the one engine they are views of
-//! ([`Guard`](crate::guard::Guard)) with every stage on, under the fallback: one
+//! ([`Guard`]) with every stage on, under the fallback: one
 //! settings read, one readiness decision, one response future. The individual layers
 //! ([`KillSwitchLayer`](crate::kill::KillSwitchLayer),
-//! [`FallbackLayer`](crate::fallback::FallbackLayer),
+//! [`FallbackLayer`],
 //! [`BulkheadLayer`](crate::bulkhead::BulkheadLayer),
 //! [`CircuitBreakerLayer`](crate::breaker::CircuitBreakerLayer),
 //! [`TimeoutLayer`](crate::timeout::TimeoutLayer)) compose the same way for those who

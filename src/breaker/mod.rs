@@ -12,7 +12,7 @@
 //! half-open. `mode` switches live between `normal`, `force_open`, `force_closed` and
 //! `metrics_only` (runs the state machine, never rejects).
 //!
-//! What counts as a failure is decided by a [`Classify`]
+//! What counts as a failure is decided by a [`Classify`](crate::classify::Classify)
 //! (default: every `Err`), chosen with [`CircuitBreakerLayer::classify`].
 //!
 //! # Rejection, not back-pressure
@@ -34,7 +34,7 @@
 //! window (one `fetch_add`), and holds the policy's state by a lease (two plain stores):
 //! no allocation, lock, clock read or reference-count change. See BENCHMARKS.md.
 //!
-//! The service is the crate's one [`Guard`](crate::guard::Guard) with the breaker
+//! The service is the crate's one [`Guard`] with the breaker
 //! stage alone; classification sees the error boxed (a timeout below is an `Elapsed`).
 //!
 //! ```

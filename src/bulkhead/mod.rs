@@ -6,7 +6,7 @@
 //! `poll_ready` (a rejection answers `Ready` without polling the inner service, like
 //! tower's `LoadShed`) and given back when the response future finishes or is dropped.
 //! `null` (the default) means no limit and costs nothing. The service is the crate's one
-//! [`Guard`](crate::guard::Guard) with the bulkhead stage alone.
+//! [`Guard`] with the bulkhead stage alone.
 //!
 //! ```
 //! use substation::{Policy, bulkhead::{BulkheadFull, BulkheadLayer}, settings::PolicySettings};

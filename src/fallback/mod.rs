@@ -54,7 +54,7 @@
 //! dropped with the last of them. Futures hold them by a lease (two plain stores per
 //! call, no reference-count change).
 //!
-//! The service is the crate's one [`Guard`](crate::guard::Guard) (here with the kill
+//! The service is the crate's one [`Guard`] (here with the kill
 //! stage: "killed" is answered by the fallback) wrapped by the fallback; the policy
 //! stack ([`PolicyLayer::fallback`](crate::stack::PolicyLayer::fallback)) is the same
 //! service with every stage, so an open circuit or a full bulkhead is answered here

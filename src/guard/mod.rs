@@ -13,7 +13,7 @@
 //!
 //! One call goes: `poll_ready` **decides** — killed, the bulkhead full, the breaker open
 //! (each answered `Ready` without polling the inner service), or admitted with a
-//! [`Ticket`] that holds the bulkhead slot — then polls the inner service; `call`
+//! `Ticket` that holds the bulkhead slot — then polls the inner service; `call`
 //! consumes the decision, and takes a half-open trial permit then (a service kept ready
 //! and idle, as a balancer's ready cache does, must not hold the breaker's only trial:
 //! a trial refused at `call` fails with `OpenCircuit`, or goes to the fallback); the [response

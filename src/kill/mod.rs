@@ -6,7 +6,7 @@
 //! once with [`Killed`]. Inside a [`PolicyLayer`](crate::stack::PolicyLayer) with a
 //! fallback, a killed call goes straight to the fallback instead.
 //!
-//! The service is the crate's one [`Guard`](crate::guard::Guard) with the kill stage
+//! The service is the crate's one [`Guard`] with the kill stage
 //! alone. The switch is read in `poll_ready`. A caller still waiting for the inner service to
 //! become ready (a reconnecting channel) is checked again on every `poll_ready`, so a
 //! kill preempts the wait. Once the inner service has said it is ready, the call is

@@ -5,13 +5,13 @@
 //! [`PolicyLayer::retry`](crate::stack::PolicyLayer::retry)): the breaker sees every
 //! attempt, the timeout bounds each one, and the fallback answers only when the retries
 //! are spent (or refused). Everything is read live from the policy's `retry.*`
-//! settings ([`RetrySettings`](crate::settings::RetrySettings)); with the default
+//! settings ([`RetrySettings`]); with the default
 //! `max_attempts` of 1 the stage passes calls through.
 //!
 //! A call is retried when all of these hold:
 //! - its outcome is retryable by the stage's [`Retryable`] (a failure of the
 //!   dependency, never a rejection by the stack itself — an open circuit, a full
-//!   bulkhead, a kill — and for HTTP never a 4xx, see [`Http`](self::Http));
+//!   bulkhead, a kill — and for HTTP never a 4xx, see `Http`, feature `http`);
 //! - the request could be copied ([`Retryable::clone_request`]: requests are generally
 //!   not `Clone`, and a non-idempotent one must not be sent twice);
 //! - fewer than `retry.max_attempts` attempts were made;

@@ -11,7 +11,7 @@
 //! tokio runtime with time enabled, as `tower::timeout` does.
 //!
 //! Readiness: back-pressure is the inner service's; `poll_ready` is passed through. The
-//! service is the crate's one [`Guard`](crate::guard::Guard) with the timeout stage
+//! service is the crate's one [`Guard`] with the timeout stage
 //! alone.
 //!
 //! ```
