@@ -64,6 +64,8 @@
 //! ```
 
 mod budget;
+#[cfg(feature = "tonic")]
+mod grpc;
 #[cfg(feature = "http")]
 mod http;
 
@@ -88,6 +90,8 @@ use crate::timeout::error::Elapsed;
 use crate::{BoxError, Policy, stats};
 
 pub(crate) use self::budget::Budget;
+#[cfg(feature = "tonic")]
+pub use self::grpc::Grpc;
 #[cfg(feature = "http")]
 pub use self::http::Http;
 
