@@ -236,3 +236,22 @@ fn the_cache_tier_answers_without_allocating() {
     }
     assert_eq!(allocs() - before, 0);
 }
+
+#[test]
+fn the_retry_stage_allocates_nothing_when_the_first_attempt_answers() {
+    use substation::retry::Errors;
+    use substation::stack::PolicyLayer;
+    let settings = PolicySettings::default().with(|s| s.retry.max_attempts = 3);
+    let policy = Policy::new("alloc-retry", settings).unwrap();
+    let mut svc = PolicyLayer::new(&policy)
+        .retry(Errors::cloning(|n: &u32| Some(*n)))
+        .layer(ok_service());
+    for i in 0..100 {
+        call_now(&mut svc, i).unwrap();
+    }
+    let before = allocs();
+    for i in 0..10_000 {
+        assert_eq!(call_now(&mut svc, i).unwrap(), i);
+    }
+    assert_eq!(allocs() - before, 0);
+}
