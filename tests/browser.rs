@@ -550,6 +550,10 @@ async fn the_dashboard_page_shows_the_policies_live_in_chromium() {
                 ) && tile(v, "search")["state"] == "forced_open"
                     && tile(v, "reviews")["killed"] == "true"
                     && tile(v, "payments")["fallback"].as_f64() > Some(0.0)
+                    // The page re-sorts 60 ms after a change (one layout per burst).
+                    && ["payments", "search"]
+                        .iter()
+                        .all(|n| tile(v, n)["rank"].as_i64() < Some(2))
             },
         )
         .await;
