@@ -7,9 +7,10 @@ use super::{Retryable, Verdict, is_rejection};
 use crate::BoxError;
 
 /// Retries a gRPC call that failed with `UNAVAILABLE` (the server did not process it) or
-/// with a transport error (no `Status`: the connection failed), honouring the
-/// `grpc-retry-pushback-ms` trailer of gRFC A6 as the wait (a negative or malformed one
-/// means "do not retry"). Other codes stand. A request is copied with its message
+/// with a transport error (no `Status`: the connection failed), honouring the server's
+/// pushback as the wait: a `google.rpc.RetryInfo` in the status details, else the
+/// `grpc-retry-pushback-ms` trailer of gRFC A6 (a negative or malformed one means "do
+/// not retry"). Other codes stand. A request is copied with its message
 /// (`M: Clone`) and metadata — its extensions are lost, as `tonic` cannot copy them.
 ///
 /// At the `Channel` level (`http::Request<tonic::body::Body>`) the body is a stream
@@ -30,8 +31,16 @@ impl Grpc {
 
 /// What a failed call's status says about retrying it.
 pub(crate) fn status_verdict(status: &tonic::Status) -> Verdict {
+    use tonic_types::StatusExt as _;
     if status.code() != tonic::Code::Unavailable {
         return Verdict::Done;
+    }
+    // google.rpc.RetryInfo in the status details (`grpc-status-details-bin`).
+    if let Some(delay) = status
+        .get_details_retry_info()
+        .and_then(|info| info.retry_delay)
+    {
+        return Verdict::RetryAfter(delay);
     }
     match status.metadata().get("grpc-retry-pushback-ms") {
         None => Verdict::Retry,
@@ -84,6 +93,16 @@ mod tests {
         assert_eq!(
             verdict(Err(pushed.into())),
             Verdict::RetryAfter(Duration::from_millis(250))
+        );
+        use tonic_types::{ErrorDetails, StatusExt as _};
+        let informed = tonic::Status::with_error_details(
+            tonic::Code::Unavailable,
+            "overloaded",
+            ErrorDetails::with_retry_info(Some(Duration::from_millis(1_500))),
+        );
+        assert_eq!(
+            verdict(Err(informed.into())),
+            Verdict::RetryAfter(Duration::from_millis(1_500))
         );
         let mut refused = tonic::Status::unavailable("go away");
         refused
