@@ -600,7 +600,11 @@ where
             if let Some(deadline) = slow.deadline.as_mut().as_pin_mut()
                 && deadline.poll(cx).is_ready()
             {
-                template.policy.shared().stats.count(stats::TIMEOUT);
+                // An attempt cut short ends as a timeout (its guard, dropped, records
+                // nothing); a deadline reached while waiting cut no attempt.
+                if this.attempt.is_some() || !slow.hedges.is_empty() {
+                    template.policy.shared().stats.count(stats::TIMEOUT);
+                }
                 return Poll::Ready(Err(Elapsed::new().into()));
             }
             let in_flight = this.attempt.is_some() || !slow.hedges.is_empty();

@@ -283,6 +283,12 @@ async fn the_deadline_bounds_all_attempts_together() {
     assert!(err.is::<substation::timeout::error::Elapsed>(), "{err}");
     assert_eq!(start.elapsed(), Duration::from_millis(250));
     assert_eq!(dep.calls(), 3, "the third attempt was cut short");
+    let t = p.stats().totals;
+    assert_eq!(
+        (t.failure, t.timeout),
+        (2, 1),
+        "two failed, the third cut: a timeout"
+    );
 }
 
 #[tokio::test(start_paused = true)]
