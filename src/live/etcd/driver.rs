@@ -5,8 +5,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use etcd_client::{
-    Client, ConnectOptions, EventType, GetOptions, KvClient, WatchClient, WatchOptions,
-    WatchResponse, WatchStream,
+    Client, ConnectOptions, GetOptions, KvClient, WatchClient, WatchOptions, WatchResponse,
+    WatchStream,
 };
 use tokio::sync::{Notify, oneshot};
 use tokio::time::{Instant, timeout};
@@ -512,9 +512,12 @@ impl Driver {
                 self.apply_changes(layer, revision, std::mem::take(&mut changes))?;
             }
             revision = rev;
-            let value = match event.event_type() {
-                EventType::Put => Some(kv.value().to_vec()),
-                EventType::Delete => None,
+            // A delete's key-value is a tombstone: etcd resets a key's version to 0 on
+            // deletion and every put makes it at least 1 (mvccpb.KeyValue.version).
+            // `Event::event_type` is not used: it panics on a type it does not know.
+            let value = match kv.version() {
+                0 => None,
+                _ => Some(kv.value().to_vec()),
             };
             changes.push(Change {
                 layer,
