@@ -186,10 +186,16 @@ impl Switch {
         if variants_changed {
             inner.counts.relabel(labels(&inner.name, &compiled));
         }
+        // The values as JSON (escaped), cut to a bounded length: a switch with many
+        // variants must not write a megabyte per change to the log.
+        let (from, to) = (
+            serde_json::to_string(&*old.settings).unwrap_or_default(),
+            serde_json::to_string(&*settings).unwrap_or_default(),
+        );
         tracing::info!(
             switch = %inner.name,
-            from = %serde_json::to_string(&*old.settings).unwrap_or_default(),
-            to = %serde_json::to_string(&*settings).unwrap_or_default(),
+            from = %crate::settings::Bounded::new(&from, 256, 64),
+            to = %crate::settings::Bounded::new(&to, 256, 64),
             "substation: switch changed"
         );
         inner
