@@ -43,6 +43,7 @@
 // `merge.rs` (layers merged field by field), `source.rs` (the `Source` / `Sink` seam),
 // `memory.rs` (`InMemorySource`) and `etcd/`.
 
+pub mod check;
 mod error;
 #[cfg(feature = "etcd")]
 pub mod etcd;
