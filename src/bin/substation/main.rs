@@ -248,7 +248,8 @@ enum Command {
     /// Changes as they happen, one line each (settings and instances). Ctrl-C stops.
     Watch {
         /// Only keys under this relative prefix (e.g. `policies/`).
-        prefix: Option<String>,
+        #[arg(id = "under", value_name = "UNDER")]
+        under: Option<String>,
         /// Stop after this many lines (for scripts and tests).
         #[arg(long)]
         count: Option<usize>,
@@ -430,6 +431,6 @@ async fn run(cli: Cli) -> Result<Report, Failure> {
             write,
         } => commands::rollback(g, &key, to, &new, &write).await,
         Command::Status => fleet::status(g).await,
-        Command::Watch { prefix, count } => fleet::watch(g, prefix.as_deref(), count).await,
+        Command::Watch { under, count } => fleet::watch(g, under.as_deref(), count).await,
     }
 }
