@@ -6,7 +6,6 @@
 #![allow(missing_docs)]
 
 #[path = "etcd/support.rs"]
-#[allow(dead_code, unreachable_pub)]
 mod support;
 
 use std::io::{BufRead as _, BufReader, Write as _};

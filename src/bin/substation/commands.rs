@@ -79,11 +79,11 @@ fn accepted(bytes: Option<&[u8]>) -> Option<Value> {
 }
 
 fn stored_for(layers: &Layers, code_default: Option<Value>) -> check::Stored {
-    let mut stored = check::Stored::default();
-    stored.code_default = code_default;
-    stored.shared = accepted(layers.shared.as_ref().map(|s| s.value.as_slice()));
-    stored.app = accepted(layers.app.as_ref().map(|s| s.value.as_slice()));
-    stored
+    check::Stored {
+        code_default,
+        shared: accepted(layers.shared.as_ref().map(|s| s.value.as_slice())),
+        app: accepted(layers.app.as_ref().map(|s| s.value.as_slice())),
+    }
 }
 
 /// The code defaults the instances announce for `key`: each distinct one with the ids
