@@ -380,6 +380,7 @@ impl Writer {
 
 /// What the fleet presence of one instance reports about its code: each known name
 /// with its code default (if any).
+#[cfg_attr(not(feature = "etcd"), allow(dead_code))]
 pub(crate) struct Known {
     pub(crate) policies: Vec<(String, Option<Value>)>,
     pub(crate) switches: Vec<(String, Option<Value>)>,
