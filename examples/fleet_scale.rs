@@ -25,6 +25,8 @@ struct Args {
     instances: usize,
     steady: u64,
     writes: usize,
+    /// `false`: the same fleet without presence (to tell its share of etcd's load).
+    announce: bool,
 }
 
 fn args() -> Result<Args, BoxError> {
@@ -32,6 +34,7 @@ fn args() -> Result<Args, BoxError> {
         instances: 1000,
         steady: 30,
         writes: 30,
+        announce: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -40,6 +43,7 @@ fn args() -> Result<Args, BoxError> {
             "--instances" => a.instances = value.parse()?,
             "--steady" => a.steady = value.parse()?,
             "--writes" => a.writes = value.parse()?,
+            "--announce" => a.announce = value.parse()?,
             _ => return Err(format!("unknown flag {flag}").into()),
         }
     }
@@ -87,18 +91,27 @@ async fn main() -> Result<(), BoxError> {
     let endpoint = etcd.endpoint();
     let pid = etcd_pid(&endpoint).ok_or("etcd's pid not found")?;
     let mut client = etcd.client().await;
+    let doing = if a.announce {
+        "announcing"
+    } else {
+        "watching (presence off)"
+    };
     println!(
-        "{} instances announcing on one etcd ({endpoint}, fsync on)",
+        "{} instances {doing} on one etcd ({endpoint}, fsync on)",
         a.instances
     );
 
     let started = Instant::now();
     let mut fleet = Vec::with_capacity(a.instances);
     for i in 0..a.instances {
+        let mut source = EtcdSource::new([endpoint.clone()], PREFIX);
+        if a.announce {
+            source = source.announce_as(format!("sim-{i:04}"));
+        }
         let sub = Substation::builder()
             .policy("payments", PolicySettings::default())
             .policy("search", PolicySettings::default())
-            .source(EtcdSource::new([endpoint.clone()], PREFIX).announce_as(format!("sim-{i:04}")))
+            .source(source)
             .build()?;
         let held = (sub.policy("payments"), sub.policy("search"));
         fleet.push((sub, held));
@@ -117,7 +130,8 @@ async fn main() -> Result<(), BoxError> {
             .unwrap_or(0)
         }
     };
-    while count(&mut client).await < a.instances {
+    let expected = if a.announce { a.instances } else { 0 };
+    while count(&mut client).await < expected {
         if started.elapsed() > Duration::from_secs(120) {
             return Err("the fleet did not announce itself within 120 s".into());
         }
@@ -149,6 +163,10 @@ async fn main() -> Result<(), BoxError> {
         100.0 * (cpu1 - cpu0) / secs,
         writes_per_sec * 60.0 / a.instances as f64
     );
+
+    if !a.announce {
+        return Ok(()); // nothing announces: nothing to confirm
+    }
 
     // Writes: time until every instance's presence reports the write's revision.
     let mut took = Vec::new();
