@@ -31,7 +31,11 @@ async fn presence_reports_the_revision_applied_rejections_names_and_breakers() {
     defaults.timeout.ms = Some(250);
     let sub = Substation::builder()
         .policy("payments", defaults)
-        .source(common::source(vec![etcd.endpoint()]).announce_as("inst-a"))
+        .source(
+            common::source(vec![etcd.endpoint()])
+                .announce_as("inst-a")
+                .announce_address("http://10.0.0.7:9090/"),
+        )
         .build()
         .unwrap();
     let _in_use = sub.policy("search");
@@ -46,6 +50,7 @@ async fn presence_reports_the_revision_applied_rejections_names_and_breakers() {
     assert_eq!(p.pid, std::process::id());
     assert_eq!(p.prefix, PREFIX);
     assert_eq!(p.version, env!("CARGO_PKG_VERSION"));
+    assert_eq!(p.address.as_deref(), Some("http://10.0.0.7:9090/"));
     assert_eq!(
         p.policies["payments"].default.as_ref().unwrap()["timeout"]["ms"],
         250

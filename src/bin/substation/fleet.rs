@@ -367,6 +367,9 @@ pub(crate) async fn status(g: &Global) -> Result<Report, Failure> {
             text += &format!("  breakers: {}", breakers.join(" "));
         }
         text.push('\n');
+        if let Some(address) = &p.address {
+            text += &format!("      at {}\n", address.escape_debug());
+        }
         if let Some(reason) = p.health["reason"].as_str() {
             text += &format!("      stale: {reason}\n");
         }
@@ -391,7 +394,7 @@ pub(crate) async fn status(g: &Global) -> Result<Report, Failure> {
             }
         }
         list.push(json!({"id": id, "revision": p.revision, "behind": behind, "health": p.health,
-            "rejected": p.rejected, "breakers": breakers, "version": p.version, "host": p.host, "pid": p.pid}));
+            "rejected": p.rejected, "breakers": breakers, "version": p.version, "host": p.host, "pid": p.pid, "address": p.address}));
     }
     if fleet.all.is_empty() {
         text += &format!("  no instance announces itself under {}\n", fleet.prefix);

@@ -113,6 +113,8 @@ pub struct EtcdSource {
     pub(crate) snapshot_file: Option<PathBuf>,
     /// The instance id to announce under, if the process announces itself.
     pub(crate) announce: Option<String>,
+    /// The address the process announces (its status page, say), if any.
+    pub(crate) announce_address: Option<String>,
 }
 
 impl fmt::Debug for EtcdSource {
@@ -161,6 +163,7 @@ impl EtcdSource {
             tls_identity: None,
             snapshot_file: None,
             announce: None,
+            announce_address: None,
         }
     }
 
@@ -254,6 +257,13 @@ impl EtcdSource {
     /// [`Builder::build`](crate::live::Builder::build)), like [`EtcdSource::announce`].
     pub fn announce_as(mut self, id: impl Into<String>) -> Self {
         self.announce = Some(id.into());
+        self
+    }
+
+    /// An address to include in this process's presence (e.g. its dashboard,
+    /// `http://10.0.0.7:9090/substation/`), shown by `substation status`.
+    pub fn announce_address(mut self, address: impl Into<String>) -> Self {
+        self.announce_address = Some(address.into());
         self
     }
 

@@ -66,6 +66,8 @@ pub struct Presence {
     pub prefix: String,
     /// The shared prefix it watches, if any.
     pub shared_prefix: Option<String>,
+    /// The address it announces ([`EtcdSource::announce_address`]), if any.
+    pub address: Option<String>,
     /// When it started announcing (milliseconds since the Unix epoch).
     pub started_ms: u64,
     /// The etcd revision of the last change it applied (its settings are current as of
@@ -340,6 +342,7 @@ fn document(cfg: &EtcdSource, sink: &Sink, me: &Me) -> Option<Presence> {
         pid: std::process::id(),
         prefix: cfg.prefix.clone(),
         shared_prefix: cfg.shared_prefix.clone(),
+        address: cfg.announce_address.clone(),
         started_ms: me.started_ms,
         revision: snapshot.revision(),
         health: serde_json::to_value(snapshot.health()).unwrap_or(Value::Null),
