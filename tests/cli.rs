@@ -682,6 +682,23 @@ async fn set_wait_reports_who_applied_who_rejected_and_who_did_not_answer() {
         );
     }
 
+    // The fleet's shared layer: every instance watches it, and confirms.
+    let out = cli(
+        &etcd,
+        &[
+            "set",
+            "--shared",
+            "policies/payments",
+            r#"{"timeout": {"ms": 500}}"#,
+            "--wait",
+            "-o",
+            "json",
+        ],
+    );
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    assert_eq!(out.json()["fleet"]["applied"].as_array().unwrap().len(), 3);
+    assert_eq!(out.json()["etcd_key"], format!("{SHARED}policies/payments"));
+
     // `watch` prints a change as it happens (written until the watcher has seen one:
     // it may start after the first write).
     let endpoint = etcd.endpoint();
@@ -772,4 +789,87 @@ fn validate_and_schema_work_offline() {
     // Usage errors are refusals (1), not clap's 2, which means a conflict here.
     let out = cli_with("http://127.0.0.1:9", &["set"], None);
     assert_eq!(out.code, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_the_right_ca_and_client_certificate_and_a_clear_error_with_the_wrong_ca() {
+    skip_without_etcd!();
+    let files = support::TlsFiles::generate();
+    let etcd = Etcd::start_with(support::EtcdOptions {
+        tls: Some(&files),
+        client_cert_auth: true,
+        ..Default::default()
+    })
+    .await;
+    let (ca, cert, key, other) = (
+        files.ca.to_str().unwrap(),
+        files.client_cert.to_str().unwrap(),
+        files.client_key.to_str().unwrap(),
+        files.other_ca.to_str().unwrap(),
+    );
+    let out = cli(
+        &etcd,
+        &[
+            "--cacert",
+            ca,
+            "--cert",
+            cert,
+            "--key",
+            key,
+            "set",
+            "--new",
+            "policies/p",
+            r#"{"kill": true}"#,
+            "--no-wait",
+        ],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = cli(
+        &etcd,
+        &[
+            "--cacert",
+            ca,
+            "--cert",
+            cert,
+            "--key",
+            key,
+            "get",
+            "policies/p",
+            "-o",
+            "json",
+        ],
+    );
+    assert_eq!(out.json()["app"]["value"], json!({"kill": true}));
+    // The wrong CA: etcd unreachable (4), one line that names the certificate.
+    let out = cli(
+        &etcd,
+        &[
+            "--cacert",
+            other,
+            "--cert",
+            cert,
+            "--key",
+            key,
+            "get",
+            "policies/p",
+        ],
+    );
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    assert_eq!(out.stderr.trim_end().lines().count(), 1, "{}", out.stderr);
+    assert!(
+        out.stderr.to_lowercase().contains("certificate") || out.stderr.contains("TLS"),
+        "{}",
+        out.stderr
+    );
+    // A missing file: refused before connecting.
+    let out = cli(
+        &etcd,
+        &["--cacert", "/nonexistent/ca.pem", "get", "policies/p"],
+    );
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("cannot read /nonexistent/ca.pem"),
+        "{}",
+        out.stderr
+    );
 }
