@@ -100,6 +100,10 @@ fn one_line(s: &str) -> String {
             "certificate",
             "TLS handshake failed (check --cacert, --cert, --key)",
         ),
+        (
+            "handshake",
+            "TLS handshake failed (does the endpoint speak TLS? check --cacert, --cert, --key)",
+        ),
         ("timed out", "timed out"),
         ("deadline", "timed out"),
         ("broken pipe", "connection lost"),
