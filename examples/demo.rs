@@ -47,7 +47,7 @@ enum Settings {
 
 impl Settings {
     async fn put(&mut self, key: &str, json: &str) -> Result<(), BoxError> {
-        println!("        ── set {key} = {json}");
+        println!("        ── $ substation set {key} '{json}'");
         match self {
             Settings::Memory(m) => m.put(key, json)?,
             Settings::Etcd(c) => {

@@ -43,6 +43,13 @@ cargo test -p substation --all-features --doc
 step "the propagation example loses no write (quick mode: 5 watchers, 200 writes)"
 cargo run --quiet --example propagation -- --watchers 5 --writes 200
 
+step "fleet presence at small scale: 50 instances announce, confirm every write, withdraw on drop"
+cargo run --quiet --example fleet_scale -- --instances 50 --steady 3 --writes 5
+
+step "the substation CLI builds and answers (its integration tests ran above: tests/cli.rs)"
+cargo run --quiet --all-features --bin substation -- schema policy >/dev/null
+cargo run --quiet --all-features --bin substation -- validate --offline --for policies/payments - <<<'{"kill": true}'
+
 step "the hyper example tells its story (breaker opens, cache serves, breaker closes)"
 cargo run --quiet --example http_client --features http -- --quick
 

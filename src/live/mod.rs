@@ -41,8 +41,10 @@
 // `writer.rs` (the layers of stored values, validation key by key, rejections, applying
 // an `Update`), `handles.rs` (weak handles to the policies and switches in use),
 // `merge.rs` (layers merged field by field), `source.rs` (the `Source` / `Sink` seam),
-// `memory.rs` (`InMemorySource`) and `etcd/`.
+// `memory.rs` (`InMemorySource`), `check.rs` (the registry's validation for tools such
+// as the `substation` CLI) and `etcd/` (with `presence.rs`, fleet presence).
 
+pub mod check;
 mod error;
 #[cfg(feature = "etcd")]
 pub mod etcd;

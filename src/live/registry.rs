@@ -104,6 +104,7 @@ impl Builder {
             writer: Mutex::new(writer),
             pending: pending_tx,
             changes,
+            published: tokio::sync::watch::channel(0).0,
             _alive: alive,
         });
         for (index, source) in self.sources.into_iter().enumerate() {
@@ -356,6 +357,9 @@ pub(crate) struct Shared {
     /// Sources that have not yet said `initialized`.
     pub(super) pending: tokio::sync::watch::Sender<usize>,
     pub(super) changes: tokio::sync::broadcast::Sender<Changed>,
+    /// Counts published snapshots (every apply and health change, a rejection too):
+    /// what the fleet presence task waits on.
+    pub(super) published: tokio::sync::watch::Sender<u64>,
     /// Dropped with the registry, which tells sources to stop (`Sink::closed`).
     _alive: tokio::sync::watch::Sender<()>,
 }
@@ -368,7 +372,13 @@ impl Shared {
     pub(super) fn set_health(&self, health: Health) {
         let mut w = self.lock();
         w.health = health;
-        self.snapshot.store(Arc::new(w.snapshot()));
+        self.publish(w.snapshot());
+    }
+
+    /// Publishes `snapshot` and tells the presence task (under the writer lock).
+    pub(super) fn publish(&self, snapshot: Snapshot) {
+        self.snapshot.store(Arc::new(snapshot));
+        self.published.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     pub(crate) fn source_initialized(&self) {

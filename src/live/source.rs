@@ -13,7 +13,9 @@ use crate::settings::{Bounded, SettingsError};
 /// the builder, then by the [`Scope::Shared`] value, then by the [`Scope::App`] value —
 /// field by field. (Named so as not to collide with `tower::Layer` in users' imports;
 /// fields holding it keep the name `layer`.)
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Scope {
     /// Fleet-wide defaults shared by many applications.
@@ -305,6 +307,24 @@ impl Sink {
     pub async fn closed(&self) {
         let mut alive = self.alive.clone();
         while alive.changed().await.is_ok() {}
+    }
+
+    /// A receiver told of every snapshot the registry publishes (`None` once it is gone).
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+    pub(crate) fn published(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.shared.upgrade()?.published.subscribe())
+    }
+
+    /// The snapshot in force and what the registry's code knows (for fleet presence);
+    /// `None` once the registry is gone. Takes the writer lock briefly.
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+    pub(crate) fn state(&self) -> Option<(Arc<super::Snapshot>, super::writer::Known)> {
+        let shared = self.shared.upgrade()?;
+        let mut w = shared.lock();
+        let known = w.known();
+        let snapshot = shared.snapshot.load_full();
+        drop(w);
+        Some((snapshot, known))
     }
 
     fn shared(&self) -> Result<Arc<Shared>, Closed> {

@@ -101,7 +101,7 @@ impl Shared {
                 revision: w.revision,
             };
         }
-        self.snapshot.store(Arc::new(w.snapshot()));
+        self.publish(w.snapshot());
         if !changed.is_empty() {
             // Sent under the lock (a broadcast send never waits): notices arrive in the
             // order the snapshots were published.
@@ -374,6 +374,91 @@ impl Writer {
                     Err(error) => Some(self.reject(layer, raw, revision, error, bytes)),
                 }
             }
+        }
+    }
+}
+
+/// What the fleet presence of one instance reports about its code: each known name
+/// with its code default (if any).
+#[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+pub(crate) struct Known {
+    pub(crate) policies: Vec<(String, Option<Value>)>,
+    pub(crate) switches: Vec<(String, Option<Value>)>,
+    /// The breaker state of each policy in use.
+    pub(crate) breakers: Vec<(String, &'static str)>,
+}
+
+impl Writer {
+    /// The names this registry knows — code defaults and handles in use — with their
+    /// code defaults and the breaker states of the policies in use.
+    pub(crate) fn known(&mut self) -> Known {
+        let mut policies = std::collections::BTreeMap::new();
+        let mut switches = std::collections::BTreeMap::new();
+        for (key, value) in &self.defaults {
+            match key {
+                Key::Policy(name) => drop(policies.insert(name.clone(), Some(value.clone()))),
+                Key::Switch(name) => drop(switches.insert(name.clone(), Some(value.clone()))),
+                Key::Global => {}
+            }
+        }
+        let mut breakers = Vec::new();
+        self.policies.for_each(|p| {
+            policies.entry(p.name().to_owned()).or_insert(None);
+            breakers.push((p.name().to_owned(), p.breaker_state().as_str()));
+        });
+        self.switches.for_each(|s| {
+            switches.entry(s.name().to_owned()).or_insert(None);
+        });
+        breakers.sort();
+        Known {
+            policies: policies.into_iter().collect(),
+            switches: switches.into_iter().collect(),
+            breakers,
+        }
+    }
+
+    /// A writer holding one key's code default and stored layers (values a registry
+    /// accepted), to check a candidate value the way a registry would.
+    pub(super) fn for_key(
+        key: &Key,
+        code_default: Option<&Value>,
+        shared: Option<&Value>,
+        app: Option<&Value>,
+    ) -> Writer {
+        let mut defaults = HashMap::new();
+        if let Some(d) = code_default {
+            defaults.insert(key.clone(), d.clone());
+        }
+        let mut w = Writer::new(defaults);
+        for (layer, value) in [(Scope::Shared, shared), (Scope::App, app)] {
+            if let Some(v) = value {
+                w.layers[layer.index()].insert(key.clone(), v.clone());
+            }
+        }
+        w
+    }
+
+    /// Checks `value` for `key` in `layer` as [`Writer::change`] would.
+    pub(super) fn check(
+        &self,
+        key: &Key,
+        layer: Scope,
+        value: &Value,
+    ) -> Result<(), SettingsError> {
+        self.validate(key, layer, value)
+    }
+
+    /// `key`'s layers merged, decoded and checked: its effective value in full.
+    pub(super) fn effective_of(&self, key: &Key) -> Result<Value, SettingsError> {
+        fn full<T: Settings>(merged: &Value) -> Result<Value, SettingsError> {
+            let settings = decode::from_value::<T>(merged)?;
+            serde_json::to_value(&settings).map_err(|e| SettingsError::new("", e.to_string()))
+        }
+        let merged = self.merged(key, None);
+        match key {
+            Key::Policy(_) => full::<PolicySettings>(&merged),
+            Key::Switch(_) => full::<SwitchSettings>(&merged),
+            Key::Global => full::<GlobalSettings>(&merged),
         }
     }
 }

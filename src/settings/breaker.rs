@@ -9,6 +9,7 @@ pub const MAX_BUCKETS: u32 = 60;
 
 /// How a circuit breaker treats calls, set live.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum BreakerMode {
@@ -26,6 +27,7 @@ pub enum BreakerMode {
 
 /// The circuit breaker's settings (Hystrix's defaults, resilience4j's refinements).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct BreakerSettings {

@@ -6,6 +6,7 @@ use super::error::{SettingsError, range_u64};
 
 /// A fallback tier.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Tier {
@@ -30,6 +31,7 @@ impl Tier {
 
 /// What makes the fallback answer instead of the dependency.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct Triggers {
@@ -60,6 +62,7 @@ impl Default for Triggers {
 /// The fallback's settings. Which tiers exist is decided in code (a static value needs
 /// code to build it); these settings choose their order and bounds live.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct FallbackSettings {

@@ -6,6 +6,7 @@ use super::error::{SettingsError, range_f64, range_u64};
 
 /// Which calls a fault may hit.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 #[non_exhaustive]
 pub enum FaultTarget {
@@ -21,6 +22,7 @@ pub enum FaultTarget {
 
 /// Fault injection: abort or delay a percentage of calls, live. Off by default.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct FaultSettings {

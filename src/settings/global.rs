@@ -7,6 +7,7 @@ use super::error::SettingsError;
 
 /// Settings of the whole registry rather than of one policy (key `global`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct GlobalSettings {

@@ -11,6 +11,7 @@ use super::{
 
 /// Everything that protects one dependency ("policy"); see the [module docs](super).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct PolicySettings {

@@ -6,6 +6,7 @@ use super::error::{SettingsError, range_f64, range_u64};
 
 /// How the wait before a retry is drawn.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Jitter {
@@ -20,6 +21,7 @@ pub enum Jitter {
 
 /// The retry stage's settings (`retry.*`): off unless `max_attempts` is above 1.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct RetrySettings {
@@ -112,6 +114,7 @@ pub const HEDGE_PERCENTILES: [f64; 4] = [50.0, 90.0, 95.0, 99.0];
 
 /// Hedged requests (`hedge.*`): off unless `max_extra` is above 0 and a delay is set.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct HedgeSettings {

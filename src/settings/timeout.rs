@@ -6,6 +6,7 @@ use super::error::{SettingsError, range_u64};
 
 /// The timeout layer's settings.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct TimeoutSettings {

@@ -11,6 +11,7 @@ pub const MAX_VARIANTS: usize = 30;
 /// How keys are spread over variants; part of the stored value so that it can change
 /// later without surprise.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Algorithm {
@@ -27,6 +28,7 @@ pub enum Algorithm {
 /// with no `variants` is a percentage switch: the share `percent` of keys is on. A
 /// switch with `variants` picks one of them by weight. `on` overrides both.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct SwitchSettings {
@@ -49,6 +51,7 @@ pub struct SwitchSettings {
 
 /// One weighted variant of a switch.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct VariantSettings {

@@ -8,6 +8,7 @@ mod faults;
 mod harness;
 mod liveness;
 mod logs;
+mod presence;
 mod proxy;
 mod security;
 mod startup;

@@ -230,26 +230,7 @@ impl Driver {
     }
 
     async fn connect(&self) -> Result<Conn, BoxError> {
-        let cfg = &self.cfg;
-        // No HTTP/2 keep-alive: stock etcd answers pings more often than every 5 s with
-        // GOAWAY (see `EtcdSource::keep_alive`); the watch checks liveness itself.
-        let mut opts = ConnectOptions::new()
-            .with_connect_timeout(cfg.request_timeout)
-            .with_require_leader(true);
-        if let Some((user, password)) = &cfg.user {
-            // A request refused for an expired token is retried once with a new one.
-            opts = opts
-                .with_user(user.clone(), password.clone())
-                .with_auto_token_refresh(true);
-        }
-        if let Some(tls) = tls::options(cfg) {
-            opts = opts.with_tls(tls);
-        }
-        // With a user, `connect` authenticates, which is a request that may hang.
-        let connecting = Client::connect(cfg.endpoints.clone(), Some(opts));
-        let client = timeout(cfg.request_timeout, connecting)
-            .await
-            .map_err(|_| "connecting to etcd timed out")??;
+        let client = connect(&self.cfg).await?;
         Ok(Conn {
             kv: client.kv_client().max_decoding_message_size(MAX_MESSAGE),
             watch: client.watch_client().max_decoding_message_size(MAX_MESSAGE),
@@ -614,6 +595,30 @@ impl Driver {
             n.notify_one();
         }
     }
+}
+
+/// A client configured from `cfg` (endpoints, authentication, TLS), connected within
+/// its request timeout. Shared by the driver and the presence task.
+pub(super) async fn connect(cfg: &EtcdSource) -> Result<Client, BoxError> {
+    // No HTTP/2 keep-alive: stock etcd answers pings more often than every 5 s with
+    // GOAWAY (see `EtcdSource::keep_alive`); the watch checks liveness itself.
+    let mut opts = ConnectOptions::new()
+        .with_connect_timeout(cfg.request_timeout)
+        .with_require_leader(true);
+    if let Some((user, password)) = &cfg.user {
+        // A request refused for an expired token is retried once with a new one.
+        opts = opts
+            .with_user(user.clone(), password.clone())
+            .with_auto_token_refresh(true);
+    }
+    if let Some(tls) = tls::options(cfg) {
+        opts = opts.with_tls(tls);
+    }
+    // With a user, `connect` authenticates, which is a request that may hang.
+    let connecting = Client::connect(cfg.endpoints.clone(), Some(opts));
+    Ok(timeout(cfg.request_timeout, connecting)
+        .await
+        .map_err(|_| "connecting to etcd timed out")??)
 }
 
 enum Either<A, B> {

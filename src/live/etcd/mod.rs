@@ -82,7 +82,10 @@
 
 mod disk;
 mod driver;
+pub mod presence;
 mod tls;
+
+pub use self::presence::{Presence, presence_prefix};
 
 use std::fmt;
 use std::path::PathBuf;
@@ -108,6 +111,10 @@ pub struct EtcdSource {
     /// The client certificate chain and key (PEM).
     pub(crate) tls_identity: Option<(Vec<u8>, Vec<u8>)>,
     pub(crate) snapshot_file: Option<PathBuf>,
+    /// The instance id to announce under, if the process announces itself.
+    pub(crate) announce: Option<String>,
+    /// The address the process announces (its status page, say), if any.
+    pub(crate) announce_address: Option<String>,
 }
 
 impl fmt::Debug for EtcdSource {
@@ -123,6 +130,7 @@ impl fmt::Debug for EtcdSource {
             .field("tls", &self.tls_ca.is_some())
             .field("tls_identity", &self.tls_identity.is_some())
             .field("snapshot_file", &self.snapshot_file)
+            .field("announce", &self.announce)
             .finish_non_exhaustive()
     }
 }
@@ -154,6 +162,8 @@ impl EtcdSource {
             tls_ca: None,
             tls_identity: None,
             snapshot_file: None,
+            announce: None,
+            announce_address: None,
         }
     }
 
@@ -233,6 +243,30 @@ impl EtcdSource {
         self
     }
 
+    /// Announces this process to the fleet (see [`presence`]): a key
+    /// `<prefix>.instances/<host>-<pid>`, bound to a 10 s lease kept alive, holding the
+    /// revision applied, the health, the rejected values, the names the code knows and
+    /// the breaker states. What `substation set --wait` and `substation status` read.
+    /// Gone when the registry is dropped (the lease is revoked) or the process dies.
+    pub fn announce(mut self) -> Self {
+        self.announce = Some(presence::default_id());
+        self
+    }
+
+    /// Announces this process under `id` (1 to 128 of `A-Z a-z 0-9 _ . -`; checked by
+    /// [`Builder::build`](crate::live::Builder::build)), like [`EtcdSource::announce`].
+    pub fn announce_as(mut self, id: impl Into<String>) -> Self {
+        self.announce = Some(id.into());
+        self
+    }
+
+    /// An address to include in this process's presence (e.g. its dashboard,
+    /// `http://10.0.0.7:9090/substation/`), shown by `substation status`.
+    pub fn announce_address(mut self, address: impl Into<String>) -> Self {
+        self.announce_address = Some(address.into());
+        self
+    }
+
     pub(crate) fn prefix_of(&self, layer: Scope) -> Option<&str> {
         match layer {
             Scope::App => Some(&self.prefix),
@@ -249,6 +283,9 @@ impl Source for EtcdSource {
             return Err("EtcdSource needs at least one endpoint".into());
         }
         tls::validate(&self)?;
+        if let Some(id) = &self.announce {
+            presence::check_id(id)?;
+        }
         // The disk snapshot is read by the driver, off the caller: a hung file system
         // must not block `build`. The deadline waits for that read (itself bounded by
         // the same deadline), so that `initialized` never resolves before it.
@@ -260,6 +297,9 @@ impl Source for EtcdSource {
             let _ = disk_read.await;
             timer_sink.initialized();
         });
+        if let Some(id) = self.announce.clone() {
+            runtime.spawn(presence::run((*self).clone(), sink.clone(), id));
+        }
         runtime.spawn(driver::Driver::new(*self, sink).run(disk_done));
         Ok(())
     }
