@@ -25,7 +25,7 @@ pub(crate) struct Writer {
     layers: [BTreeMap<Key, Value>; 2],
     /// Each rejection with the raw value it refused (a listing that brings the same
     /// value again is not rejected, logged and counted again).
-    rejected: BTreeMap<(Scope, String), (Rejection, Vec<u8>)>,
+    rejected: BTreeMap<(Scope, String), (Rejection, Fingerprint)>,
     /// The policies and switches in use, held weakly: the registry keeps none alive.
     pub(super) policies: Handles<WeakPolicy>,
     pub(super) switches: Handles<WeakSwitch>,
@@ -288,8 +288,9 @@ impl Writer {
         error: SettingsError,
         bytes: Vec<u8>,
     ) -> Rejection {
+        let print = Fingerprint::of(&bytes);
         if let Some((old, refused)) = self.rejected.get(&(layer, key.clone()))
-            && *refused == bytes
+            && *refused == print
             && old.error.to_string() == error.to_string()
         {
             return old.clone(); // the same value refused again (a listing): said once
@@ -306,7 +307,7 @@ impl Writer {
             error,
         };
         self.rejected
-            .insert((layer, key.clone()), (r.clone(), bytes));
+            .insert((layer, key.clone()), (r.clone(), print));
         self.rejected_view.insert((layer, key), r.clone());
         r
     }
@@ -459,6 +460,26 @@ impl Writer {
             Key::Policy(_) => full::<PolicySettings>(&merged),
             Key::Switch(_) => full::<SwitchSettings>(&merged),
             Key::Global => full::<GlobalSettings>(&merged),
+        }
+    }
+}
+
+/// What is kept of a refused value to tell it again: its length and a 64-bit hash, not
+/// the bytes (up to 1.5 MB a key).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Fingerprint {
+    len: usize,
+    hash: u64,
+}
+
+impl Fingerprint {
+    fn of(bytes: &[u8]) -> Self {
+        use std::hash::{Hash as _, Hasher as _};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        bytes.hash(&mut h);
+        Fingerprint {
+            len: bytes.len(),
+            hash: h.finish(),
         }
     }
 }

@@ -375,6 +375,14 @@ where
     S: Service<Req> + Send + 'static,
     R: Send + Sync + 'static,
 {
+    /// The next attempt goes out after `wait`, with the request's copy.
+    fn retry_after(&mut self, wait: Duration) {
+        let next = self.next.take();
+        let mut slow = self.slow().project();
+        slow.backoff.set(Some(tokio::time::sleep(wait)));
+        *slow.waiting = next;
+    }
+
     /// The slow part, allocated at its first use.
     fn slow(&mut self) -> Pin<&mut Slow<S, Req>> {
         self.split().1
@@ -555,12 +563,7 @@ where
                     // The common failure: one attempt out, failed, nothing else to wait
                     // for.
                     match decide(state, &r) {
-                        Some(wait) => {
-                            let next = state.next.take();
-                            let mut slow = state.slow().project();
-                            slow.backoff.set(Some(tokio::time::sleep(wait)));
-                            *slow.waiting = next;
-                        }
+                        Some(wait) => state.retry_after(wait),
                         None => return Poll::Ready(r),
                     }
                 } else if !(state.hedging || state.timed) {
@@ -620,12 +623,7 @@ where
             // Nothing out: retry the failure kept, after a wait, or answer with it.
             if let Some(r) = slow.held.take() {
                 match decide(state, &r) {
-                    Some(wait) => {
-                        let next = state.next.take();
-                        let mut slow = state.slow().project();
-                        slow.backoff.set(Some(tokio::time::sleep(wait)));
-                        *slow.waiting = next;
-                    }
+                    Some(wait) => state.retry_after(wait),
                     None => return Poll::Ready(r),
                 }
             }
