@@ -75,6 +75,7 @@ pub mod classify;
 pub mod clock;
 #[cfg(feature = "dashboard")]
 pub mod dashboard;
+pub mod experiment;
 pub mod fallback;
 pub mod fault;
 pub mod guard;

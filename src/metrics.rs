@@ -75,6 +75,16 @@ pub const SWITCH_EVALUATIONS: &str = "substation_switch_evaluations_total";
 /// Counter of changes of a switch's value, labelled `switch`.
 pub const SWITCH_CHANGES: &str = "substation_switch_changes_total";
 
+/// Counter of requests in experiment cohorts that finished, labelled `experiment`,
+/// `cohort` (`control`, `experiment`) and `outcome` (`success`, `failure`): the
+/// process's own counts, pushed once a second by the run's task.
+pub const EXPERIMENT_REQUESTS: &str = "substation_experiment_requests_total";
+/// Gauge, labelled `experiment`: 1 while a run of it assigns cohorts here, else 0.
+pub const EXPERIMENT_RUNNING: &str = "substation_experiment_running";
+/// Counter of experiment verdicts this process reached, labelled `experiment` and
+/// `verdict` (`passed`, `aborted`, `halted`).
+pub const EXPERIMENT_VERDICTS: &str = "substation_experiment_verdicts_total";
+
 /// Pushes every live policy's counts to the recorder now (the background flush does it
 /// once a second): before reading a test recorder, or at shutdown.
 pub fn flush() {
@@ -83,6 +93,21 @@ pub fn flush() {
 
 /// Describes every metric to the installed recorder (units and help texts).
 pub fn describe() {
+    metrics::describe_counter!(
+        EXPERIMENT_REQUESTS,
+        Unit::Count,
+        "Finished requests of chaos-experiment cohorts, by cohort and outcome."
+    );
+    metrics::describe_gauge!(
+        EXPERIMENT_RUNNING,
+        Unit::Count,
+        "1 while an experiment's run assigns cohorts in this process."
+    );
+    metrics::describe_counter!(
+        EXPERIMENT_VERDICTS,
+        Unit::Count,
+        "Experiment verdicts reached by this process."
+    );
     metrics::describe_counter!(
         CALLS,
         Unit::Count,

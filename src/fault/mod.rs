@@ -6,7 +6,9 @@
 //! Each call gets **one independent draw per fault kind** (a second draw for the same
 //! kind would turn p into 2p − p²). Targeting: every call, a sticky percentage of keys
 //! (the switches' bucketing, over the policy's name and the key), or calls carrying a
-//! marker. An abort fails at once with [`InjectedFault`] — or with the response
+//! marker. Besides its own settings, the layer injects the faults of a running
+//! [chaos experiment](crate::experiment) on this policy into calls made for that
+//! experiment's experiment cohort (and into no other call). An abort fails at once with [`InjectedFault`] — or with the response
 //! [`FaultLayer::abort_with`] builds (an HTTP 503, a gRPC UNAVAILABLE) — without calling
 //! the inner service; a delay sleeps before the inner future is first polled. Off, it
 //! costs one settings read per call.
@@ -268,6 +270,10 @@ where
 
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
+        // A call of a running experiment's experiment cohort, to this policy.
+        if let Some(f) = crate::experiment::injection(self.shared.policy.name()) {
+            return self.decide(req, &f);
+        }
         let settings = self.settings.load();
         if !settings.fault.is_on() {
             return FaultFuture::pass(self.inner.call(req));

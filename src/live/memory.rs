@@ -3,7 +3,11 @@
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use super::source::{Change, Key, Scope, Sink, Source, Update};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+
+use super::source::{Change, Key, Scope, Sink, Source, Store, Update, UpdateFn};
 use crate::BoxError;
 use crate::settings::{PolicySettings, SettingsError};
 
@@ -30,6 +34,8 @@ struct Inner {
     sink: Option<Sink>,
     pending: Vec<Change>,
     revision: u64,
+    /// What each key holds (for [`Store::update`]).
+    values: BTreeMap<String, Vec<u8>>,
 }
 
 impl fmt::Debug for InMemorySource {
@@ -66,6 +72,7 @@ impl InMemorySource {
                 sink: None,
                 pending: Vec::new(),
                 revision: 0,
+                values: BTreeMap::new(),
             })),
         }
     }
@@ -100,6 +107,18 @@ impl InMemorySource {
         // The lock is held while applying so that concurrent writers apply in revision
         // order; applying never blocks on I/O.
         let mut inner = self.lock();
+        Self::send_locked(&mut inner, key, value)
+    }
+
+    fn send_locked(
+        inner: &mut Inner,
+        key: String,
+        value: Option<Vec<u8>>,
+    ) -> Result<(), SettingsError> {
+        match &value {
+            Some(v) => drop(inner.values.insert(key.clone(), v.clone())),
+            None => drop(inner.values.remove(&key)),
+        }
         let change = Change {
             layer: inner.layer,
             key,
@@ -136,7 +155,32 @@ impl Source for InMemorySource {
             })?;
         }
         sink.initialized();
+        sink.set_store(&[inner.layer], Arc::new(self.as_ref().clone()))?;
         inner.sink = Some(sink);
         Ok(())
+    }
+}
+
+impl Store for InMemorySource {
+    fn update(
+        &self,
+        layer: Scope,
+        key: &str,
+        mut f: UpdateFn,
+    ) -> Pin<Box<dyn Future<Output = Result<bool, BoxError>> + Send>> {
+        let result = (|| {
+            let mut inner = self.lock();
+            if layer != inner.layer {
+                return Err(
+                    format!("this in-memory source holds the {:?} layer", inner.layer).into(),
+                );
+            }
+            let Some(value) = f(inner.values.get(key).map(Vec::as_slice)) else {
+                return Ok(false);
+            };
+            Self::send_locked(&mut inner, key.to_owned(), Some(value))?;
+            Ok(true)
+        })();
+        Box::pin(std::future::ready(result))
     }
 }

@@ -59,5 +59,33 @@ pub use self::error::{BuildError, NameKind};
 pub use self::memory::InMemorySource;
 pub use self::registry::{Builder, Changed, Snapshot, Substation};
 pub use self::source::{
-    Change, Closed, Entries, Health, Key, Rejection, Scope, Sink, Source, Update, valid_name,
+    Change, Closed, Entries, Health, Key, Rejection, Scope, Sink, Source, Store, Update, UpdateFn,
+    valid_name,
 };
+
+/// The default instance id: the host name and the process id, with any character
+/// outside `A-Z a-z 0-9 _ . -` replaced by `-`, its last 128 characters.
+pub(crate) fn default_instance_id() -> String {
+    let id = format!("{}-{}", host_name(), std::process::id());
+    let id: Vec<char> = id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    id[id.len().saturating_sub(128)..].iter().collect()
+}
+
+/// This machine's host name (`unknown` if it cannot be read).
+pub(crate) fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned())
+}

@@ -15,7 +15,9 @@ use super::writer::Writer;
 use crate::Policy;
 use crate::clock::Clock;
 use crate::settings::decode::Settings;
-use crate::settings::{Bounded, GlobalSettings, PolicySettings, SettingsError};
+use crate::settings::{
+    Bounded, ExperimentResult, ExperimentSettings, GlobalSettings, PolicySettings, SettingsError,
+};
 use crate::switch::{Switch, SwitchSettings};
 
 /// Builds a [`Substation`]: clock, code defaults and sources.
@@ -97,9 +99,12 @@ impl Builder {
         let (pending_tx, _) = tokio::sync::watch::channel(self.sources.len());
         let (changes, _) = tokio::sync::broadcast::channel(CHANGES_CAPACITY);
         let (alive, alive_rx) = tokio::sync::watch::channel(());
-        let writer = Writer::new(defaults);
+        let clock = self.clock.unwrap_or_default();
+        let experiments = crate::experiment::run::Table::new(clock.clone());
+        let writer = Writer::new(defaults, Some(experiments.clone()));
         let shared = Arc::new(Shared {
-            clock: self.clock.unwrap_or_default(),
+            experiments,
+            clock,
             snapshot: ArcSwap::from_pointee(writer.snapshot()),
             writer: Mutex::new(writer),
             pending: pending_tx,
@@ -183,6 +188,23 @@ impl Substation {
             global: GlobalSettings::default(),
             sources: Vec::new(),
         }
+    }
+
+    /// Every experiment run this process knows, in name order: settings, this process's
+    /// counts per cohort, state and verdict (see [`experiment`](crate::experiment)).
+    pub fn experiments(&self) -> Vec<crate::experiment::ExperimentStatus> {
+        self.shared.experiments.status()
+    }
+
+    /// The cohort `key` is in for experiment `name` while it runs here (`None`: in
+    /// neither, or the experiment is not running): the edge's assignment, for tests and
+    /// tools. Ignores the other experiments' claims on the key.
+    pub fn experiment_cohort(&self, name: &str, key: &[u8]) -> Option<crate::experiment::Arm> {
+        self.shared.experiments.live_run(name)?.arm_of(key)
+    }
+
+    pub(crate) fn experiment_table(&self) -> Arc<crate::experiment::run::Table> {
+        self.shared.experiments.clone()
     }
 
     /// The live policy `name`: the one in use while any handle, layer or service of it
@@ -305,6 +327,8 @@ pub struct Snapshot {
     pub(super) global: Arc<GlobalSettings>,
     pub(super) rejected: OrdMap<(Scope, String), Rejection>,
     pub(super) health: Health,
+    pub(super) experiments: OrdMap<String, Arc<ExperimentSettings>>,
+    pub(super) experiment_results: OrdMap<String, Arc<ExperimentResult>>,
 }
 
 impl Snapshot {
@@ -344,6 +368,21 @@ impl Snapshot {
         self.rejected.values()
     }
 
+    /// The experiment `name` (key `experiments/<name>`), if one is stored.
+    pub fn experiment(&self, name: &str) -> Option<&Arc<ExperimentSettings>> {
+        self.experiments.get(name)
+    }
+
+    /// Every stored experiment, in name order.
+    pub fn experiments(&self) -> impl ExactSizeIterator<Item = (&str, &Arc<ExperimentSettings>)> {
+        self.experiments.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// The record of experiment `name`'s run in the store (`experiments/<name>/result`).
+    pub fn experiment_result(&self, name: &str) -> Option<&Arc<ExperimentResult>> {
+        self.experiment_results.get(name)
+    }
+
     /// How current the settings are.
     pub fn health(&self) -> &Health {
         &self.health
@@ -352,6 +391,8 @@ impl Snapshot {
 
 pub(crate) struct Shared {
     pub(super) clock: Clock,
+    /// The experiments' runs (also held by the edge layers).
+    pub(super) experiments: Arc<crate::experiment::run::Table>,
     pub(super) writer: Mutex<Writer>,
     pub(super) snapshot: ArcSwap<Snapshot>,
     /// Sources that have not yet said `initialized`.
@@ -371,6 +412,7 @@ impl Shared {
 
     pub(super) fn set_health(&self, health: Health) {
         let mut w = self.lock();
+        self.experiments.set_health(&health);
         w.health = health;
         self.publish(w.snapshot());
     }

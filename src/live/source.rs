@@ -1,6 +1,8 @@
 //! The seam between the registry and whatever feeds it settings.
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Weak};
 use std::time::SystemTime;
 
@@ -45,6 +47,12 @@ pub enum Key {
     Switch(String),
     /// `global`: the [`GlobalSettings`](crate::settings::GlobalSettings) of the registry.
     Global,
+    /// `experiments/<name>`: the [`ExperimentSettings`](crate::settings::ExperimentSettings)
+    /// of one chaos experiment.
+    Experiment(String),
+    /// `experiments/<name>/result`: the [`ExperimentResult`](crate::settings::ExperimentResult)
+    /// of an experiment's run, written by the library.
+    ExperimentResult(String),
 }
 
 impl Key {
@@ -57,15 +65,19 @@ impl Key {
             SettingsError::new(
                 "",
                 format!(
-                    "{} is not a known key (expected `policies/<name>`, `switches/<name>` or `global`)",
+                    "{} is not a known key (expected `policies/<name>`, `switches/<name>`, `experiments/<name>`, `experiments/<name>/result` or `global`)",
                     Bounded::key(key)
                 ),
             )
         };
         let (kind, name) = key.split_once('/').ok_or_else(invalid)?;
-        let make = match kind {
-            "policies" => Key::Policy,
-            "switches" => Key::Switch,
+        let (make, name): (fn(String) -> Key, &str) = match kind {
+            "policies" => (Key::Policy, name),
+            "switches" => (Key::Switch, name),
+            "experiments" => match name.strip_suffix("/result") {
+                Some(name) => (Key::ExperimentResult, name),
+                None => (Key::Experiment, name),
+            },
             _ => return Err(invalid()),
         };
         if !valid_name(name) {
@@ -80,10 +92,14 @@ impl Key {
         Ok(make(name.to_owned()))
     }
 
-    /// The name of the policy or switch this key configures (empty for `global`).
+    /// The name of the policy, switch or experiment this key configures (empty for
+    /// `global`).
     pub fn name(&self) -> &str {
         match self {
-            Key::Policy(name) | Key::Switch(name) => name,
+            Key::Policy(name)
+            | Key::Switch(name)
+            | Key::Experiment(name)
+            | Key::ExperimentResult(name) => name,
             Key::Global => "",
         }
     }
@@ -103,6 +119,8 @@ impl fmt::Display for Key {
             Key::Policy(name) => write!(f, "policies/{name}"),
             Key::Switch(name) => write!(f, "switches/{name}"),
             Key::Global => f.write_str("global"),
+            Key::Experiment(name) => write!(f, "experiments/{name}"),
+            Key::ExperimentResult(name) => write!(f, "experiments/{name}/result"),
         }
     }
 }
@@ -259,6 +277,25 @@ pub trait Source: Send + 'static {
     fn start(self: Box<Self>, sink: Sink) -> Result<(), BoxError>;
 }
 
+/// A store the registry can write back to: experiments record their runs there
+/// (`experiments/<name>/result`). A source that can write hands one to its sink
+/// ([`Sink::set_store`]); the etcd source and the in-memory source do.
+pub trait Store: Send + Sync + 'static {
+    /// Reads `key` of `layer`, hands its value (`None`: absent) to `f`, and writes what
+    /// `f` returns, atomically: if the key changed in between, it reads again and asks
+    /// `f` again. `Ok(false)` when `f` declined to write (returned `None`).
+    fn update(
+        &self,
+        layer: Scope,
+        key: &str,
+        f: UpdateFn,
+    ) -> Pin<Box<dyn Future<Output = Result<bool, BoxError>> + Send>>;
+}
+
+/// The function a [`Store::update`] asks: the current value in, the value to write out
+/// (`None`: write nothing).
+pub type UpdateFn = Box<dyn FnMut(Option<&[u8]>) -> Option<Vec<u8>> + Send>;
+
 /// Where a [`Source`] pushes updates. Cheap to clone; does not keep the registry alive.
 #[derive(Clone)]
 pub struct Sink {
@@ -294,6 +331,15 @@ impl Sink {
     pub fn set_health(&self, health: Health) -> Result<(), Closed> {
         let shared = self.shared()?;
         shared.set_health(health);
+        Ok(())
+    }
+
+    /// Lets the registry write to the source's store in `layers` (experiment results).
+    pub fn set_store(&self, layers: &[Scope], store: Arc<dyn Store>) -> Result<(), Closed> {
+        let shared = self.shared()?;
+        for &layer in layers {
+            shared.experiments.set_store(layer, store.clone());
+        }
         Ok(())
     }
 

@@ -11,9 +11,11 @@ use super::handles::Handles;
 use super::merge::merge;
 use super::registry::{Changed, Shared, Snapshot};
 use super::source::{Change, Health, Key, Rejection, Scope, Update};
+use crate::experiment::run::Table;
 use crate::policy::WeakPolicy;
 use crate::settings::decode::{self, Settings};
 use crate::settings::{Bounded, GlobalSettings, PolicySettings, SettingsError};
+use crate::settings::{ExperimentResult, ExperimentSettings};
 use crate::switch::{SwitchSettings, WeakSwitch};
 
 /// The registry's state behind its lock: what every layer holds, what was refused, and
@@ -37,6 +39,10 @@ pub(crate) struct Writer {
     rejected_view: OrdMap<(Scope, String), Rejection>,
     pub(super) health: Health,
     revision: u64,
+    /// The experiments' runs (none in a writer made to check one value).
+    experiments: Option<Arc<Table>>,
+    pub(super) experiment_values: OrdMap<String, Arc<ExperimentSettings>>,
+    pub(super) experiment_results: OrdMap<String, Arc<ExperimentResult>>,
 }
 
 impl Shared {
@@ -101,6 +107,10 @@ impl Shared {
                 revision: w.revision,
             };
         }
+        if let Some(t) = &w.experiments {
+            t.set_health(&w.health);
+            t.sync();
+        }
         self.publish(w.snapshot());
         if !changed.is_empty() {
             // Sent under the lock (a broadcast send never waits): notices arrive in the
@@ -117,7 +127,7 @@ impl Shared {
 
 impl Writer {
     /// A writer holding code defaults only, with their effective values computed.
-    pub(super) fn new(defaults: HashMap<Key, Value>) -> Writer {
+    pub(super) fn new(defaults: HashMap<Key, Value>, experiments: Option<Arc<Table>>) -> Writer {
         let mut writer = Writer {
             defaults,
             layers: Default::default(),
@@ -130,6 +140,9 @@ impl Writer {
             rejected_view: OrdMap::new(),
             health: Health::DefaultsOnly,
             revision: 0,
+            experiments,
+            experiment_values: OrdMap::new(),
+            experiment_results: OrdMap::new(),
         };
         let keys: Vec<Key> = writer.defaults.keys().cloned().collect();
         for key in keys {
@@ -146,6 +159,8 @@ impl Writer {
             global: self.global.clone(),
             rejected: self.rejected_view.clone(),
             health: self.health.clone(),
+            experiments: self.experiment_values.clone(),
+            experiment_results: self.experiment_results.clone(),
         }
     }
 
@@ -208,6 +223,18 @@ impl Writer {
                 self.switch_values.insert(name.clone(), Arc::new(settings));
                 true
             }
+            Key::Experiment(name) => self.refresh_experiment::<ExperimentSettings>(
+                key,
+                name,
+                |w| &mut w.experiment_values,
+                |t, name, v, home| t.set_experiment(name, v.map(|v| (v, home))),
+            ),
+            Key::ExperimentResult(name) => self.refresh_experiment::<ExperimentResult>(
+                key,
+                name,
+                |w| &mut w.experiment_results,
+                |t, name, v, _| t.set_result(name, v),
+            ),
             Key::Global => {
                 let global = match decode::from_value::<GlobalSettings>(&merged) {
                     Ok(g) => g,
@@ -222,6 +249,15 @@ impl Writer {
                         "substation: shedding of non-critical dependencies changed"
                     );
                 }
+                if let Some(t) = &self.experiments {
+                    t.set_halt(global.halt_experiments);
+                }
+                if global.halt_experiments != self.global.halt_experiments {
+                    tracing::warn!(
+                        halt = global.halt_experiments,
+                        "substation: halting of every experiment changed"
+                    );
+                }
                 self.global = Arc::new(global);
                 let shed = self.global.shed_non_critical;
                 self.policies
@@ -229,6 +265,43 @@ impl Writer {
                 true
             }
         }
+    }
+
+    /// An experiment's value or result: decoded, handed to the experiments' table and
+    /// published in the snapshot.
+    fn refresh_experiment<T: Settings + PartialEq + Clone>(
+        &mut self,
+        key: &Key,
+        name: &str,
+        map: fn(&mut Writer) -> &mut OrdMap<String, Arc<T>>,
+        give: fn(&Table, &str, Option<T>, Scope),
+    ) -> bool {
+        let value = if self.stored(key) {
+            match decode::from_value::<T>(&self.merged(key, None)) {
+                Ok(v) => Some(v),
+                Err(e) => return self.invalid_combination(key, &e),
+            }
+        } else {
+            None
+        };
+        let home = if self.layers[Scope::App.index()].contains_key(key) {
+            Scope::App
+        } else {
+            Scope::Shared
+        };
+        let map = map(self);
+        let changed = match &value {
+            Some(v) if map.get(name).is_some_and(|old| **old == *v) => false,
+            Some(v) => {
+                map.insert(name.to_owned(), Arc::new(v.clone()));
+                true
+            }
+            None => map.remove(name).is_some(),
+        };
+        if changed && let Some(t) = &self.experiments {
+            give(t, name, value, home);
+        }
+        changed
     }
 
     fn invalid_combination(&self, key: &Key, e: &SettingsError) -> bool {
@@ -277,6 +350,8 @@ impl Writer {
             Key::Policy(_) => check::<PolicySettings>(alone, &merged),
             Key::Switch(_) => check::<SwitchSettings>(alone, &merged),
             Key::Global => check::<GlobalSettings>(alone, &merged),
+            Key::Experiment(_) => check::<ExperimentSettings>(alone, &merged),
+            Key::ExperimentResult(_) => check::<ExperimentResult>(alone, &merged),
         }
     }
 
@@ -399,7 +474,7 @@ impl Writer {
             match key {
                 Key::Policy(name) => drop(policies.insert(name.clone(), Some(value.clone()))),
                 Key::Switch(name) => drop(switches.insert(name.clone(), Some(value.clone()))),
-                Key::Global => {}
+                _ => {}
             }
         }
         let mut breakers = Vec::new();
@@ -430,7 +505,7 @@ impl Writer {
         if let Some(d) = code_default {
             defaults.insert(key.clone(), d.clone());
         }
-        let mut w = Writer::new(defaults);
+        let mut w = Writer::new(defaults, None);
         for (layer, value) in [(Scope::Shared, shared), (Scope::App, app)] {
             if let Some(v) = value {
                 w.layers[layer.index()].insert(key.clone(), v.clone());
@@ -460,6 +535,8 @@ impl Writer {
             Key::Policy(_) => full::<PolicySettings>(&merged),
             Key::Switch(_) => full::<SwitchSettings>(&merged),
             Key::Global => full::<GlobalSettings>(&merged),
+            Key::Experiment(_) => full::<ExperimentSettings>(&merged),
+            Key::ExperimentResult(_) => full::<ExperimentResult>(&merged),
         }
     }
 }

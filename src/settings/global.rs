@@ -14,6 +14,10 @@ pub struct GlobalSettings {
     /// Kills every non-critical policy (`"critical": false`) at once: they answer from
     /// their static fallback. Default `false`.
     pub shed_non_critical: bool,
+    /// Stops every chaos experiment at once (FIT's "halt all failures"): each process
+    /// stops injecting on this write, and the runs' verdicts become `halted`. Default
+    /// `false`; setting it back does not restart a halted run (delete its result).
+    pub halt_experiments: bool,
 }
 
 impl GlobalSettings {

@@ -113,27 +113,9 @@ pub struct KnownName {
     pub breaker: Option<String>,
 }
 
-/// The default instance id: the host name and the process id, with any character
-/// outside `A-Z a-z 0-9 _ . -` replaced by `-`.
+/// The default instance id: the host name and the process id.
 pub(super) fn default_id() -> String {
-    let id = format!("{}-{}", host_name(), std::process::id());
-    let id: String = id
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    id.chars()
-        .rev()
-        .take(128)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect()
+    crate::live::default_instance_id()
 }
 
 /// Checks an instance id (it is part of an etcd key).
@@ -146,15 +128,6 @@ pub(super) fn check_id(id: &str) -> Result<(), BoxError> {
         )
         .into())
     }
-}
-
-fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "unknown".to_owned())
 }
 
 fn now_ms() -> u64 {
@@ -171,7 +144,7 @@ pub(super) async fn run(cfg: EtcdSource, sink: Sink, id: String) {
     let me = Me {
         key: format!("{}{}", presence_prefix(&cfg.prefix), id),
         id,
-        host: host_name(),
+        host: crate::live::host_name(),
         started_ms: now_ms(),
     };
     // The lease in force, to revoke when the registry goes (no lock across `.await`).
