@@ -39,10 +39,10 @@ impl Counts {
         // Successes first: a concurrent record never makes them exceed the requests.
         let successes = self.successes.load(Ordering::Acquire);
         let requests = self.requests.load(Ordering::Acquire);
-        let mut c = CohortCounts::default();
-        c.requests = requests;
-        c.successes = successes.min(requests);
-        c
+        CohortCounts {
+            requests,
+            successes: successes.min(requests),
+        }
     }
 }
 
@@ -134,10 +134,12 @@ impl Run {
     fn new(name: &str, settings: Arc<ExperimentSettings>, home: Scope, table: &Arc<Table>) -> Run {
         let clock = table.clock.clone();
         let now = clock.now_ms();
-        let mut fault = FaultSettings::default();
-        fault.abort_percent = settings.abort_percent;
-        fault.delay_percent = settings.delay_percent;
-        fault.delay_ms = settings.delay_ms;
+        let fault = FaultSettings {
+            abort_percent: settings.abort_percent,
+            delay_percent: settings.delay_percent,
+            delay_ms: settings.delay_ms,
+            ..FaultSettings::default()
+        };
         Run {
             name: name.into(),
             id: run_id(&settings),

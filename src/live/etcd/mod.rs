@@ -83,6 +83,7 @@
 mod disk;
 mod driver;
 pub mod presence;
+mod store;
 mod tls;
 
 pub use self::presence::{Presence, presence_prefix};
@@ -300,6 +301,13 @@ impl Source for EtcdSource {
         if let Some(id) = self.announce.clone() {
             runtime.spawn(presence::run((*self).clone(), sink.clone(), id));
         }
+        // Experiments write their runs' records beside their values.
+        let layers: &[Scope] = if self.shared_prefix.is_some() {
+            &[Scope::App, Scope::Shared]
+        } else {
+            &[Scope::App]
+        };
+        sink.set_store(layers, store::EtcdStore::new((*self).clone()))?;
         runtime.spawn(driver::Driver::new(*self, sink).run(disk_done));
         Ok(())
     }
