@@ -2,6 +2,7 @@
 
 mod breaker;
 mod fallback;
+mod experiment;
 mod fault;
 mod live;
 mod metrics;
