@@ -75,8 +75,16 @@ async fn cohorts_are_sticky_sized_and_bucketed_like_the_switches() {
     let (mut control, mut experiment) = (0u32, 0u32);
     for user in users(n) {
         let arm = sub.experiment_cohort("sizes", user.as_bytes());
-        assert_eq!(arm, sub.experiment_cohort("sizes", user.as_bytes()), "sticky");
-        assert_eq!(arm, other.experiment_cohort("sizes", user.as_bytes()), "every process agrees");
+        assert_eq!(
+            arm,
+            sub.experiment_cohort("sizes", user.as_bytes()),
+            "sticky"
+        );
+        assert_eq!(
+            arm,
+            other.experiment_cohort("sizes", user.as_bytes()),
+            "every process agrees"
+        );
         assert_eq!(
             arm == Some(Arm::Control),
             switch.is_on(user.as_str()),
@@ -105,7 +113,10 @@ async fn cohorts_are_sticky_sized_and_bucketed_like_the_switches() {
     let mut grown = 0;
     for (user, was) in users(n).zip(before) {
         let now = sub.experiment_cohort("sizes", user.as_bytes()) == Some(Arm::Experiment);
-        assert!(!was || now, "{user} left the experiment cohort when it grew");
+        assert!(
+            !was || now,
+            "{user} left the experiment cohort when it grew"
+        );
         grown += u32::from(now);
     }
     let percent = f64::from(grown) * 100.0 / n as f64;
@@ -131,7 +142,9 @@ async fn only_the_experiment_cohort_is_injected_into_and_concurrent_cohorts_are_
         let a = sub.experiment_cohort("a-first", user.as_bytes());
         let b = sub.experiment_cohort("b-second", user.as_bytes());
         // The first experiment by name takes a key in both: the request's cohort.
-        let cohort = a.map(|arm| ("a-first", arm)).or(b.map(|arm| ("b-second", arm)));
+        let cohort = a
+            .map(|arm| ("a-first", arm))
+            .or(b.map(|arm| ("b-second", arm)));
         let failed = svc.ready().await.unwrap().call(user.clone()).await.is_err();
         let expect_failure = cohort.is_some_and(|(_, arm)| arm == Arm::Experiment);
         assert_eq!(failed, expect_failure, "{user} in {cohort:?}");
@@ -170,7 +183,9 @@ where
 
 /// The stored result of experiment `name`.
 fn result(sub: &Substation, name: &str) -> Option<ExperimentResult> {
-    sub.snapshot().experiment_result(name).map(|r| (**r).clone())
+    sub.snapshot()
+        .experiment_result(name)
+        .map(|r| (**r).clone())
 }
 
 #[tokio::test(start_paused = true)]
@@ -204,7 +219,10 @@ async fn a_bad_kpi_stops_the_experiment_at_once_and_records_the_verdict_once() {
     let stopped_at = stopped_at.expect("the judge stopped it");
     assert_eq!(failed_after, 0, "nothing injected after the stop");
     // 50 requests per cohort at 10 % each: ~500 requests, then the first judgement.
-    assert!((400..1_000).contains(&stopped_at), "stopped after {stopped_at} requests");
+    assert!(
+        (400..1_000).contains(&stopped_at),
+        "stopped after {stopped_at} requests"
+    );
     assert!(failed_while_running >= 50, "{failed_while_running}");
     let status = &sub.experiments()[0];
     assert_eq!(status.state, RunState::Aborted);
@@ -250,7 +268,10 @@ async fn a_verdict_from_the_store_stops_this_process_and_deleting_it_runs_again(
     assert_eq!(failures(&mut svc, 1_000).await, 0);
     let status = &sub.experiments()[0];
     assert_eq!(status.state, RunState::Aborted);
-    assert_eq!(status.verdict.as_ref().unwrap().by.as_deref(), Some("other-1"));
+    assert_eq!(
+        status.verdict.as_ref().unwrap().by.as_deref(),
+        Some("other-1")
+    );
     // The operator deletes the result: the same experiment runs again.
     source.delete("experiments/no-db/result");
     tokio::time::sleep(Duration::from_millis(1)).await;
@@ -259,7 +280,10 @@ async fn a_verdict_from_the_store_stops_this_process_and_deleting_it_runs_again(
     assert!(failures(&mut svc, 1_000).await > 100);
     // A result that is not a result is refused, for that key alone.
     let err = source
-        .put("experiments/no-db/result", r#"{"run": "x", "state": "passed", "started_ms": 1}"#)
+        .put(
+            "experiments/no-db/result",
+            r#"{"run": "x", "state": "passed", "started_ms": 1}"#,
+        )
         .unwrap_err();
     assert_eq!(err.to_string(), "run: expected 16 hex digits");
     assert_eq!(sub.experiments()[0].state, RunState::Running);
@@ -294,12 +318,17 @@ async fn the_maximum_duration_passes_it_and_one_write_halts_every_experiment() {
     assert_eq!(short.state, RunState::Passed);
     assert!(short.reason.unwrap().contains("full duration"));
     // Halt all: one write.
-    source.put("global", r#"{"halt_experiments": true}"#).unwrap();
+    source
+        .put("global", r#"{"halt_experiments": true}"#)
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(1)).await;
     for name in ["long-a", "long-b"] {
         let r = result(&sub, name).unwrap();
         assert_eq!(r.state, RunState::Halted, "{name}");
-        assert_eq!(r.reason.as_deref(), Some("halted by global.halt_experiments"));
+        assert_eq!(
+            r.reason.as_deref(),
+            Some("halted by global.halt_experiments")
+        );
     }
     // The passed verdict stays what it was.
     assert_eq!(result(&sub, "short").unwrap().state, RunState::Passed);
@@ -347,11 +376,17 @@ async fn without_its_store_a_process_stops_injecting_after_the_bound_and_resumes
     })
     .unwrap();
     tokio::time::sleep(Duration::from_millis(4_900)).await;
-    assert!(failures(&mut svc, 500).await > 100, "still within the bound");
+    assert!(
+        failures(&mut svc, 500).await > 100,
+        "still within the bound"
+    );
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(failures(&mut svc, 500).await, 0, "paused past the bound");
     let status = &sub.experiments()[0];
-    assert!(status.paused && status.state == RunState::Running, "{status:?}");
+    assert!(
+        status.paused && status.state == RunState::Running,
+        "{status:?}"
+    );
     sink.set_health(Health::Live { revision: 2 }).unwrap();
     assert!(failures(&mut svc, 500).await > 100, "resumed");
 }

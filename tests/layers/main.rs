@@ -1,8 +1,9 @@
 //! Behaviour of the layers as a user meets it: real tower services, live settings.
 
 mod breaker;
-mod fallback;
 mod experiment;
+mod experiment_hops;
+mod fallback;
 mod fault;
 mod live;
 mod metrics;
