@@ -4,6 +4,7 @@
 #![cfg(feature = "etcd")]
 
 mod common;
+mod experiment;
 mod faults;
 mod harness;
 mod liveness;
