@@ -221,74 +221,84 @@ where
 
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
-        if self.active.load().runs.is_empty() {
-            return ExperimentFuture::pass(self.inner.call(req));
-        }
-        self.assign(req)
-    }
-}
-
-impl<S, Req, C> Experiment<S, Req, C>
-where
-    S: Service<Req>,
-    C: Classify<S::Response, S::Error> + Clone,
-{
-    /// Some experiment runs: find the request's cohort, if any.
-    fn assign(&mut self, mut req: Req) -> ExperimentFuture<S::Future, C> {
         let Experiment {
             inner,
             active,
             shared,
             classify,
         } = self;
-        let runs = &active.load().runs;
-        let mut cohort = None;
-        let mut assigned_here = false;
-        let adopted = shared.adopt.as_ref().and_then(|adopt| adopt(&req));
-        if let Some((name, arm)) = adopted {
-            // Upstream's cohort: never assigned again here, never counted here.
-            if let Some(run) = runs.iter().find(|r| &*r.name == name)
-                && run.is_live()
-            {
+        let active = active.load();
+        if active.runs.is_empty() {
+            return ExperimentFuture::pass(inner.call(req));
+        }
+        assign(inner, active, shared, classify, req)
+    }
+}
+
+/// Some experiment runs: finds the request's cohort, if any, and calls `inner` with it
+/// as the current one.
+fn assign<S, Req, C>(
+    inner: &mut S,
+    active: &Active,
+    shared: &Shared<Req>,
+    classify: &C,
+    mut req: Req,
+) -> ExperimentFuture<S::Future, C>
+where
+    S: Service<Req>,
+    C: Classify<S::Response, S::Error> + Clone,
+{
+    let mut cohort = None;
+    let mut assigned_here = false;
+    let adopted = shared.adopt.as_ref().and_then(|adopt| adopt(&req));
+    if let Some((name, arm)) = adopted {
+        // Upstream's cohort: never assigned again here, never counted here.
+        if let Some(run) = active.runs.iter().find(|r| &*r.name == name)
+            && run.is_live()
+        {
+            cohort = Some(Cohort {
+                arm,
+                run: run.clone(),
+            });
+        }
+    } else if let Some(key) = &shared.key {
+        // The first run whose cohorts hold the key takes it, live or paused: cohorts
+        // of concurrent runs stay disjoint. Only an index leaves the callback.
+        let mut hit = None;
+        key(&req, &mut |bytes| {
+            for (i, b) in active.buckets.iter().enumerate() {
+                if let Some(arm) = b.arm_of(bytes) {
+                    hit = Some((i, arm));
+                    return;
+                }
+            }
+        });
+        if let Some((i, arm)) = hit {
+            let run = &active.runs[i];
+            if run.is_live() {
                 cohort = Some(Cohort {
                     arm,
                     run: run.clone(),
                 });
+                assigned_here = true;
             }
-        } else if let Some(key) = &shared.key {
-            key(&req, &mut |bytes| {
-                for run in runs.iter() {
-                    if let Some(arm) = run.arm_of(bytes) {
-                        // The first run whose cohorts hold the key takes it, live or
-                        // paused: cohorts of concurrent runs stay disjoint.
-                        if run.is_live() {
-                            cohort = Some(Cohort {
-                                arm,
-                                run: run.clone(),
-                            });
-                            assigned_here = true;
-                        }
-                        return;
-                    }
-                }
-            });
         }
-        let Some(cohort) = cohort else {
-            return ExperimentFuture::pass(inner.call(req));
-        };
-        if let Some(attach) = &shared.attach {
-            attach(&mut req, &cohort);
-        }
-        let mut scope = Some(cohort);
-        let future = enter(&mut scope, || inner.call(req));
-        ExperimentFuture {
-            kind: Kind::Cohort {
-                inner: future,
-                cohort: scope,
-                record: assigned_here,
-                classify: classify.clone(),
-            },
-        }
+    }
+    let Some(cohort) = cohort else {
+        return ExperimentFuture::pass(inner.call(req));
+    };
+    if let Some(attach) = &shared.attach {
+        attach(&mut req, &cohort);
+    }
+    let mut scope = Some(cohort);
+    let future = enter(&mut scope, || inner.call(req));
+    ExperimentFuture {
+        kind: Kind::Cohort {
+            inner: future,
+            cohort: scope,
+            record: assigned_here,
+            classify: classify.clone(),
+        },
     }
 }
 

@@ -69,17 +69,17 @@
 //!     }));
 //!
 //! source.put("experiments/no-inventory", r#"{"policy": "inventory", "control_percent": 10, "experiment_percent": 10, "min_requests": 20}"#).unwrap();
-//! let (mut failed, mut in_experiment) = (0, 0);
+//! let mut failed = 0;
 //! for i in 0..1_000 {
 //!     let user = format!("user-{i}");
-//!     if sub.experiment_cohort("no-inventory", user.as_bytes()) == Some(Arm::Experiment) {
-//!         in_experiment += 1;
+//!     if edge.clone().oneshot(user.clone()).await.is_err() {
+//!         // Only users of the experiment cohort ever fail.
+//!         assert_eq!(sub.experiment_cohort("no-inventory", user.as_bytes()), Some(Arm::Experiment));
+//!         failed += 1;
 //!     }
-//!     failed += edge.clone().oneshot(user).await.is_err() as u32;
 //! }
-//! // Exactly the experiment cohort's requests failed while the run lasted; then the
-//! // judge stopped it (20 requests a cohort, success 0 % vs 100 %).
-//! assert!(in_experiment >= 20 && failed == in_experiment, "{failed} of {in_experiment}");
+//! // The judge stopped it after 20 requests a cohort (success 0 % vs 100 %).
+//! assert!(failed >= 20 && failed < 100, "{failed}");
 //! let status = &sub.experiments()[0];
 //! assert_eq!(status.state.as_str(), "aborted");
 //! # }
@@ -200,6 +200,9 @@ pub(crate) fn current_with<R>(f: impl FnOnce(Option<&Cohort>) -> R) -> R {
 /// `policy`.
 #[inline]
 pub(crate) fn injection(policy: &str) -> Option<FaultSettings> {
+    if run::RUNNING_RUNS.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        return None;
+    }
     CURRENT
         .try_with(|c| {
             let c = c.try_borrow().ok()?;

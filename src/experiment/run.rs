@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, SystemTime};
 
@@ -24,6 +24,10 @@ const ABORTED: u8 = 2;
 const HALTED: u8 = 3;
 /// The value was deleted or replaced: the run ends without a verdict of its own.
 const WITHDRAWN: u8 = 4;
+
+/// Runs in state running, in every registry of the process: the fault layers skip
+/// looking for a cohort while it is 0 (a count, never a list: nothing accumulates).
+pub(crate) static RUNNING_RUNS: AtomicUsize = AtomicUsize::new(0);
 
 /// One cohort's counts (its own cache line: the two cohorts are written by different
 /// requests).
@@ -103,6 +107,14 @@ impl fmt::Debug for Run {
     }
 }
 
+impl Drop for Run {
+    fn drop(&mut self) {
+        if *self.state.get_mut() == RUNNING {
+            RUNNING_RUNS.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
 /// `percent` of 2³² (`0..=100`).
 fn share(percent: f64) -> u64 {
     ((percent / 100.0) * 4_294_967_296.0).round() as u64
@@ -119,9 +131,12 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     h
 }
 
-/// The run id of an experiment's effective value.
-pub(crate) fn run_id(settings: &ExperimentSettings) -> u64 {
-    fnv1a(&serde_json::to_vec(settings).unwrap_or_default())
+/// The run id of experiment `name` with this effective value.
+pub(crate) fn run_id(name: &str, settings: &ExperimentSettings) -> u64 {
+    let mut bytes = name.as_bytes().to_vec();
+    bytes.push(0);
+    bytes.extend(serde_json::to_vec(settings).unwrap_or_default());
+    fnv1a(&bytes)
 }
 
 pub(crate) fn wall_ms() -> u64 {
@@ -134,6 +149,7 @@ impl Run {
     fn new(name: &str, settings: Arc<ExperimentSettings>, home: Scope, table: &Arc<Table>) -> Run {
         let clock = table.clock.clone();
         let now = clock.now_ms();
+        RUNNING_RUNS.fetch_add(1, Ordering::AcqRel);
         let fault = FaultSettings {
             abort_percent: settings.abort_percent,
             delay_percent: settings.delay_percent,
@@ -142,7 +158,7 @@ impl Run {
         };
         Run {
             name: name.into(),
-            id: run_id(&settings),
+            id: run_id(name, &settings),
             prefix: Prefix::new(name.as_bytes()),
             control_below: share(settings.control_percent),
             experiment_from: (1u64 << 32) - share(settings.experiment_percent),
@@ -169,16 +185,17 @@ impl Run {
         format!("{:016x}", self.id)
     }
 
-    /// The cohort of a key's hash, if any.
+    /// The cohort of a key, if any.
     #[inline]
     pub(crate) fn arm_of(&self, key: &[u8]) -> Option<Arm> {
-        let h = u64::from(self.prefix.hash(key));
-        if h < self.control_below {
-            Some(Arm::Control)
-        } else if h >= self.experiment_from {
-            Some(Arm::Experiment)
-        } else {
-            None
+        self.bucket().arm_of(key)
+    }
+
+    fn bucket(&self) -> Bucket {
+        Bucket {
+            prefix: self.prefix,
+            control_below: self.control_below,
+            experiment_from: self.experiment_from,
         }
     }
 
@@ -289,6 +306,7 @@ impl Run {
         {
             return false;
         }
+        RUNNING_RUNS.fetch_sub(1, Ordering::AcqRel);
         let (control, experiment) = self.counts();
         let record = ExperimentResult {
             run: self.id_hex(),
@@ -327,6 +345,7 @@ impl Run {
             .compare_exchange(RUNNING, code, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
         {
+            RUNNING_RUNS.fetch_sub(1, Ordering::AcqRel);
             log_verdict(&self.name, result, "the store");
             *lock(&self.verdict) = Some(result.clone());
             *lock(&self.pending) = Pending::Nothing;
@@ -349,6 +368,7 @@ impl Run {
 
     fn withdraw(&self) {
         if self.state.swap(WITHDRAWN, Ordering::AcqRel) == RUNNING {
+            RUNNING_RUNS.fetch_sub(1, Ordering::AcqRel);
             tracing::info!(experiment = %self.name, run = %self.id_hex(), "substation: experiment withdrawn (its value was deleted or changed) before a verdict");
         }
         *lock(&self.pending) = Pending::Nothing;
@@ -480,10 +500,35 @@ pub(crate) fn judge(
     })
 }
 
-/// The runs the edge evaluates, in name order (every process assigns the same cohorts).
+/// What assigning a key to a run's cohorts needs, stored inline in [`Active`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Bucket {
+    prefix: Prefix,
+    control_below: u64,
+    experiment_from: u64,
+}
+
+impl Bucket {
+    /// The cohort of a key (murmur3 of the run's name ++ key), if any.
+    #[inline]
+    pub(crate) fn arm_of(&self, key: &[u8]) -> Option<Arm> {
+        let h = u64::from(self.prefix.hash(key));
+        if h < self.control_below {
+            Some(Arm::Control)
+        } else if h >= self.experiment_from {
+            Some(Arm::Experiment)
+        } else {
+            None
+        }
+    }
+}
+
+/// The runs the edge evaluates, in name order (every process assigns the same cohorts),
+/// with their buckets side by side (no pointer to follow per run).
 #[derive(Default)]
 pub(crate) struct Active {
     pub(crate) runs: Box<[Arc<Run>]>,
+    pub(crate) buckets: Box<[Bucket]>,
 }
 
 /// Every experiment known to one registry; held by the registry and by the layers.
@@ -601,7 +646,7 @@ impl Table {
             }
             return;
         };
-        let id = run_id(&settings);
+        let id = run_id(name, &settings);
         let result = st.results.get(name).cloned();
         let ours = result.as_ref().filter(|r| r.run == format!("{id:016x}"));
         let current = st.runs.get(name).filter(|r| r.id == id && r.home == home);
@@ -658,7 +703,11 @@ impl Table {
             .filter(|r| r.state.load(Ordering::Acquire) == RUNNING)
             .cloned()
             .collect();
-        self.active.store(Arc::new(Active { runs: runs.into() }));
+        let buckets = runs.iter().map(|r| r.bucket()).collect();
+        self.active.store(Arc::new(Active {
+            runs: runs.into(),
+            buckets,
+        }));
     }
 
     /// Publishes again (a run stopped).
@@ -673,14 +722,9 @@ impl Table {
         runs.iter().map(|r| r.status()).collect()
     }
 
-    /// The run of experiment `name` that may assign cohorts now, if any.
-    pub(crate) fn live_run(&self, name: &str) -> Option<Arc<Run>> {
-        self.active
-            .load()
-            .runs
-            .iter()
-            .find(|r| &*r.name == name)
-            .cloned()
+    /// The current run of experiment `name` (running or stopped), if any.
+    pub(crate) fn run(&self, name: &str) -> Option<Arc<Run>> {
+        lock(&self.state).runs.get(name).cloned()
     }
 }
 
@@ -855,10 +899,10 @@ mod tests {
     use super::*;
 
     fn counts(requests: u64, successes: u64) -> CohortCounts {
-        let mut c = CohortCounts::default();
-        c.requests = requests;
-        c.successes = successes;
-        c
+        CohortCounts {
+            requests,
+            successes,
+        }
     }
 
     #[test]
@@ -892,8 +936,16 @@ mod tests {
     #[test]
     fn run_ids_are_stable_hashes_of_the_value() {
         let a = ExperimentSettings::new("p");
-        assert_eq!(run_id(&a), run_id(&a.clone()));
-        assert_ne!(run_id(&a), run_id(&a.clone().with(|s| s.min_requests = 7)));
+        assert_eq!(run_id("e", &a), run_id("e", &a.clone()));
+        assert_ne!(
+            run_id("e", &a),
+            run_id("e", &a.clone().with(|s| s.min_requests = 7))
+        );
+        assert_ne!(
+            run_id("e", &a),
+            run_id("f", &a),
+            "two experiments, two runs"
+        );
         // Pinned: every process and version must agree on it.
         assert_eq!(format!("{:016x}", fnv1a(b"substation")), "d06be9a210c49683");
     }

@@ -196,11 +196,12 @@ impl Substation {
         self.shared.experiments.status()
     }
 
-    /// The cohort `key` is in for experiment `name` while it runs here (`None`: in
-    /// neither, or the experiment is not running): the edge's assignment, for tests and
-    /// tools. Ignores the other experiments' claims on the key.
+    /// The cohort `key` belongs to in experiment `name`'s current run here, running or
+    /// stopped (`None`: in neither, or no such experiment): the edge's bucketing, for
+    /// tests and tools. While the run is live the edge assigns exactly this, unless an
+    /// experiment earlier by name holds the key (cohorts of concurrent runs are disjoint).
     pub fn experiment_cohort(&self, name: &str, key: &[u8]) -> Option<crate::experiment::Arm> {
-        self.shared.experiments.live_run(name)?.arm_of(key)
+        self.shared.experiments.run(name)?.arm_of(key)
     }
 
     pub(crate) fn experiment_table(&self) -> Arc<crate::experiment::run::Table> {

@@ -58,37 +58,39 @@ impl Prefix {
     }
 
     /// `murmur3_x86_32(prefix ++ key, 0)`.
+    ///
+    /// The prefix's 0–3 left-over bytes and the key's bytes are fed through a 64-bit
+    /// shift register, a 4-byte block at a time, so that a prefix whose length is not a
+    /// multiple of 4 costs no byte-by-byte realignment.
     #[inline]
     pub(crate) fn hash(&self, key: &[u8]) -> u32 {
         let total_len = self.len.wrapping_add(key.len() as u32);
         let mut h = self.h;
-        let mut tail = self.tail;
-        let mut tail_len = self.tail_len as usize;
-        let mut key = key;
-        if tail_len != 0 {
-            // Top the prefix's left-over bytes up to a block with the key's first bytes.
-            let take = (4 - tail_len).min(key.len());
-            for (i, &byte) in key[..take].iter().enumerate() {
-                tail |= u32::from(byte) << (8 * (tail_len + i));
-            }
-            tail_len += take;
-            key = &key[take..];
-            if tail_len == 4 {
-                h = mix_h(h, tail);
-                tail = 0;
-                tail_len = 0;
-            }
+        // Pending bytes, little-endian: `bits` of them (0, 8, 16 or 24) in `acc`.
+        let mut acc = u64::from(self.tail);
+        let bits = self.tail_len * 8;
+        let mut rest = key;
+        while let Some((b, more)) = rest.split_first_chunk::<4>() {
+            acc |= u64::from(u32::from_le_bytes(*b)) << bits;
+            h = mix_h(h, acc as u32);
+            acc >>= 32;
+            rest = more;
         }
-        let mut blocks = key.chunks_exact(4);
-        for b in &mut blocks {
-            h = mix_h(h, u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+        let last = match rest.len() {
+            0 => 0,
+            1 => u32::from(rest[0]),
+            2 => u32::from(rest[0]) | u32::from(rest[1]) << 8,
+            _ => u32::from(rest[0]) | u32::from(rest[1]) << 8 | u32::from(rest[2]) << 16,
+        };
+        acc |= u64::from(last) << bits;
+        let mut pending = bits + 8 * rest.len() as u32;
+        if pending >= 32 {
+            h = mix_h(h, acc as u32);
+            acc >>= 32;
+            pending -= 32;
         }
-        for (i, &byte) in blocks.remainder().iter().enumerate() {
-            tail |= u32::from(byte) << (8 * (tail_len + i));
-        }
-        tail_len += blocks.remainder().len();
-        if tail_len != 0 {
-            h ^= mix_k(tail);
+        if pending != 0 {
+            h ^= mix_k(acc as u32);
         }
         fmix(h ^ total_len)
     }
