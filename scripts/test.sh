@@ -56,6 +56,9 @@ cargo run --quiet --example http_client --features http -- --quick
 step "retries recover a flaky hyper upstream, hedging cuts a slow tail (real server, real client)"
 cargo run --quiet --example retry_hedge --features http -- --quick
 
+step "the experiment example tells its story (passed with a good fallback; aborted without one)"
+cargo run --quiet --example experiment --features http -- --quick
+
 step "the tonic example tells its story (server killed: breaker opens, fallback answers; server back: recovery)"
 cargo run --quiet --example grpc_client --features tonic -- --quick
 
