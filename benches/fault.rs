@@ -6,7 +6,9 @@
 //! (`ExperimentLayer`, keyed by the request's 8 bytes): `edge_none` with no experiment
 //! running, `edge_outside` with one running (1 % + 1 %) and a key in neither cohort (the
 //! issue's "outside every experiment", ≤ 10 ns), `edge_control` with a key in the
-//! control cohort (scoped, counted and judged). Harness: `poll_ready` + `call` + one poll
+//! control cohort (scoped, counted and judged); `switch_sticky_same_key` is a sticky
+//! switch of the same name evaluated on the same key (the same murmur3: the floor of the
+//! edge's bucketing). Harness: `poll_ready` + `call` + one poll
 //! with a no-op waker.
 //!
 //! Run with `cargo bench --workspace --bench fault`.
@@ -60,6 +62,16 @@ fn fault(c: &mut Criterion) {
     let mut running = edge.layer(inner);
     g.bench_function("edge_outside", |b| {
         b.iter(|| black_box(drive(&mut running, black_box(outside), &mut cx).unwrap()))
+    });
+    // The same murmur3 of the same name ++ key, as the switches evaluate it: the floor
+    // the edge's bucketing sits on.
+    let switch = sub.switch("bench");
+    switch
+        .update(substation::switch::SwitchSettings::percent(1.0))
+        .unwrap();
+    let key = outside.to_le_bytes();
+    g.bench_function("switch_sticky_same_key", |b| {
+        b.iter(|| black_box(switch.is_on(black_box(key))))
     });
     g.bench_function("edge_control", |b| {
         b.iter(|| black_box(drive(&mut running, black_box(control), &mut cx).unwrap()))

@@ -17,14 +17,16 @@ use super::{Arm, Cohort, enter};
 use crate::Substation;
 use crate::classify::{Classify, ErrorsAsFailures, Outcome};
 
-type KeyFn<Req> = Arc<dyn Fn(&Req, &mut dyn FnMut(&[u8])) + Send + Sync>;
+/// The key function of a layer without one: assigns nothing.
+pub type NoKey<Req> = fn(&Req, &mut dyn FnMut(&[u8]));
+
+fn no_key<Req>(_: &Req, _: &mut dyn FnMut(&[u8])) {}
 type AdoptFn<Req> = Arc<dyn for<'a> Fn(&'a Req) -> Option<(&'a str, Arm)> + Send + Sync>;
 type AttachFn<Req> = Arc<dyn Fn(&mut Req, &Cohort) + Send + Sync>;
 
 /// What every service of one layer shares.
 struct Shared<Req> {
     table: Arc<Table>,
-    key: Option<KeyFn<Req>>,
     adopt: Option<AdoptFn<Req>>,
     attach: Option<AttachFn<Req>>,
 }
@@ -33,7 +35,6 @@ impl<Req> Clone for Shared<Req> {
     fn clone(&self) -> Self {
         Shared {
             table: self.table.clone(),
-            key: self.key.clone(),
             adopt: self.adopt.clone(),
             attach: self.attach.clone(),
         }
@@ -47,24 +48,27 @@ impl<Req> Clone for Shared<Req> {
 ///
 /// Outside every experiment — none running, or a key in no cohort — a request passes
 /// with one pointer compare (plus its key's hash per running experiment).
-pub struct ExperimentLayer<Req, C = ErrorsAsFailures> {
+///
+/// The key function is stored by type (`K`), not boxed: it inlines into the call.
+pub struct ExperimentLayer<Req, C = ErrorsAsFailures, K = NoKey<Req>> {
     shared: Shared<Req>,
     classify: C,
+    key: K,
 }
 
-impl<Req, C: Clone> Clone for ExperimentLayer<Req, C> {
+impl<Req, C: Clone, K: Clone> Clone for ExperimentLayer<Req, C, K> {
     fn clone(&self) -> Self {
         ExperimentLayer {
             shared: self.shared.clone(),
             classify: self.classify.clone(),
+            key: self.key.clone(),
         }
     }
 }
 
-impl<Req, C> fmt::Debug for ExperimentLayer<Req, C> {
+impl<Req, C, K> fmt::Debug for ExperimentLayer<Req, C, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ExperimentLayer")
-            .field("key", &self.shared.key.is_some())
             .field("adopts", &self.shared.adopt.is_some())
             .finish_non_exhaustive()
     }
@@ -78,34 +82,38 @@ impl<Req> ExperimentLayer<Req> {
         ExperimentLayer {
             shared: Shared {
                 table: substation.experiment_table(),
-                key: None,
                 adopt: None,
                 attach: None,
             },
             classify: ErrorsAsFailures,
+            key: no_key::<Req>,
         }
     }
 }
 
-impl<Req, C> ExperimentLayer<Req, C> {
+impl<Req, C, K> ExperimentLayer<Req, C, K> {
     /// The sticky key of a request (a user, session or device id): the function hands
     /// its bytes to the callback, or does not call it for a request without one (which
     /// then joins no cohort).
-    pub fn key(
-        mut self,
-        key: impl Fn(&Req, &mut dyn FnMut(&[u8])) + Send + Sync + 'static,
-    ) -> Self {
-        self.shared.key = Some(Arc::new(key));
-        self
+    pub fn key<K2>(self, key: K2) -> ExperimentLayer<Req, C, K2>
+    where
+        K2: Fn(&Req, &mut dyn FnMut(&[u8])) + Clone,
+    {
+        ExperimentLayer {
+            shared: self.shared,
+            classify: self.classify,
+            key,
+        }
     }
 
     /// What counts as a successful request (the KPI): e.g.
     /// [`ServerErrorsAsFailures`](crate::classify::ServerErrorsAsFailures) for HTTP,
     /// [`GrpcCodes`](crate::classify::GrpcCodes) for gRPC, or a function of the result.
-    pub fn classify<C2>(self, classify: C2) -> ExperimentLayer<Req, C2> {
+    pub fn classify<C2>(self, classify: C2) -> ExperimentLayer<Req, C2, K> {
         ExperimentLayer {
             shared: self.shared,
             classify,
+            key: self.key,
         }
     }
 
@@ -129,7 +137,7 @@ impl<Req, C> ExperimentLayer<Req, C> {
 }
 
 #[cfg(feature = "http")]
-impl<B, C> ExperimentLayer<http::Request<B>, C> {
+impl<B, C, K> ExperimentLayer<http::Request<B>, C, K> {
     /// For an HTTP (or tonic) server: adopts the cohort an upstream
     /// [`PropagateLayer`](super::PropagateLayer) wrote into the `substation-experiment`
     /// header, and puts each request's [`Cohort`] into its extensions.
@@ -141,8 +149,8 @@ impl<B, C> ExperimentLayer<http::Request<B>, C> {
     }
 }
 
-impl<S, Req, C: Clone> Layer<S> for ExperimentLayer<Req, C> {
-    type Service = Experiment<S, Req, C>;
+impl<S, Req, C: Clone, K: Clone> Layer<S> for ExperimentLayer<Req, C, K> {
+    type Service = Experiment<S, Req, C, K>;
 
     fn layer(&self, inner: S) -> Self::Service {
         Experiment {
@@ -150,6 +158,7 @@ impl<S, Req, C: Clone> Layer<S> for ExperimentLayer<Req, C> {
             active: Cache::new(ActiveOf(self.shared.table.clone())),
             shared: Arc::new(self.shared.clone()),
             classify: self.classify.clone(),
+            key: self.key.clone(),
         }
     }
 }
@@ -167,25 +176,27 @@ impl Deref for ActiveOf {
 }
 
 /// Assigns cohorts and records outcomes; see [`ExperimentLayer`].
-pub struct Experiment<S, Req, C> {
+pub struct Experiment<S, Req, C, K = NoKey<Req>> {
     inner: S,
     active: Cache<ActiveOf, Arc<Active>>,
     shared: Arc<Shared<Req>>,
     classify: C,
+    key: K,
 }
 
-impl<S: Clone, Req, C: Clone> Clone for Experiment<S, Req, C> {
+impl<S: Clone, Req, C: Clone, K: Clone> Clone for Experiment<S, Req, C, K> {
     fn clone(&self) -> Self {
         Experiment {
             inner: self.inner.clone(),
             active: self.active.clone(),
             shared: self.shared.clone(),
             classify: self.classify.clone(),
+            key: self.key.clone(),
         }
     }
 }
 
-impl<S: fmt::Debug, Req, C> fmt::Debug for Experiment<S, Req, C> {
+impl<S: fmt::Debug, Req, C, K> fmt::Debug for Experiment<S, Req, C, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Experiment")
             .field("inner", &self.inner)
@@ -193,7 +204,7 @@ impl<S: fmt::Debug, Req, C> fmt::Debug for Experiment<S, Req, C> {
     }
 }
 
-impl<S, Req, C> Experiment<S, Req, C> {
+impl<S, Req, C, K> Experiment<S, Req, C, K> {
     /// The inner service.
     pub fn get_ref(&self) -> &S {
         &self.inner
@@ -205,10 +216,11 @@ impl<S, Req, C> Experiment<S, Req, C> {
     }
 }
 
-impl<S, Req, C> Service<Req> for Experiment<S, Req, C>
+impl<S, Req, C, K> Service<Req> for Experiment<S, Req, C, K>
 where
     S: Service<Req>,
     C: Classify<S::Response, S::Error> + Clone,
+    K: Fn(&Req, &mut dyn FnMut(&[u8])),
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -226,27 +238,31 @@ where
             active,
             shared,
             classify,
+            key,
         } = self;
         let active = active.load();
         if active.runs.is_empty() {
             return ExperimentFuture::pass(inner.call(req));
         }
-        assign(inner, active, shared, classify, req)
+        assign(inner, active, shared, classify, key, req)
     }
 }
 
 /// Some experiment runs: finds the request's cohort, if any, and calls `inner` with it
 /// as the current one.
-fn assign<S, Req, C>(
+#[inline(always)]
+fn assign<S, Req, C, K>(
     inner: &mut S,
     active: &Active,
     shared: &Shared<Req>,
     classify: &C,
+    key: &K,
     mut req: Req,
 ) -> ExperimentFuture<S::Future, C>
 where
     S: Service<Req>,
     C: Classify<S::Response, S::Error> + Clone,
+    K: Fn(&Req, &mut dyn FnMut(&[u8])),
 {
     let mut cohort = None;
     let mut assigned_here = false;
@@ -261,7 +277,7 @@ where
                 run: run.clone(),
             });
         }
-    } else if let Some(key) = &shared.key {
+    } else {
         // The first run whose cohorts hold the key takes it, live or paused: cohorts
         // of concurrent runs stay disjoint. Only an index leaves the callback.
         let mut hit = None;

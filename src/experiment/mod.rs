@@ -99,7 +99,7 @@ use std::task::{Context, Poll};
 
 use pin_project_lite::pin_project;
 
-pub use self::layer::{Experiment, ExperimentFuture, ExperimentLayer};
+pub use self::layer::{Experiment, ExperimentFuture, ExperimentLayer, NoKey};
 #[cfg(feature = "http")]
 pub use self::propagate::{HEADER, Propagate, PropagateLayer};
 use self::run::Run;
