@@ -265,7 +265,7 @@ fn value_warnings(
     }
 }
 
-/// Says `warnings` (text output) and adds them to the report's JSON.
+/// Adds `warnings` to the report's JSON (text output says them before the write).
 fn attach_warnings(
     result: Result<Report, Failure>,
     warnings: &[String],
