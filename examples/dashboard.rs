@@ -4,12 +4,17 @@
 //! its fallback answers), an operator kills `reviews`, the settings store becomes
 //! unreachable (the banner turns stale) and a bad value is refused (listed as rejected);
 //! then everything heals (the breaker closes) and `new-checkout` rolls further out.
+//! Meanwhile two chaos experiments run at the edge (a product page calling `inventory`
+//! and `recommendations`): `inventory-outage` is aborted by its judge within seconds
+//! (the page cannot do without stock), `recommendations-outage` passes (it can do
+//! without personal picks).
 //!
 //! Run: `cargo run --example dashboard --features dashboard` and open the address it
 //! prints (`-- --port 9090` to choose the port, `--policies 50` for a full page).
 //! `-- --quick` is the self-checking run CI makes (≈ 10 s): it reads `/status` and
 //! fails unless the breaker opened and closed, counts grew, the fallback answered, the
-//! kill switch, the outage and the rejection showed, and the rollout moved.
+//! kill switch, the outage and the rejection showed, the rollout moved, and the one
+//! experiment was aborted and the other passed.
 
 #[path = "dashboard/scenario.rs"]
 mod scenario;
@@ -103,6 +108,20 @@ fn calls(status: &Value, name: &str) -> u64 {
     .iter()
     .map(|k| t[*k].as_u64().unwrap_or(0))
     .sum()
+}
+
+fn experiment<'a>(status: &'a Value, name: &str) -> Option<&'a Value> {
+    status["experiments"]
+        .as_array()?
+        .iter()
+        .find(|e| e["name"] == name)
+}
+
+fn experiment_state(status: &Value, name: &str) -> String {
+    experiment(status, name)
+        .and_then(|e| e["state"].as_str())
+        .unwrap_or("missing")
+        .to_owned()
 }
 
 fn fallback_served(status: &Value, name: &str) -> u64 {
@@ -226,6 +245,13 @@ async fn quick(scenario: &Scenario, started: Instant) -> Result<(), BoxError> {
         deadline: Duration::from_secs(8),
     };
     let seen = story(scenario, &pace, 50, started).await?;
+    // The experiments started with the scenario: one aborted within seconds, the other
+    // ran its 4 s.
+    wait_for(scenario, pace.deadline, |s| {
+        experiment_state(s, "inventory-outage") != "running"
+            && experiment_state(s, "recommendations-outage") != "running"
+    })
+    .await?;
     let after = scenario.status().await?;
 
     let mut failures = Vec::new();
@@ -277,6 +303,34 @@ async fn quick(scenario: &Scenario, started: Instant) -> Result<(), BoxError> {
         }),
         "new-checkout: at 50 %, evaluated".into(),
     );
+    let counted = |e: &Value| {
+        ["control", "experiment"]
+            .iter()
+            .all(|c| e[*c]["requests"].as_u64() > Some(0))
+    };
+    let aborted = experiment(&after, "inventory-outage");
+    let reason = aborted
+        .and_then(|e| e["verdict"]["reason"].as_str())
+        .unwrap_or("");
+    check(
+        aborted.is_some_and(|e| e["state"] == "aborted" && counted(e))
+            && reason.starts_with("experiment success"),
+        format!(
+            "inventory-outage: {}: {reason}",
+            experiment_state(&after, "inventory-outage")
+        ),
+    );
+    let passed = experiment(&after, "recommendations-outage");
+    check(
+        passed.is_some_and(|e| e["state"] == "passed" && counted(e)),
+        format!(
+            "recommendations-outage: {}: {}",
+            experiment_state(&after, "recommendations-outage"),
+            passed
+                .and_then(|e| e["verdict"]["reason"].as_str())
+                .unwrap_or("")
+        ),
+    );
     println!("done in {:.1} s", started.elapsed().as_secs_f64());
     if failures.is_empty() {
         Ok(())
@@ -300,6 +354,15 @@ async fn main() -> Result<(), BoxError> {
         scenario.names().len(),
         scenario.url()
     );
+    let passing_ms = if args.quick { 4_000 } else { 60_000 };
+    say(
+        started,
+        &format!(
+            "chaos experiments start at the edge: inventory-outage (the page needs stock: to be aborted), recommendations-outage (to pass in {} s)",
+            passing_ms / 1000
+        ),
+    );
+    scenario.start_experiments(passing_ms)?;
     if args.quick {
         return quick(&scenario, started).await;
     }

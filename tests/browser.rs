@@ -1,8 +1,9 @@
 //! The dashboard page in a real browser: the example's scenario (50 policies with
-//! traffic, switches, a settings source) served on loopback, Debian's `chromedriver`
-//! driving headless Chromium over the W3C WebDriver HTTP API, and the page's DOM checked
-//! through executed JavaScript while the test breaks and heals things. Saves a
-//! screenshot to `target/dashboard.png`.
+//! traffic, switches, chaos experiments at its edge, a settings source) served on
+//! loopback, Debian's `chromedriver` driving headless Chromium over the W3C WebDriver
+//! HTTP API, and the page's DOM checked through executed JavaScript while the test
+//! breaks and heals things. Saves screenshots to `target/dashboard.png` and
+//! `target/dashboard-experiments.png`.
 //!
 //! - Without `chromedriver` or `chromium` the test says so in one line and passes,
 //!   unless `SUBSTATION_REQUIRE_BROWSER=1` (as `scripts/test.sh` sets): then it fails.
@@ -441,6 +442,24 @@ return {
   stream: document.getElementById('stream').dataset.stream,
 };"#;
 
+/// The experiments' rows: `{rows: {name: {state, badge, reason, text, …}}, shown, summary}`.
+const EXPERIMENTS: &str = r#"
+const rows = {};
+for (const r of document.querySelectorAll('[data-experiment]')) {
+  const badge = r.querySelector('.xstate');
+  rows[r.dataset.experiment] = {
+    state: r.dataset.state, policy: r.dataset.experimentPolicy, badge: badge ? badge.textContent : null,
+    control: Number(r.dataset.controlRequests), experiment: Number(r.dataset.experimentRequests),
+    controlSuccess: r.dataset.controlSuccess, experimentSuccess: r.dataset.experimentSuccess,
+    deviation: r.dataset.deviation, reason: r.dataset.reason, text: r.textContent,
+  };
+}
+return {
+  rows, shown: !document.getElementById('experiments-section').hidden,
+  summary: document.getElementById('sum-exp-wrap').textContent,
+  markup: document.querySelectorAll('#experiments img').length, pwned: window.pwned === 2,
+};"#;
+
 fn tile<'a>(v: &'a Value, name: &str) -> &'a Value {
     &v[name]
 }
@@ -482,6 +501,14 @@ async fn the_dashboard_page_shows_the_policies_live_in_chromium() {
                     .all(|t| t["requests"].as_i64() > Some(0) && t["total"].as_i64() > Some(0))
         })
         .await;
+    // No experiment yet: no section. Two start now (one to be aborted by its judge).
+    let none = driver.js(EXPERIMENTS).await;
+    assert_eq!(none["shown"], false, "{none}");
+    assert_eq!(none["rows"], json!({}), "{none}");
+    scenario
+        .start_experiments(60_000)
+        .expect("start the experiments");
+
     // Counts increase between two reads.
     let later = driver
         .until("every total grew", TILES, |v| {
@@ -610,6 +637,88 @@ async fn the_dashboard_page_shows_the_policies_live_in_chromium() {
         bottom.zip(height).is_some_and(|(b, h)| b <= h),
         "50 tiles fit the window: {fit}"
     );
+
+    // The experiment the judge stopped: its state and its reason, as text.
+    let experiments = driver
+        .until(
+            "inventory-outage aborted, with its reason",
+            EXPERIMENTS,
+            |v| {
+                v["rows"]["inventory-outage"]["state"] == "aborted"
+                    && v["rows"]["recommendations-outage"].is_object()
+            },
+        )
+        .await;
+    let aborted = &experiments["rows"]["inventory-outage"];
+    assert_eq!(experiments["shown"], true);
+    assert_eq!(aborted["badge"], "ABORTED", "{aborted}");
+    assert_eq!(aborted["policy"], "inventory", "{aborted}");
+    let reason = aborted["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with("experiment success 0.0 % vs control"),
+        "{aborted}"
+    );
+    assert!(
+        aborted["text"].as_str().is_some_and(|t| t.contains(reason)),
+        "the reason shown: {aborted}"
+    );
+    assert!(
+        aborted["control"].as_f64() >= Some(20.0) && aborted["experiment"].as_f64() >= Some(20.0),
+        "{aborted}"
+    );
+    assert_eq!(aborted["experimentSuccess"], "0.0", "{aborted}");
+    assert_eq!(aborted["deviation"], "100.0", "{aborted}");
+    assert!(
+        experiments["summary"]
+            .as_str()
+            .is_some_and(|t| t.contains("1 aborted")),
+        "{experiments}"
+    );
+    // A verdict from the store (as another process, or an operator, writes it) is shown
+    // as text too: `halted`, with markup in its reason.
+    let run = scenario
+        .substation
+        .experiments()
+        .into_iter()
+        .find(|e| e.name == "recommendations-outage")
+        .expect("the other experiment")
+        .run;
+    let halted = json!({
+        "run": run, "state": "halted", "started_ms": 1, "stopped_ms": 2,
+        "reason": "halted by hand <img src=x onerror=window.pwned=2>",
+    });
+    source
+        .put(
+            "experiments/recommendations-outage/result",
+            &halted.to_string(),
+        )
+        .expect("a halted result");
+    let experiments = driver
+        .until("recommendations-outage halted", EXPERIMENTS, |v| {
+            v["rows"]["recommendations-outage"]["state"] == "halted"
+        })
+        .await;
+    let row = &experiments["rows"]["recommendations-outage"];
+    assert_eq!(row["badge"], "HALTED", "{row}");
+    assert!(
+        row["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("halted by hand <img src=x onerror=window.pwned=2>")),
+        "{row}"
+    );
+    assert_eq!(
+        experiments["markup"], 0,
+        "no element made from operator data"
+    );
+    assert_eq!(experiments["pwned"], false);
+    driver
+        .js("document.getElementById('experiments-section').scrollIntoView();")
+        .await;
+    let png = driver.screenshot().await;
+    let shot = target.with_file_name("dashboard-experiments.png");
+    std::fs::write(&shot, &png).expect("write the screenshot");
+    eprintln!("screenshot: {} ({} bytes)", shot.display(), png.len());
+    driver.js("window.scrollTo(0, 0);").await;
 
     // Heal: the breaker closes, the forced mode and the kill are lifted, the store is
     // back, the value fixed.

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use substation::Substation;
+use substation::live::InMemorySource;
 use substation::live::etcd::EtcdSource;
 use substation::settings::PolicySettings;
 use substation::switch::SwitchSettings;
@@ -736,6 +737,245 @@ async fn set_wait_reports_who_applied_who_rejected_and_who_did_not_answer() {
     );
 }
 
+/// The global value stored in the app and the shared layer.
+async fn global(etcd: &Etcd) -> (Option<Value>, Option<Value>) {
+    let all = stored(etcd).await;
+    let of = |key: String| {
+        all.iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| serde_json::from_str::<Value>(v).unwrap())
+    };
+    (of(format!("{PREFIX}global")), of(format!("{SHARED}global")))
+}
+
+fn experiment<'a>(listing: &'a Value, name: &str) -> &'a Value {
+    listing["experiments"]
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["name"] == name))
+        .unwrap_or(&Value::Null)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn experiments_are_set_listed_with_their_records_and_halted() {
+    skip_without_etcd!();
+    let etcd = Etcd::start().await;
+    let _a = Instance::start(&etcd, "inst-a", json!({"payments": {}}));
+    announced(&etcd, 1).await;
+
+    // An experiment's name is new by nature (no --new); its value is checked like any.
+    let out = cli(
+        &etcd,
+        &[
+            "set",
+            "experiments/bad",
+            r#"{"policy": "payments", "control_percent": 60}"#,
+        ],
+    );
+    assert_eq!(out.code, 1, "{} {}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains(
+            "refused experiments/bad: control_percent: 60 is not in 0.0001..=50; nothing was written"
+        ),
+        "{}",
+        out.stderr
+    );
+    let out = cli(
+        &etcd,
+        &["set", "experiments/bad", r#"{"control_percent": 5}"#],
+    );
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("policy: required"), "{}", out.stderr);
+    assert!(stored(&etcd).await.is_empty());
+    let out = cli(&etcd, &["get", "experiments/bad"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout
+            .contains("effective: none — no experiment is stored under this name"),
+        "{}",
+        out.stdout
+    );
+
+    // A policy no announced instance knows: written, with a warning.
+    let out = cli(
+        &etcd,
+        &[
+            "set",
+            "experiments/slow-payments",
+            r#"{"policy": "paymnets", "abort_percent": 0, "delay_percent": 100, "delay_ms": 20}"#,
+            "--no-wait",
+            "-o",
+            "json",
+        ],
+    );
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    let warning = out.json()["warnings"][0].as_str().unwrap_or("").to_owned();
+    assert!(
+        warning.contains(
+            "no announced instance (1) knows the policy `paymnets` — did you mean `payments`?"
+        ),
+        "{}",
+        out.stdout
+    );
+    // Patched to a known one: no warning (and a new value is a new run).
+    let out = cli(
+        &etcd,
+        &[
+            "patch",
+            "experiments/slow-payments",
+            "policy=payments",
+            "--no-wait",
+        ],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(!out.stderr.contains("warning"), "{}", out.stderr);
+
+    // A run's record, written as a process writes it (here by hand, before its value,
+    // so that no process starts the run): the library's run id of the value.
+    let value = r#"{"policy": "payments", "control_percent": 10, "experiment_percent": 10, "min_requests": 20}"#;
+    let run = {
+        let source = InMemorySource::new();
+        let sub = Substation::builder()
+            .source(source.clone())
+            .build()
+            .unwrap();
+        source.put("experiments/checkout-outage", value).unwrap();
+        sub.experiments()[0].run.clone()
+    };
+    let record = json!({
+        "run": run, "state": "aborted", "started_ms": 1_764_000_000_000u64,
+        "stopped_ms": 1_764_000_008_500u64,
+        "reason": "experiment success 61.0 % vs control 99.5 % (200 and 200 requests): 38.5 points below, bound 5",
+        "control": {"requests": 200, "successes": 199},
+        "experiment": {"requests": 200, "successes": 122},
+        "deviation_points": 38.5, "by": "web-1-4242",
+    });
+    let out = cli(
+        &etcd,
+        &[
+            "set",
+            "experiments/checkout-outage/result",
+            &record.to_string(),
+            "--no-wait",
+        ],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("warning: experiments/checkout-outage/result is the processes' record"),
+        "{}",
+        out.stderr
+    );
+    let out = cli(
+        &etcd,
+        &["set", "experiments/checkout-outage", value, "--no-wait"],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(!out.stderr.contains("warning"), "{}", out.stderr);
+
+    // The listing: the recorded verdict, and the run the instance started (its
+    // `running` record).
+    eventually("the instance records its run", WAIT, || async {
+        let out = cli(&etcd, &["experiments", "-o", "json"]);
+        out.code == 0 && experiment(&out.json(), "slow-payments")["state"] == "running"
+    })
+    .await;
+    let j = cli(&etcd, &["experiments", "-o", "json"]).json();
+    assert_eq!(j["halt_experiments"], false);
+    let aborted = experiment(&j, "checkout-outage");
+    assert_eq!(aborted["state"], "aborted", "{j}");
+    assert_eq!(aborted["current"], true, "{aborted}");
+    assert_eq!(aborted["run"], run, "the CLI's run id is the library's");
+    assert_eq!(aborted["settings"]["policy"], "payments");
+    assert_eq!(aborted["control"]["requests"], 200);
+    assert_eq!(aborted["control"]["success_percent"], 99.5);
+    assert_eq!(aborted["experiment"]["success_percent"], 61.0);
+    assert_eq!(aborted["deviation_points"], 38.5);
+    assert_eq!(aborted["stopped_ms"], 1_764_000_008_500u64);
+    assert_eq!(aborted["by"], "web-1-4242");
+    let running = experiment(&j, "slow-payments");
+    assert_eq!(running["current"], true, "{running}");
+    assert!(running["left_ms"].as_u64() > Some(500_000), "{running}");
+    assert!(running["reason"].is_null(), "{running}");
+    let text = cli(&etcd, &["experiments"]);
+    assert_eq!(text.code, 0, "{}", text.stderr);
+    for want in [
+        "checkout-outage  ABORTED  policy payments, 10 % + 10 % of keys, bound 5 points",
+        "started 2025-11-24 16:00:00 UTC, stopped 2025-11-24 16:00:08 UTC (after 8.5 s), by web-1-4242",
+        "control 200 req, 99.5 % ok; experiment 200 req, 61.0 % ok; deviation 38.5 points",
+        "reason: experiment success 61.0 % vs control 99.5 %",
+        "slow-payments  RUNNING  policy payments",
+        " left, by ",
+    ] {
+        assert!(
+            text.stdout.contains(want),
+            "{want:?} not in
+{}",
+            text.stdout
+        );
+    }
+
+    // Halt every experiment with one write; the instance stops the run and records it.
+    let out = cli(&etcd, &["halt-experiments", "--wait", "-o", "json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    let j = out.json();
+    assert_eq!(j["halt_experiments"], true);
+    assert_eq!(j["fleet"]["applied"], json!([{"id": "inst-a"}]));
+    assert_eq!(
+        global(&etcd).await.0,
+        Some(json!({"halt_experiments": true}))
+    );
+    eventually("the run is halted and recorded", WAIT, || async {
+        let j = cli(&etcd, &["experiments", "-o", "json"]).json();
+        let halted = experiment(&j, "slow-payments");
+        j["halt_experiments"] == true
+            && halted["state"] == "halted"
+            && halted["reason"] == "halted by global.halt_experiments"
+    })
+    .await;
+    let j = cli(&etcd, &["experiments", "-o", "json"]).json();
+    assert_eq!(experiment(&j, "checkout-outage")["state"], "aborted");
+    let text = cli(&etcd, &["experiments"]).stdout;
+    assert!(
+        text.contains("global.halt_experiments: true — every experiment is halted"),
+        "{text}"
+    );
+
+    // Resumed: the field is removed (a `false` here would hide a halt of the shared
+    // layer); a halted run stays halted.
+    let out = cli(&etcd, &["halt-experiments", "--resume", "--no-wait"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout.contains("a halted run stays halted"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(global(&etcd).await.0, Some(json!({})));
+    let j = cli(&etcd, &["experiments", "-o", "json"]).json();
+    assert_eq!(j["halt_experiments"], false);
+    assert_eq!(experiment(&j, "slow-payments")["state"], "halted");
+    // The fleet's layer halts too; resuming the app layer says it does not lift that.
+    let out = cli(&etcd, &["halt-experiments", "--shared", "--no-wait"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        global(&etcd).await.1,
+        Some(json!({"halt_experiments": true}))
+    );
+    let out = cli(&etcd, &["halt-experiments", "--resume", "--no-wait"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("experiments are still halted: the shared layer's `global`"),
+        "{}",
+        out.stderr
+    );
+    let out = cli(
+        &etcd,
+        &["halt-experiments", "--shared", "--resume", "--no-wait"],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(global(&etcd).await.1, Some(json!({})));
+}
+
 #[test]
 fn validate_and_schema_work_offline() {
     let dir = std::env::temp_dir().join(format!("substation-cli-{}", std::process::id()));
@@ -743,7 +983,7 @@ fn validate_and_schema_work_offline() {
     let file = dir.join("values.json");
     std::fs::write(
         &file,
-        r#"{"policies/payments": {"timeout": {"ms": 250}}, "switches/new-search": {"percent": 150}, "global": {"shed_non_critical": true}}"#,
+        r#"{"policies/payments": {"timeout": {"ms": 250}}, "switches/new-search": {"percent": 150}, "global": {"shed_non_critical": true, "halt_experiments": true}, "experiments/outage": {"policy": "payments", "max_drop_points": 101}, "experiments/ok": {"policy": "payments"}}"#,
     )
     .unwrap();
     let out = cli_with(
@@ -764,6 +1004,18 @@ fn validate_and_schema_work_offline() {
         out.stdout
     );
     assert!(out.stdout.contains("ok       global"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains(
+            "invalid  refused experiments/outage: max_drop_points: 101 is not in 0..=100"
+        ),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("ok       experiments/ok"),
+        "{}",
+        out.stdout
+    );
     let out = cli_with(
         "http://127.0.0.1:9",
         &["validate", "--offline", "--for", "policies/x", "-"],
@@ -775,7 +1027,9 @@ fn validate_and_schema_work_offline() {
     for (kind, field) in [
         ("policy", "breaker"),
         ("switch", "variants"),
-        ("global", "shed_non_critical"),
+        ("global", "halt_experiments"),
+        ("experiment", "max_drop_points"),
+        ("experiment-result", "deviation_points"),
     ] {
         let out = cli_with("http://127.0.0.1:9", &["schema", kind], None);
         assert_eq!(out.code, 0, "{}", out.stderr);

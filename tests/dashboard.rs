@@ -1,7 +1,9 @@
-//! The dashboard over real HTTP on loopback: its JSON, its Hystrix-compatible stream,
-//! slow and gone clients, and a soak of 100 policies for a minute.
+//! The dashboard over real HTTP on loopback: its JSON (chaos experiments included), its
+//! Hystrix-compatible stream, slow and gone clients, and a soak of 100 policies for a
+//! minute.
 #![cfg(feature = "dashboard")]
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -9,7 +11,9 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use serde_json::Value;
 use substation::dashboard::{Dashboard, Serving};
+use substation::experiment::ExperimentLayer;
 use substation::fallback::Fallback;
+use substation::fault::FaultLayer;
 use substation::live::InMemorySource;
 use substation::stack::PolicyLayer;
 use substation::switch::SwitchSettings;
@@ -176,6 +180,90 @@ async fn status_and_stream_show_the_registry() {
     assert_eq!(e["propertyValue_executionTimeoutInMilliseconds"], 250);
     assert_eq!(e["substation"]["breaker"], "closed");
     drop(recs);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_each_experiment_with_its_cohorts_and_verdict() {
+    let s = scene(Duration::from_millis(200)).await;
+    let addr = s.serving.local_addr();
+    // The dependency behind its policy's fault layer; the edge calls it for each user.
+    let policy = s.substation.policy("inventory");
+    let inventory = FaultLayer::new(&policy).layer(service_fn(|_: ()| async {
+        Ok::<_, Infallible>("in stock")
+    }));
+    let edge = ExperimentLayer::new(&s.substation)
+        .key(|user: &String, put| put(user.as_bytes()))
+        .layer(service_fn(move |_user: String| {
+            let inventory = inventory.clone();
+            async move { inventory.oneshot(()).await.map_err(|_| "inventory failed") }
+        }));
+    // One that the judge stops (no fallback: the experiment cohort fails every
+    // request), one that keeps running (it needs more requests than it gets).
+    s.source
+        .put(
+            "experiments/no-inventory",
+            r#"{"policy": "inventory", "control_percent": 10, "experiment_percent": 10, "min_requests": 20}"#,
+        )
+        .unwrap();
+    s.source
+        .put(
+            "experiments/slow-search",
+            r#"{"policy": "search", "abort_percent": 0, "delay_percent": 100, "delay_ms": 1, "control_percent": 5, "experiment_percent": 5, "min_requests": 1000000, "max_duration_ms": 3600000}"#,
+        )
+        .unwrap();
+    let mut failed = 0;
+    for i in 0..1_000 {
+        failed += edge.clone().oneshot(format!("user-{i}")).await.is_err() as u64;
+    }
+    assert!(failed >= 20, "{failed} requests failed");
+
+    let (status, body) = get(addr, "/status", Duration::from_secs(5), |_| false).await;
+    assert_eq!(status, http::StatusCode::OK);
+    let j: Value = serde_json::from_str(&body).unwrap();
+    let experiments = j["experiments"].as_array().expect("an experiments array");
+    assert_eq!(experiments.len(), 2, "{j}");
+    // In name order.
+    let (aborted, running) = (&experiments[0], &experiments[1]);
+    assert_eq!(aborted["name"], "no-inventory");
+    assert_eq!(aborted["policy"], "inventory");
+    assert_eq!(aborted["state"], "aborted");
+    assert_eq!(aborted["paused"], false);
+    assert!(aborted["left_ms"].is_null(), "{aborted}");
+    assert_eq!(aborted["run"].as_str().map(str::len), Some(16), "{aborted}");
+    assert_eq!(aborted["control_percent"], 10.0);
+    assert_eq!(aborted["max_drop_points"], 5.0);
+    assert_eq!(aborted["min_requests"], 20);
+    // This process's counts: the control cohort all succeeded, the experiment cohort
+    // failed as often as it was asked (exactly the failed requests) until the stop.
+    let control = aborted["control"]["requests"].as_u64().unwrap();
+    assert!(control >= 20, "{aborted}");
+    assert_eq!(aborted["control"]["successes"], control);
+    assert_eq!(aborted["experiment"]["requests"], failed, "{aborted}");
+    assert_eq!(aborted["experiment"]["successes"], 0);
+    let verdict = &aborted["verdict"];
+    assert_eq!(verdict["state"], "aborted");
+    assert_eq!(verdict["deviation_points"], 100.0);
+    assert!(verdict["stopped_ms"].as_u64() >= verdict["started_ms"].as_u64());
+    let reason = verdict["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("experiment success 0.0 % vs control 100.0 %"),
+        "{reason}"
+    );
+    assert_eq!(running["name"], "slow-search");
+    assert_eq!(running["state"], "running");
+    assert!(running["verdict"].is_null(), "{running}");
+    assert!(
+        running["left_ms"].as_u64().is_some_and(|l| l > 3_000_000),
+        "{running}"
+    );
+    // Its cohorts took users once the other stopped: counted, all successes (it delays
+    // calls to a policy the edge does not call).
+    for cohort in ["control", "experiment"] {
+        let c = &running[cohort];
+        assert!(c["requests"].as_u64() > Some(0), "{running}");
+        assert_eq!(c["successes"], c["requests"]);
+    }
+    drop(policy);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,12 +1,15 @@
 //! The dashboard example's world, shared with `tests/browser.rs` (included with
 //! `#[path]`): a [`Substation`] with an in-memory source, eight named dependencies (and
-//! as many light extra ones as asked) behind the policy stack with fallbacks, three
-//! switches, steady traffic, and the dashboard served on loopback.
+//! as many light extra ones as asked) behind the policy stack with fallbacks and fault
+//! injection, three switches, steady traffic, an edge (a product page calling
+//! `inventory` and `recommendations` for each user) behind an [`ExperimentLayer`], and
+//! the dashboard served on loopback.
 //!
 //! The knobs a story turns: [`Scenario::fail`] (a dependency answers errors),
-//! [`Scenario::source`] (settings, as an operator would write them) and
-//! [`Scenario::store`] (the settings' health, as a store outage would report it).
-//! Dropping the scenario stops its traffic and its server.
+//! [`Scenario::source`] (settings, as an operator would write them),
+//! [`Scenario::store`] (the settings' health, as a store outage would report it) and
+//! [`Scenario::start_experiments`] (two chaos experiments at the edge: one the judge
+//! aborts, one that passes). Dropping the scenario stops its traffic and its server.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -19,7 +22,9 @@ use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use substation::dashboard::{Dashboard, Serving};
+use substation::experiment::ExperimentLayer;
 use substation::fallback::Fallback;
+use substation::fault::FaultLayer;
 use substation::live::{Health, InMemorySource, Sink, Source};
 use substation::settings::PolicySettings;
 use substation::stack::PolicyLayer;
@@ -149,6 +154,12 @@ impl Default for Options {
         }
     }
 }
+
+/// What a dependency's static fallback answers.
+const DEFAULT_ANSWER: &str = "default answer";
+
+/// Requests per second at the edge (the product page), over 10,000 users.
+const EDGE_RPS: f64 = 50.0;
 
 /// A dependency in this process: answers after a while, or fails as often as its knob
 /// says.
@@ -296,6 +307,7 @@ impl Scenario {
         source.put("switches/search-v2", r#"{"percent": 100, "on": false}"#)?;
 
         let mut dependencies = BTreeMap::new();
+        let mut services = BTreeMap::new();
         let mut traffic = Vec::new();
         for (name, spec) in &specs {
             let dependency = Arc::new(Dependency {
@@ -305,6 +317,7 @@ impl Scenario {
             });
             dependencies.insert(name.clone(), dependency.clone());
             let svc = protect(&substation, name, spec.tiers, dependency);
+            services.insert(name.clone(), svc.clone());
             let switch = spec.switch.map(|name| substation.switch(name));
             let period = Duration::from_secs_f64(1.0 / spec.rps);
             traffic.push(tokio::spawn(async move {
@@ -331,6 +344,12 @@ impl Scenario {
                 }
             }));
         }
+
+        traffic.push(tokio::spawn(edge(
+            &substation,
+            services["inventory"].clone(),
+            services["recommendations"].clone(),
+        )));
 
         let serving = Dashboard::new(&substation)
             .interval(options.interval)
@@ -363,6 +382,29 @@ impl Scenario {
             .store(if failing { 10_000 } else { d.base_fail }, Relaxed);
     }
 
+    /// Starts two chaos experiments at the edge, 10 % of users in each cohort, judged
+    /// from 20 requests a cohort:
+    ///
+    /// - `inventory-outage` fails `inventory` for its experiment cohort. The fallback's
+    ///   default answer is no good to the product page (no stock, no page): the
+    ///   experiment cohort's requests fail, and the judge aborts it within seconds.
+    /// - `recommendations-outage` fails `recommendations`. The page does without
+    ///   personal picks (the fallback's answer will do): the cohorts do equally well,
+    ///   and it passes after `passing_ms`.
+    pub(crate) fn start_experiments(&self, passing_ms: u64) -> Result<(), BoxError> {
+        self.source.put(
+            "experiments/inventory-outage",
+            r#"{"policy": "inventory", "control_percent": 10, "experiment_percent": 10, "min_requests": 20}"#,
+        )?;
+        self.source.put(
+            "experiments/recommendations-outage",
+            &format!(
+                r#"{{"policy": "recommendations", "control_percent": 10, "experiment_percent": 10, "min_requests": 20, "max_duration_ms": {passing_ms}}}"#
+            ),
+        )?;
+        Ok(())
+    }
+
     /// Every dependency's name.
     pub(crate) fn names(&self) -> Vec<String> {
         self.dependencies.keys().cloned().collect()
@@ -386,19 +428,57 @@ impl Drop for Scenario {
     }
 }
 
-/// `dependency` behind its policy's stack, with its fallback.
+/// The edge's traffic: the product page for one user after another, behind the
+/// experiment layer (the user is the sticky key). The page needs `inventory`'s real
+/// answer (stock); `recommendations` may answer from its fallback.
+fn edge(
+    substation: &Substation,
+    inventory: Svc,
+    recommendations: Svc,
+) -> impl Future<Output = ()> + Send + 'static {
+    let page = ExperimentLayer::new(substation)
+        .key(|user: &u64, put| put(&user.to_le_bytes()))
+        .layer(service_fn(move |user: u64| {
+            let (inventory, recommendations) = (inventory.clone(), recommendations.clone());
+            async move {
+                let stock = inventory.oneshot(user).await?;
+                if stock == DEFAULT_ANSWER {
+                    return Err::<(), BoxError>("no stock information: no product page".into());
+                }
+                let _picks = recommendations.oneshot(user).await?;
+                Ok(())
+            }
+        }));
+    async move {
+        let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / EDGE_RPS));
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The requests in flight belong to this task: aborting it ends them.
+        let mut requests = tokio::task::JoinSet::new();
+        for n in 0u64.. {
+            ticks.tick().await;
+            while requests.try_join_next().is_some() {}
+            let page = page.clone();
+            requests.spawn(async move {
+                let _ = page.oneshot(n.wrapping_mul(7919) % 10_000).await;
+            });
+        }
+    }
+}
+
+/// `dependency` behind its policy's stack, with its fallback; faults (and chaos
+/// experiments on the policy) are injected innermost, where the dependency would fail.
 fn protect(substation: &Substation, name: &str, tiers: Tiers, dependency: Arc<Dependency>) -> Svc {
     let policy = substation.policy(name);
-    let inner = service_fn(move |user: u64| {
+    let inner = FaultLayer::new(&policy).layer(service_fn(move |user: u64| {
         let dependency = dependency.clone();
         async move { dependency.call(user).await }
-    });
+    }));
     let fallback = Fallback::with_parts(|user: &u64| *user % 500);
     let fallback = match tiers {
-        Tiers::Static => fallback.static_value("default answer".to_owned()),
+        Tiers::Static => fallback.static_value(DEFAULT_ANSWER.to_owned()),
         Tiers::CacheStatic => fallback
             .cache(1_000)
-            .static_value("default answer".to_owned()),
+            .static_value(DEFAULT_ANSWER.to_owned()),
         Tiers::ServiceStatic => fallback
             .service(
                 service_fn(|user: u64| async move {
@@ -407,7 +487,7 @@ fn protect(substation: &Substation, name: &str, tiers: Tiers, dependency: Arc<De
                 }),
                 |user: &u64| Some(*user),
             )
-            .static_value("default answer".to_owned()),
+            .static_value(DEFAULT_ANSWER.to_owned()),
     };
     BoxCloneSyncService::new(PolicyLayer::new(&policy).fallback(fallback).layer(inner))
 }

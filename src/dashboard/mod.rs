@@ -8,14 +8,20 @@
 //!
 //! - `…/` or `…/index.html`: one self-contained HTML page — a tile per policy (volume,
 //!   error %, p99, breaker state, fallback share, a sparkline of the last three
-//!   minutes), the switches with their rollout, the settings' health and rejections —
-//!   fed by the stream and by `status` every 2 s. It finds `stream` and `status`
-//!   beside itself, also when opened without the trailing slash under a router that
-//!   strips its prefix (axum's `nest_service`). 50 tiles fit a 1440 × 900 laptop
-//!   screen; names, keys and reasons are shown as text, never parsed as markup.
+//!   minutes), the switches with their rollout, the [chaos experiments](crate::experiment)
+//!   when there are any (state — an aborted one in red and counted in the header —, the
+//!   cohorts' requests and success rates side by side, the deviation against the
+//!   bound, the time left or the verdict's reason), the settings' health and
+//!   rejections — fed by the stream and by `status` every 2 s. It finds `stream` and
+//!   `status` beside itself, also when opened without the trailing slash under a
+//!   router that strips its prefix (axum's `nest_service`). 50 tiles fit a 1440 × 900
+//!   laptop screen; names, keys and reasons are shown as text, never parsed as markup.
 //! - `…/status`: JSON of the whole registry: settings health and revision, rejected
 //!   values, every policy in use (its settings and [statistics](crate::stats)), every
-//!   switch (value, evaluations by variant, changes).
+//!   switch (value, evaluations by variant, changes), and `experiments`: every chaos
+//!   experiment this process runs or ran, as
+//!   [`ExperimentStatus`](crate::experiment::ExperimentStatus) (the counts are this
+//!   process's; a verdict's record may come from another process).
 //! - `…/stream`: Server-Sent Events: every interval (1 s by default) one `data:` event
 //!   per policy in the Hystrix dashboard's `HystrixCommand` format (the field names and
 //!   units the Hystrix dashboard and Turbine read), with a `substation` object added
@@ -28,10 +34,10 @@
 //!
 //! # Security
 //! Read-only: nothing it serves changes anything. Off unless mounted or served. It
-//! shows every policy's and switch's **name and settings** and the rejected values'
-//! keys and reasons — mount it where those may be seen (an admin port, behind your
-//! authentication). It never shows credentials: the etcd source's user, password and
-//! TLS material are not part of any of it.
+//! shows every policy's, switch's and experiment's **name and settings**, experiments'
+//! verdicts, and the rejected values' keys and reasons — mount it where those may be
+//! seen (an admin port, behind your authentication). It never shows credentials: the
+//! etcd source's user, password and TLS material are not part of any of it.
 //!
 //! ```no_run
 //! use substation::{Substation, dashboard::Dashboard};

@@ -7,7 +7,9 @@ use serde_json::{Value, json};
 use crate::Substation;
 
 /// The registry: settings health and revision, rejected values, every policy in use
-/// (settings and statistics), every switch in use (value, evaluations, changes).
+/// (settings and statistics), every switch in use (value, evaluations, changes), every
+/// chaos experiment this process runs or ran (settings, its cohorts' counts here, state
+/// and verdict: [`ExperimentStatus`](crate::experiment::ExperimentStatus)).
 pub(super) fn status(substation: &Substation, interval: Duration) -> Value {
     let snapshot = substation.snapshot();
     let policies: Vec<Value> = substation
@@ -46,5 +48,6 @@ pub(super) fn status(substation: &Substation, interval: Duration) -> Value {
         "rejected": snapshot.rejected().collect::<Vec<_>>(),
         "policies": policies,
         "switches": switches,
+        "experiments": substation.experiments(),
     })
 }

@@ -9,7 +9,7 @@ use substation::live::{Key, Scope, check};
 
 use crate::fleet::{self, Instances};
 use crate::store::{Layers, Store};
-use crate::{Exit, Failure, Global, NewOpts, Report, SchemaKind, WriteOpts};
+use crate::{Exit, Failure, Global, NewOpts, Output, Report, SchemaKind, WriteOpts};
 
 /// The largest value the tool writes (etcd's default request limit is 1.5 MiB).
 pub(crate) const MAX_VALUE: usize = 1 << 20;
@@ -21,7 +21,7 @@ pub(crate) fn parse_key(raw: &str) -> Result<Key, Failure> {
     Key::parse(raw).map_err(|e| {
         Failure::new(
             Exit::Refused,
-            format!("{e}; a key is `policies/<name>`, `switches/<name>` or `global`, relative to --prefix"),
+            format!("{e}; a key is `policies/<name>`, `switches/<name>`, `experiments/<name>`, `experiments/<name>/result` or `global`, relative to --prefix"),
         )
     })
 }
@@ -69,7 +69,7 @@ pub(crate) fn show(bytes: &[u8]) -> String {
     }
 }
 
-fn as_json(bytes: &[u8]) -> Value {
+pub(crate) fn as_json(bytes: &[u8]) -> Value {
     serde_json::from_slice(bytes).unwrap_or_else(|_| json!(String::from_utf8_lossy(bytes)))
 }
 
@@ -78,7 +78,7 @@ fn accepted(bytes: Option<&[u8]>) -> Option<Value> {
     check::parse(bytes?).ok().filter(Value::is_object)
 }
 
-fn stored_for(layers: &Layers, code_default: Option<Value>) -> check::Stored {
+pub(crate) fn stored_for(layers: &Layers, code_default: Option<Value>) -> check::Stored {
     check::Stored {
         code_default,
         shared: accepted(layers.shared.as_ref().map(|s| s.value.as_slice())),
@@ -108,9 +108,15 @@ fn code_defaults(
     out
 }
 
-/// Refuses a name no announced instance knows, unless `--new`.
+/// Refuses a name no announced instance knows, unless `--new`. An experiment's name is
+/// new by nature (its `policy` is checked by [`value_warnings`]).
 fn check_known(key: &Key, fleet: &Instances, new: bool) -> Result<(), Failure> {
-    if new || matches!(key, Key::Global) {
+    if new
+        || matches!(
+            key,
+            Key::Global | Key::Experiment(_) | Key::ExperimentResult(_)
+        )
+    {
         return Ok(());
     }
     if fleet.all.is_empty() {
@@ -180,6 +186,101 @@ fn distance(a: &str, b: &str) -> usize {
         }
     }
     row[b.len()]
+}
+
+/// The policy names the announced instances know, sorted, and the closest to `name`
+/// (within three edits).
+fn closest_policy<'a>(fleet: &'a Instances, name: &str) -> Option<&'a str> {
+    let mut names: Vec<&str> = fleet
+        .all
+        .values()
+        .flat_map(|p| p.policies.keys().map(String::as_str))
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    names
+        .iter()
+        .map(|n| (distance(n, name), *n))
+        .filter(|(d, _)| *d <= 3)
+        .min()
+        .map(|(_, n)| n)
+}
+
+/// `layers` with `value` stored in `layer` instead.
+fn with_value(layers: &Layers, layer: Scope, value: &[u8]) -> Layers {
+    let mut after = layers.clone();
+    let slot = Some(crate::store::Stored {
+        value: value.to_vec(),
+        mod_revision: 0,
+    });
+    match layer {
+        Scope::App => after.app = slot,
+        _ => after.shared = slot,
+    }
+    after
+}
+
+/// What to tell the operator about a valid value before it is written: an experiment
+/// whose `policy` no announced instance knows (it would fail nothing), a run's record
+/// written by hand.
+fn value_warnings(
+    key: &Key,
+    layer: Scope,
+    value: &[u8],
+    layers: &Layers,
+    fleet: &Instances,
+) -> Vec<String> {
+    match key {
+        Key::Experiment(_) => {
+            let after = with_value(layers, layer, value);
+            let Ok(effective) = check::effective_value(&key.to_string(), &stored_for(&after, None))
+            else {
+                return Vec::new();
+            };
+            let policy = effective["policy"].as_str().unwrap_or_default();
+            if fleet.all.is_empty() {
+                return vec![format!(
+                    "no instance announces itself under {}, so nothing says the policy `{policy}` is one the code uses; \
+                     the experiment fails nothing where no FaultLayer of that policy runs",
+                    fleet.prefix
+                )];
+            }
+            if fleet.all.values().any(|p| p.policies.contains_key(policy)) {
+                return Vec::new();
+            }
+            let hint = closest_policy(fleet, policy)
+                .map(|n| format!(" — did you mean `{n}`?"))
+                .unwrap_or_default();
+            vec![format!(
+                "no announced instance ({}) knows the policy `{policy}`{hint}; the experiment fails nothing \
+                 until a FaultLayer of that policy runs (its cohorts are still assigned and judged)",
+                fleet.all.len()
+            )]
+        }
+        Key::ExperimentResult(name) => vec![format!(
+            "{key} is the processes' record of the run, written with compare-and-swap: a final state written \
+             by hand stops the run everywhere; to run experiment `{name}` again, delete it instead (`del {key}`)"
+        )],
+        _ => Vec::new(),
+    }
+}
+
+/// Adds `warnings` to the report's JSON (text output says them before the write).
+fn attach_warnings(
+    result: Result<Report, Failure>,
+    warnings: &[String],
+) -> Result<Report, Failure> {
+    let mut report = result?;
+    if !warnings.is_empty() {
+        report.json["warnings"] = json!(warnings);
+    }
+    Ok(report)
+}
+
+fn say_warnings(output: Output, warnings: &[String]) {
+    for w in warnings {
+        crate::warn(output, w);
+    }
 }
 
 /// Checks `value` as every registry would: with the library defaults, and with each
@@ -274,6 +375,19 @@ pub(crate) async fn get(g: &Global, key: Option<String>, all: bool) -> Result<Re
         }
     }
     let mut eff = Vec::new();
+    let nothing = layers.app.is_none() && layers.shared.is_none();
+    if nothing && matches!(key, Key::Experiment(_) | Key::ExperimentResult(_)) {
+        text += match key {
+            Key::Experiment(_) => "  effective: none — no experiment is stored under this name\n",
+            _ => "  effective: none — no process has recorded a run of this experiment\n",
+        };
+        j["effective"] = json!(eff);
+        return Ok(Report {
+            exit: Exit::Ok,
+            text,
+            json: j,
+        });
+    }
     for (ids, v) in effective(&key, &layers, &fleet) {
         let who = if ids.is_empty() {
             "library defaults".to_owned()
@@ -420,9 +534,11 @@ pub(crate) async fn set(
         Some(&fleet),
         new.skip_fleet_check,
     )?;
+    let warnings = value_warnings(&key, layer, &value, &layers, &fleet);
+    say_warnings(g.output, &warnings);
     let current = layers.of(layer).map_or(0, |s| s.mod_revision);
     let expected = if_mod_revision.unwrap_or(current);
-    write(
+    let written = write(
         &store,
         &key,
         layer,
@@ -432,7 +548,8 @@ pub(crate) async fn set(
         "set",
         json!({}),
     )
-    .await
+    .await;
+    attach_warnings(written, &warnings)
 }
 
 /// Sets `path` (dotted) to `value` in `target`, making objects on the way.
@@ -498,8 +615,39 @@ pub(crate) async fn patch(
     store.prefix_of(layer)?;
     let fleet = fleet::instances(&store).await?;
     check_known(&key, &fleet, new.new)?;
+    patch_with(
+        &store,
+        g.output,
+        &key,
+        layer,
+        &fleet,
+        new,
+        wopts,
+        &|value| {
+            for (path, v) in &parsed {
+                assign(value, path, v.clone()).map_err(|e| Failure::new(Exit::Refused, e))?;
+            }
+            Ok(())
+        },
+    )
+    .await
+}
+
+/// Reads `key`'s value in `layer` (`{}` if none), changes it with `edit`, checks it and
+/// writes it with compare-and-swap; after a conflict, reads and changes it again.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn patch_with(
+    store: &Store,
+    output: Output,
+    key: &Key,
+    layer: Scope,
+    fleet: &Instances,
+    new: &NewOpts,
+    wopts: &WriteOpts,
+    edit: &(dyn Fn(&mut Value) -> Result<(), Failure> + Sync),
+) -> Result<Report, Failure> {
     for attempt in 1..=PATCH_ATTEMPTS {
-        let layers = store.layers(&key).await?;
+        let layers = store.layers(key).await?;
         let current = layers.of(layer);
         let mut value = match current {
             Some(s) => check::parse(&s.value).map_err(|e| {
@@ -510,24 +658,23 @@ pub(crate) async fn patch(
             })?,
             None => Value::Object(Map::new()),
         };
-        for (path, v) in &parsed {
-            assign(&mut value, path, v.clone()).map_err(|e| Failure::new(Exit::Refused, e))?;
-        }
+        edit(&mut value)?;
         let bytes =
             serde_json::to_vec(&value).map_err(|e| Failure::new(Exit::Refused, e.to_string()))?;
         check_size(&bytes)?;
         check_all(
-            &key,
+            key,
             layer,
             &bytes,
             &layers,
-            Some(&fleet),
+            Some(fleet),
             new.skip_fleet_check,
         )?;
+        let warnings = value_warnings(key, layer, &bytes, &layers, fleet);
         let expected = current.map_or(0, |s| s.mod_revision);
-        match write(
-            &store,
-            &key,
+        let written = write(
+            store,
+            key,
             layer,
             expected,
             Some(&bytes),
@@ -535,12 +682,13 @@ pub(crate) async fn patch(
             "patched",
             json!({"value": value}),
         )
-        .await
-        {
+        .await;
+        match written {
             Err(f) if f.exit == Exit::Conflict && attempt < PATCH_ATTEMPTS => continue,
             Ok(mut r) => {
+                say_warnings(output, &warnings);
                 r.text = format!("{key} is now {value}\n{}", r.text);
-                return Ok(r);
+                return attach_warnings(Ok(r), &warnings);
             }
             other => return other,
         }
@@ -629,15 +777,7 @@ pub(crate) async fn diff(
     let layers = store.layers(&key).await?;
     let fleet = fleet::instances(&store).await?;
     check_all(&key, layer, &value, &layers, Some(&fleet), false)?;
-    let mut after = layers.clone();
-    let slot = crate::store::Stored {
-        value: value.clone(),
-        mod_revision: 0,
-    };
-    match layer {
-        Scope::App => after.app = Some(slot),
-        _ => after.shared = Some(slot),
-    }
+    let after = with_value(&layers, layer, &value);
     let before_stored = layers.of(layer).map_or(Value::Null, |s| as_json(&s.value));
     let after_stored = as_json(&value);
     let mut text = format!(
@@ -776,6 +916,10 @@ pub(crate) fn schema(kind: SchemaKind) -> Result<Report, Failure> {
         SchemaKind::Policy => schemars::schema_for!(substation::settings::PolicySettings),
         SchemaKind::Switch => schemars::schema_for!(substation::switch::SwitchSettings),
         SchemaKind::Global => schemars::schema_for!(substation::settings::GlobalSettings),
+        SchemaKind::Experiment => schemars::schema_for!(substation::settings::ExperimentSettings),
+        SchemaKind::ExperimentResult => {
+            schemars::schema_for!(substation::settings::ExperimentResult)
+        }
     };
     let json =
         serde_json::to_value(&schema).map_err(|e| Failure::new(Exit::Refused, e.to_string()))?;
@@ -889,6 +1033,7 @@ pub(crate) async fn rollback(
                 Some(&fleet),
                 new.skip_fleet_check,
             )?;
+            let warnings = value_warnings(&key, layer, &value, &layers, &fleet);
             if current.as_ref().is_some_and(|c| c.value == value) {
                 return Ok(Report {
                     exit: Exit::Ok,
@@ -898,7 +1043,8 @@ pub(crate) async fn rollback(
                     json: json!({"key": key.to_string(), "unchanged": true}),
                 });
             }
-            write(
+            say_warnings(g.output, &warnings);
+            let written = write(
                 &store,
                 &key,
                 layer,
@@ -908,7 +1054,8 @@ pub(crate) async fn rollback(
                 "rolled back",
                 extra,
             )
-            .await
+            .await;
+            attach_warnings(written, &warnings)
         }
         None if current.is_none() => Ok(Report {
             exit: Exit::Ok,

@@ -1,8 +1,10 @@
 //! `substation`: the operator's tool for live settings in etcd — validated writes with
-//! compare-and-swap, fleet confirmation, history and rollback, status, JSON Schema.
-//! See README.md, "Operating it", for a walk-through and the reference.
+//! compare-and-swap, fleet confirmation, history and rollback, status, chaos
+//! experiments, JSON Schema. See README.md, "Operating it", for a walk-through and the
+//! reference.
 
 mod commands;
+mod experiments;
 mod fleet;
 mod store;
 
@@ -135,7 +137,8 @@ impl WriteOpts {
 /// Checks of a new value.
 #[derive(Debug, Args, Clone)]
 pub(crate) struct NewOpts {
-    /// Allow a policy or switch name that no announced instance knows.
+    /// Allow a policy or switch name that no announced instance knows (an experiment's
+    /// name is new by nature: an unknown `policy` in it is only warned about).
     #[arg(long)]
     pub(crate) new: bool,
     /// Write even if announced instances would refuse the value with their code defaults
@@ -149,7 +152,7 @@ enum Command {
     /// The stored value per layer, the code defaults instances announce, and the
     /// effective value, with the revision.
     Get {
-        /// `policies/<name>`, `switches/<name>` or `global`.
+        /// `policies/<name>`, `switches/<name>`, `experiments/<name>[/result]` or `global`.
         key: Option<String>,
         /// Every stored key and every name the fleet knows.
         #[arg(long, conflicts_with = "key")]
@@ -157,7 +160,7 @@ enum Command {
     },
     /// Validate and write a whole value, if the key did not change since it was read.
     Set {
-        /// `policies/<name>`, `switches/<name>` or `global`.
+        /// `policies/<name>`, `switches/<name>`, `experiments/<name>[/result]` or `global`.
         key: String,
         /// The value (JSON); `-` reads it from standard input.
         json: String,
@@ -173,7 +176,7 @@ enum Command {
     /// (retried on conflict). `breaker.mode=force_open`, `timeout.ms=300`,
     /// `timeout.ms=null`; a value that is not JSON is a string.
     Patch {
-        /// `policies/<name>`, `switches/<name>` or `global`.
+        /// `policies/<name>`, `switches/<name>`, `experiments/<name>[/result]` or `global`.
         key: String,
         /// `field.path=value` assignments.
         #[arg(required = true)]
@@ -185,7 +188,7 @@ enum Command {
     },
     /// Delete the stored value (back to the layer below), if it did not change since read.
     Del {
-        /// `policies/<name>`, `switches/<name>` or `global`.
+        /// `policies/<name>`, `switches/<name>`, `experiments/<name>[/result]` or `global`.
         key: String,
         /// Delete only if the key's mod revision is this.
         #[arg(long)]
@@ -196,7 +199,7 @@ enum Command {
     /// What writing a value would change: the stored value and the effective one, field
     /// by field. Nothing is written.
     Diff {
-        /// `policies/<name>`, `switches/<name>` or `global`.
+        /// `policies/<name>`, `switches/<name>`, `experiments/<name>[/result]` or `global`.
         key: String,
         /// The value (JSON); `-` reads it from standard input.
         json: String,
@@ -224,7 +227,7 @@ enum Command {
     },
     /// Past values of a key, with their revisions, as far back as etcd keeps them.
     History {
-        /// `policies/<name>`, `switches/<name>` or `global`.
+        /// `policies/<name>`, `switches/<name>`, `experiments/<name>[/result]` or `global`.
         key: String,
         /// The shared layer's history.
         #[arg(long)]
@@ -233,7 +236,7 @@ enum Command {
     /// Write a past value again (validated, compare-and-swap): the one before the
     /// current, or the one in force at --to.
     Rollback {
-        /// `policies/<name>`, `switches/<name>` or `global`.
+        /// `policies/<name>`, `switches/<name>`, `experiments/<name>[/result]` or `global`.
         key: String,
         /// The revision whose value to restore.
         #[arg(long)]
@@ -245,6 +248,21 @@ enum Command {
     },
     /// The fleet at a glance: instances, revisions, health, rejections, breakers.
     Status,
+    /// Every chaos experiment (`experiments/<name>`) with its run's record
+    /// (`experiments/<name>/result`): state, start, stop, reason, the cohorts' requests
+    /// and success rates, the deviation. Read at one etcd revision.
+    Experiments,
+    /// Stop every chaos experiment at once (FIT's "halt all failures"): sets
+    /// `global.halt_experiments` to true with compare-and-swap, as `patch` does;
+    /// `--resume` removes it again. A halted run stays halted: delete its result
+    /// (`del experiments/<name>/result`) to run it again.
+    HaltExperiments {
+        /// Remove `halt_experiments` from the layer's `global` value instead.
+        #[arg(long)]
+        resume: bool,
+        #[command(flatten)]
+        write: WriteOpts,
+    },
     /// Changes as they happen, one line each (settings and instances). Ctrl-C stops.
     Watch {
         /// Only keys under this relative prefix (e.g. `policies/`).
@@ -265,6 +283,10 @@ pub(crate) enum SchemaKind {
     Switch,
     /// `global`.
     Global,
+    /// `experiments/<name>`.
+    Experiment,
+    /// `experiments/<name>/result` (written by the processes).
+    ExperimentResult,
 }
 
 /// Exit statuses.
@@ -379,6 +401,14 @@ fn main() -> ExitCode {
     }
 }
 
+/// A warning for people (standard error, text output only: the JSON document carries
+/// its warnings in `warnings`).
+pub(crate) fn warn(output: Output, message: &str) {
+    if output == Output::Text {
+        eprintln!("warning: {message}");
+    }
+}
+
 /// Prints a line on stdout; a closed pipe (`| head`) is not an error.
 pub(crate) fn say(line: &str) {
     use std::io::Write as _;
@@ -431,6 +461,8 @@ async fn run(cli: Cli) -> Result<Report, Failure> {
             write,
         } => commands::rollback(g, &key, to, &new, &write).await,
         Command::Status => fleet::status(g).await,
+        Command::Experiments => experiments::list(g).await,
+        Command::HaltExperiments { resume, write } => experiments::halt(g, resume, &write).await,
         Command::Watch { under, count } => fleet::watch(g, under.as_deref(), count).await,
     }
 }

@@ -252,13 +252,21 @@ impl Store {
 
     /// Every key under `prefix` (relative) with its value and mod revision.
     pub(crate) async fn list(&self, prefix: &str) -> Result<(i64, Vec<(String, Stored)>), Failure> {
+        self.list_at(prefix, None).await
+    }
+
+    /// [`Store::list`] at `revision` (`None`: the latest); and the revision read.
+    pub(crate) async fn list_at(
+        &self,
+        prefix: &str,
+        revision: Option<i64>,
+    ) -> Result<(i64, Vec<(String, Stored)>), Failure> {
         let mut kv = self.client.kv_client();
-        let resp = self
-            .call(
-                "listing",
-                kv.get(prefix, Some(GetOptions::new().with_prefix())),
-            )
-            .await?;
+        let mut opts = GetOptions::new().with_prefix();
+        if let Some(r) = revision {
+            opts = opts.with_revision(r);
+        }
+        let resp = self.call("listing", kv.get(prefix, Some(opts))).await?;
         let revision = resp.header().map_or(0, |h| h.revision());
         let out = resp
             .kvs()
@@ -276,6 +284,21 @@ impl Store {
             })
             .collect();
         Ok((revision, out))
+    }
+
+    /// The value of `full` at `revision`.
+    pub(crate) async fn get_at(
+        &self,
+        full: &str,
+        revision: i64,
+    ) -> Result<Option<Stored>, Failure> {
+        let mut kv = self.client.kv_client();
+        let opts = GetOptions::new().with_revision(revision);
+        let resp = self.call("reading", kv.get(full, Some(opts))).await?;
+        Ok(resp.kvs().first().map(|kv| Stored {
+            value: kv.value().to_vec(),
+            mod_revision: kv.mod_revision(),
+        }))
     }
 
     /// The presence documents of the instances watching this prefix, by id, and the
