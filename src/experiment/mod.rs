@@ -33,7 +33,7 @@
 //!   success rate minus the experiment's is above `max_drop_points` with 99 % one-sided
 //!   confidence (`(d − b)/se > 2.326`). It stops injecting at once, then writes the
 //!   verdict beside the experiment, `experiments/<name>/result`
-//!   ([`ExperimentResult`](crate::settings::ExperimentResult)), with compare-and-swap,
+//!   ([`ExperimentResult`]), with compare-and-swap,
 //!   once; every other process sees it and stops. `max_duration_ms` ends a run the same
 //!   way ("passed"); `global.halt_experiments: true` stops every run at once
 //!   ("halted"). Each stop is a `tracing` event and counted in
@@ -297,8 +297,25 @@ pub struct ExperimentStatus {
     pub verdict: Option<ExperimentResult>,
 }
 
-/// This process in experiment records (`by`): host name and pid.
-pub(crate) fn instance_id() -> &'static str {
+/// The id of experiment `name`'s run with this (effective) value, as results carry it
+/// in `run`: 16 hex digits of FNV-1a (64 bits) over the name, a NUL byte and the value's
+/// canonical JSON. Stable across processes and versions; tools use it to tell the
+/// record of the current value from one an earlier value left.
+///
+/// ```
+/// use substation::{experiment, settings::ExperimentSettings};
+///
+/// let id = experiment::run_id("no-inventory", &ExperimentSettings::new("inventory"));
+/// assert_eq!(id.len(), 16);
+/// assert_ne!(id, experiment::run_id("no-inventory-2", &ExperimentSettings::new("inventory")));
+/// ```
+pub fn run_id(name: &str, settings: &crate::settings::ExperimentSettings) -> String {
+    format!("{:016x}", run::run_id(name, settings))
+}
+
+/// This process in experiment records (`by`) when its source does not announce one:
+/// host name and pid.
+pub(crate) fn default_instance_id() -> &'static str {
     static ID: OnceLock<String> = OnceLock::new();
     ID.get_or_init(crate::live::default_instance_id)
 }

@@ -180,6 +180,14 @@ impl Run {
         }
     }
 
+    /// This process's id for records: the one its source announces, else host and pid.
+    fn instance(&self) -> String {
+        self.table
+            .upgrade()
+            .and_then(|t| lock(&t.instance).clone())
+            .unwrap_or_else(|| super::default_instance_id().to_owned())
+    }
+
     /// The run id as written in results: 16 hex digits.
     pub(crate) fn id_hex(&self) -> String {
         format!("{:016x}", self.id)
@@ -317,7 +325,7 @@ impl Run {
             control,
             experiment,
             deviation_points: deviation.map(|d| (d * 1000.0).round() / 1000.0),
-            by: Some(super::instance_id().to_owned()),
+            by: Some(self.instance()),
         };
         log_verdict(&self.name, &record, "this process");
         metrics::counter!(
@@ -537,6 +545,8 @@ pub(crate) struct Table {
     pub(crate) active: ArcSwap<Active>,
     state: Mutex<TableState>,
     stores: Mutex<[Option<Arc<dyn Store>>; 2]>,
+    /// The id the source announces this process under, if any.
+    instance: Mutex<Option<String>>,
 }
 
 #[derive(Default)]
@@ -565,7 +575,13 @@ impl Table {
             active: ArcSwap::from_pointee(Active::default()),
             state: Mutex::new(TableState::default()),
             stores: Mutex::new([None, None]),
+            instance: Mutex::new(None),
         })
+    }
+
+    /// The id this process announces itself under (records' `by`).
+    pub(crate) fn set_instance(&self, id: &str) {
+        *lock(&self.instance) = Some(id.to_owned());
     }
 
     pub(crate) fn set_store(&self, layer: Scope, store: Arc<dyn Store>) {
@@ -860,7 +876,7 @@ async fn write(run: &Arc<Run>, table: &Weak<Table>, what: Pending) -> Result<(),
                 control: CohortCounts::default(),
                 experiment: CohortCounts::default(),
                 deviation_points: None,
-                by: Some(super::instance_id().to_owned()),
+                by: Some(run.instance()),
             }
         }
         Pending::Verdict => match lock(&run.verdict).clone() {

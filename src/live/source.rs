@@ -343,6 +343,15 @@ impl Sink {
         Ok(())
     }
 
+    /// The id the source announces this process under: experiments sign their records
+    /// with it.
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+    pub(crate) fn set_instance(&self, id: &str) {
+        if let Some(shared) = self.shared.upgrade() {
+            shared.experiments.set_instance(id);
+        }
+    }
+
     /// Whether the registry is gone.
     pub fn is_closed(&self) -> bool {
         self.shared.strong_count() == 0

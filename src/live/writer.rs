@@ -276,8 +276,18 @@ impl Writer {
         map: fn(&mut Writer) -> &mut OrdMap<String, Arc<T>>,
         give: fn(&Table, &str, Option<T>, Scope),
     ) -> bool {
+        // A run's record is read from one layer (the application's if it has one), not
+        // merged: a verdict must not lend its fields to another layer's record.
+        let value_of = |w: &Writer| match key {
+            Key::ExperimentResult(_) => w.layers[Scope::App.index()]
+                .get(key)
+                .or_else(|| w.layers[Scope::Shared.index()].get(key))
+                .cloned()
+                .unwrap_or_default(),
+            _ => w.merged(key, None),
+        };
         let value = if self.stored(key) {
-            match decode::from_value::<T>(&self.merged(key, None)) {
+            match decode::from_value::<T>(&value_of(self)) {
                 Ok(v) => Some(v),
                 Err(e) => return self.invalid_combination(key, &e),
             }

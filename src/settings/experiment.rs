@@ -26,7 +26,9 @@ use super::error::{SettingsError, range_f64, range_u64};
 #[non_exhaustive]
 pub struct ExperimentSettings {
     /// The policy (dependency) whose calls fail for the experiment cohort: a
-    /// [`FaultLayer`](crate::fault::FaultLayer) of that policy injects. Required.
+    /// [`FaultLayer`](crate::fault::FaultLayer) of that policy injects. Required in the
+    /// effective value (one layer may leave it to another: values merge field by field,
+    /// so the JSON Schema of one stored value does not require it).
     pub policy: String,
     /// Percentage of the experiment cohort's calls to `policy` that fail at once
     /// (`0..=100`, default 100).

@@ -11,21 +11,9 @@ use crate::commands::{self, as_json, stored_for};
 use crate::store::{Layers, Store, Stored};
 use crate::{Exit, Failure, Global, NewOpts, Report, WriteOpts, fleet};
 
-/// The run id the library gives experiment `name` with this effective value: FNV-1a
-/// (64 bits) of the name, a NUL and the value's JSON as serde writes
-/// [`ExperimentSettings`], in 16 hex digits. The library's `experiment::run::run_id` is
-/// not public; `tests/cli.rs` pins this copy to it (the `run` of
-/// `Substation::experiments()`).
+/// The run id the library gives experiment `name` with this effective value.
 fn run_id(name: &str, settings: &ExperimentSettings) -> String {
-    let mut bytes = name.as_bytes().to_vec();
-    bytes.push(0);
-    bytes.extend(serde_json::to_vec(settings).unwrap_or_default());
-    let mut h = 0xcbf2_9ce4_8422_2325u64;
-    for b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{h:016x}")
+    substation::experiment::run_id(name, settings)
 }
 
 /// A UTC date and time, `2026-12-04 17:30:21 UTC`, from ms since the epoch.

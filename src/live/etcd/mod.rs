@@ -299,6 +299,7 @@ impl Source for EtcdSource {
             timer_sink.initialized();
         });
         if let Some(id) = self.announce.clone() {
+            sink.set_instance(&id);
             runtime.spawn(presence::run((*self).clone(), sink.clone(), id));
         }
         // Experiments write their runs' records beside their values.
