@@ -424,33 +424,28 @@ impl Run {
 }
 
 fn log_verdict(name: &str, r: &ExperimentResult, by: &str) {
-    let reason = r.reason.as_deref().unwrap_or("");
+    let reason = crate::settings::Bounded::new(r.reason.as_deref().unwrap_or(""), 200, 40);
     let (c, e) = (r.control, r.experiment);
+    // One event, at `warn` for an abort or a halt, else `info` (a level must be constant).
+    macro_rules! stopped {
+        ($level:ident) => {
+            tracing::$level!(
+                experiment = %name,
+                verdict = r.state.as_str(),
+                reason = %reason,
+                control_requests = c.requests,
+                control_success_percent = c.success_percent(),
+                experiment_requests = e.requests,
+                experiment_success_percent = e.success_percent(),
+                deviation_points = r.deviation_points,
+                decided_by = by,
+                "substation: experiment stopped"
+            )
+        };
+    }
     match r.state {
-        RunState::Aborted | RunState::Halted => tracing::warn!(
-            experiment = %name,
-            verdict = r.state.as_str(),
-            reason = %crate::settings::Bounded::new(reason, 200, 40),
-            control_requests = c.requests,
-            control_success_percent = c.success_percent(),
-            experiment_requests = e.requests,
-            experiment_success_percent = e.success_percent(),
-            deviation_points = r.deviation_points,
-            decided_by = by,
-            "substation: experiment stopped"
-        ),
-        _ => tracing::info!(
-            experiment = %name,
-            verdict = r.state.as_str(),
-            reason = %crate::settings::Bounded::new(reason, 200, 40),
-            control_requests = c.requests,
-            control_success_percent = c.success_percent(),
-            experiment_requests = e.requests,
-            experiment_success_percent = e.success_percent(),
-            deviation_points = r.deviation_points,
-            decided_by = by,
-            "substation: experiment stopped"
-        ),
+        RunState::Aborted | RunState::Halted => stopped!(warn),
+        _ => stopped!(info),
     }
 }
 
