@@ -95,6 +95,65 @@ pub(crate) struct Run {
     paused_logged: AtomicBool,
     pub(crate) notify: tokio::sync::Notify,
     table: Weak<Table>,
+    /// Metric handles, made with the recorder current when the run started (a handle
+    /// holds no invariant a panic could break: the registry stays unwind-safe).
+    metrics: std::panic::AssertUnwindSafe<RunMetrics>,
+}
+
+/// A run's metric handles.
+struct RunMetrics {
+    /// `[cohort][success, failure]`.
+    requests: [[metrics::Counter; 2]; 2],
+    running: metrics::Gauge,
+    /// Passed, aborted, halted.
+    verdicts: [metrics::Counter; 3],
+}
+
+impl RunMetrics {
+    fn new(name: &str) -> RunMetrics {
+        let request = |cohort: &'static str, outcome: &'static str| {
+            metrics::counter!(
+                crate::metrics::EXPERIMENT_REQUESTS,
+                "experiment" => name.to_owned(),
+                "cohort" => cohort,
+                "outcome" => outcome
+            )
+        };
+        let verdict = |verdict: RunState| {
+            metrics::counter!(
+                crate::metrics::EXPERIMENT_VERDICTS,
+                "experiment" => name.to_owned(),
+                "verdict" => verdict.as_str()
+            )
+        };
+        RunMetrics {
+            requests: [
+                [request("control", "success"), request("control", "failure")],
+                [
+                    request("experiment", "success"),
+                    request("experiment", "failure"),
+                ],
+            ],
+            running: metrics::gauge!(
+                crate::metrics::EXPERIMENT_RUNNING,
+                "experiment" => name.to_owned()
+            ),
+            verdicts: [
+                verdict(RunState::Passed),
+                verdict(RunState::Aborted),
+                verdict(RunState::Halted),
+            ],
+        }
+    }
+
+    /// The counts so far, and whether the run assigns cohorts.
+    fn push(&self, (control, experiment): (CohortCounts, CohortCounts), running: bool) {
+        for (c, [ok, failed]) in [control, experiment].iter().zip(&self.requests) {
+            ok.absolute(c.successes);
+            failed.absolute(c.requests - c.successes);
+        }
+        self.running.set(if running { 1.0 } else { 0.0 });
+    }
 }
 
 impl fmt::Debug for Run {
@@ -175,6 +234,7 @@ impl Run {
             paused_logged: AtomicBool::new(false),
             notify: tokio::sync::Notify::new(),
             table: Arc::downgrade(table),
+            metrics: std::panic::AssertUnwindSafe(RunMetrics::new(name)),
             settings,
             clock,
         }
@@ -328,12 +388,7 @@ impl Run {
             by: Some(self.instance()),
         };
         log_verdict(&self.name, &record, "this process");
-        metrics::counter!(
-            crate::metrics::EXPERIMENT_VERDICTS,
-            "experiment" => self.name.to_string(),
-            "verdict" => to.as_str()
-        )
-        .increment(1);
+        self.metrics.verdicts[usize::from(code - 1)].increment(1);
         *lock(&self.verdict) = Some(record);
         *lock(&self.pending) = Pending::Verdict;
         self.notify.notify_one();
@@ -769,31 +824,7 @@ const METRICS_EVERY: Duration = Duration::from_secs(1);
 /// is out of reach), pushes its counts to the metrics. Ends when the run is over and
 /// written, withdrawn, or the registry is gone.
 async fn drive(run: Arc<Run>, table: Weak<Table>) {
-    let labels = |cohort: &'static str, outcome: &'static str| {
-        metrics::counter!(
-            crate::metrics::EXPERIMENT_REQUESTS,
-            "experiment" => run.name.to_string(),
-            "cohort" => cohort,
-            "outcome" => outcome
-        )
-    };
-    let counters = [
-        (labels("control", "success"), labels("control", "failure")),
-        (
-            labels("experiment", "success"),
-            labels("experiment", "failure"),
-        ),
-    ];
-    let running =
-        metrics::gauge!(crate::metrics::EXPERIMENT_RUNNING, "experiment" => run.name.to_string());
-    let push = |running_now: bool| {
-        let (c, e) = run.counts();
-        for (counts, (ok, failed)) in [c, e].iter().zip(&counters) {
-            ok.absolute(counts.successes);
-            failed.absolute(counts.requests - counts.successes);
-        }
-        running.set(if running_now { 1.0 } else { 0.0 });
-    };
+    let push = |running_now: bool| run.metrics.push(run.counts(), running_now);
     let mut retry_at: Option<u64> = None;
     loop {
         if table.strong_count() == 0 || run.is_withdrawn() {

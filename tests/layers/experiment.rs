@@ -418,3 +418,45 @@ async fn the_cohort_follows_a_spawned_task_only_when_scoped() {
     assert!(!lost, "a task-local does not follow tokio::spawn");
     assert_eq!(kept, here);
 }
+
+#[tokio::test(start_paused = true)]
+async fn cohorts_and_verdicts_reach_the_metrics() {
+    use substation::metrics::{EXPERIMENT_REQUESTS, EXPERIMENT_VERDICTS};
+    let metrics = substation::testkit::Metrics::new();
+    // The run's handles are made with the recorder current when it starts.
+    let (sub, source) = metrics.capture(|| {
+        let (sub, source) = registry();
+        source
+            .put(
+                "experiments/no-db",
+                r#"{"policy": "db", "control_percent": 10, "experiment_percent": 10, "min_requests": 50}"#,
+            )
+            .unwrap();
+        (sub, source)
+    });
+    let _source = source;
+    let mut svc = edge(&sub, "db");
+    let mut i = 0;
+    while sub.experiments()[0].state == RunState::Running {
+        let _ = svc.ready().await.unwrap().call(format!("user-{i}")).await;
+        i += 1;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await; // the run's task pushes its counts
+    let status = &sub.experiments()[0];
+    let count = |cohort: &str, outcome: &str| {
+        metrics.counter(
+            EXPERIMENT_REQUESTS,
+            &[
+                ("experiment", "no-db"),
+                ("cohort", cohort),
+                ("outcome", outcome),
+            ],
+        )
+    };
+    assert_eq!(count("control", "success"), status.control.successes);
+    assert_eq!(count("control", "failure"), 0);
+    assert_eq!(count("experiment", "failure"), status.experiment.requests);
+    assert!(status.experiment.requests >= 50);
+    let verdicts = |v: &str| metrics.counter(EXPERIMENT_VERDICTS, &[("verdict", v)]);
+    assert_eq!((verdicts("aborted"), verdicts("passed")), (1, 0));
+}
