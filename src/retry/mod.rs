@@ -71,6 +71,7 @@ mod http;
 
 use std::fmt;
 use std::future::Future;
+use std::mem::ManuallyDrop;
 use std::pin::Pin;
 use std::sync::{Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
@@ -299,33 +300,40 @@ where
     #[inline(always)]
     fn call(&mut self, req: Req) -> Self::Future {
         let settings = self.settings.load();
-        let hedging = settings.hedge.enabled();
-        if !settings.retry.enabled() && !hedging {
+        // Branches, not `!retry && !hedge` (compiled to flag arithmetic).
+        if !settings.retry.enabled() && !settings.hedge.enabled() {
             return ResponseFuture {
                 attempt: Some(self.inner.call(req)),
-                state: None,
+                state: ManuallyDrop::new(None),
             };
         }
+        let hedge = settings.hedge.enabled();
         let timed = settings.retry.deadline_ms.is_some();
         let template = self.template.lease();
         let next = template.retry.clone_request(&req);
+        // A call that hedges or has a deadline waits from its first poll: its slow part
+        // now (it would be allocated then).
+        let slow = if hedge || timed {
+            Slow::start(hedge && next.is_some(), timed)
+        } else {
+            None
+        };
         let attempt = self.inner.call(req);
         ResponseFuture {
             attempt: Some(attempt),
-            state: Some(State {
+            state: ManuallyDrop::new(Some(State {
                 template,
-                hedging: hedging && next.is_some(),
-                timed,
                 next,
-                attempts: 1,
-                slow: None,
-            }),
+                slow,
+            })),
         }
     }
 }
 
 /// A retrying (or hedging) call's state beyond its attempt's future: small, inline; what
-/// only waits, retries and hedges need is allocated when one is first needed.
+/// only waits, retries and hedges need is allocated when one is first needed. Without
+/// the slow part the call is in the common case: one attempt out, no hedging, no
+/// deadline.
 struct State<S, Req, R>
 where
     S: Service<Req> + Send + 'static,
@@ -334,11 +342,6 @@ where
     template: Lease<Template<S, R>>,
     /// A copy of the request for the next attempt (`None`: it may not be retried).
     next: Option<Req>,
-    /// Whether this call may still send hedges.
-    hedging: bool,
-    /// Whether the call has an overall deadline (`retry.deadline_ms`).
-    timed: bool,
-    attempts: u32,
     slow: Option<Pin<Box<Slow<S, Req>>>>,
 }
 
@@ -367,6 +370,39 @@ pin_project! {
         held: Option<Result<S::Response, BoxError>>,
         // The last wait, for decorrelated jitter.
         last_wait: Duration,
+        // Whether this call may still send hedges.
+        hedging: bool,
+        // Whether the call has an overall deadline (`retry.deadline_ms`).
+        timed: bool,
+        // Attempts made (hedges not counted).
+        attempts: u32,
+    }
+}
+
+impl<S: Service<Req>, Req> Slow<S, Req> {
+    /// The slow part of a call that hedges or has a deadline, from its start.
+    #[cold]
+    #[inline(never)]
+    fn start(hedging: bool, timed: bool) -> Option<Pin<Box<Self>>> {
+        (hedging || timed).then(|| Self::new(hedging, timed))
+    }
+
+    /// The slow part of a call that made one attempt.
+    fn new(hedging: bool, timed: bool) -> Pin<Box<Self>> {
+        Box::pin(Slow {
+            backoff: None,
+            deadline: None,
+            hedge_timer: None,
+            service: None,
+            waiting: None,
+            hedges: Vec::new(),
+            extra: 0,
+            held: None,
+            last_wait: Duration::ZERO,
+            hedging,
+            timed,
+            attempts: 1,
+        })
     }
 }
 
@@ -392,21 +428,14 @@ where
     fn split(&mut self) -> (&Template<S, R>, Pin<&mut Slow<S, Req>>) {
         let slow = self
             .slow
-            .get_or_insert_with(|| {
-                Box::pin(Slow {
-                    backoff: None,
-                    deadline: None,
-                    hedge_timer: None,
-                    service: None,
-                    waiting: None,
-                    hedges: Vec::new(),
-                    extra: 0,
-                    held: None,
-                    last_wait: Duration::ZERO,
-                })
-            })
+            .get_or_insert_with(|| Slow::new(false, false))
             .as_mut();
         (&self.template, slow)
+    }
+
+    /// Attempts made (hedges not counted).
+    fn attempts(&self) -> u32 {
+        self.slow.as_ref().map_or(1, |s| s.attempts)
     }
 }
 
@@ -446,8 +475,70 @@ pin_project! {
     {
         #[pin]
         attempt: Option<S::Future>,
-        state: Option<State<S, Req, R>>,
+        // Dropped by the future's `drop` (below), which tests it inline: as a plain field,
+        // its drop glue (the lease's end, the slow part's) was an out-of-line call on
+        // every call, even when the call had ended its state (BENCHMARKS.md, `retry`).
+        state: ManuallyDrop<Option<State<S, Req, R>>>,
     }
+
+    impl<S, Req, R> PinnedDrop for ResponseFuture<S, Req, R>
+    where
+        S: Service<Req>,
+        S: Send,
+        S: 'static,
+        R: Send,
+        R: Sync,
+        R: 'static,
+    {
+        fn drop(this: Pin<&mut Self>) {
+            let mut this = this.project();
+            // Taken first (dropped even if the attempt's drop panics), dropped after the
+            // attempt, as the fields' order would.
+            let state = this.state.take();
+            this.attempt.set(None);
+            if let Some(state) = state {
+                drop_state(state);
+            }
+        }
+    }
+}
+
+/// Ends the call's state (its lease) once its answer is taken: inline, without the slow
+/// part's drop glue (an out-of-line call even when there is no slow part).
+#[inline(always)]
+fn end<S, Req, R>(state: &mut Option<State<S, Req, R>>)
+where
+    S: Service<Req> + Send + 'static,
+    R: Send + Sync + 'static,
+{
+    if let Some(State {
+        template,
+        next,
+        slow,
+    }) = state.take()
+    {
+        drop(template);
+        drop(next);
+        if let Some(slow) = slow {
+            drop_slow(slow);
+        }
+    }
+}
+
+#[inline(never)]
+fn drop_slow<S: Service<Req>, Req>(slow: Pin<Box<Slow<S, Req>>>) {
+    drop(slow);
+}
+
+/// A state the call did not end (it was dropped before its answer, or answered from
+/// the slow path).
+#[inline(never)]
+fn drop_state<S, Req, R>(state: State<S, Req, R>)
+where
+    S: Service<Req> + Send + 'static,
+    R: Send + Sync + 'static,
+{
+    drop(state);
 }
 
 impl<S, Req, R> fmt::Debug for ResponseFuture<S, Req, R>
@@ -505,16 +596,16 @@ where
                     None => Poll::Ready(Err("retry future polled after completion".into())),
                 };
             }
-            Some(state) if state.slow.is_none() && !state.hedging && !state.timed => {
+            Some(state) if state.slow.is_none() => {
                 let Some(attempt) = this.attempt.as_mut().as_pin_mut() else {
                     return Poll::Ready(Err("retry future polled after completion".into()));
                 };
                 let r = ready!(attempt.poll(cx)).map_err(Into::into);
+                this.attempt.set(None);
                 if state.template.retry.verdict(&r) == Verdict::Done {
-                    this.attempt.set(None);
+                    end(this.state);
                     return Poll::Ready(r);
                 }
-                this.attempt.set(None);
                 return poll_slow(this, Some(r), cx);
             }
             Some(_) => {}
@@ -566,14 +657,14 @@ where
                         Some(wait) => state.retry_after(wait),
                         None => return Poll::Ready(r),
                     }
-                } else if !(state.hedging || state.timed) {
-                    // Out, and nothing to time.
+                } else {
+                    // Out, and nothing to time (no hedging, no deadline).
                     return Poll::Pending;
                 }
             }
-            let (hedging, timed, attempts) = (state.hedging, state.timed, state.attempts);
             let (template, slow) = state.split();
             let mut slow = slow.project();
+            let (hedging, timed, attempts) = (*slow.hedging, *slow.timed, *slow.attempts);
             if let Some(r) = held {
                 *slow.held = Some(r);
             }
@@ -645,8 +736,8 @@ where
             };
             let next = template.retry.clone_request(&req);
             let attempt = service.call(req);
+            *slow.attempts += 1;
             state.next = next;
-            state.attempts += 1;
             this.attempt.set(Some(attempt));
         }
     }
@@ -661,7 +752,9 @@ where
     R: Retryable<Req, S::Response>,
 {
     let over = |state: &mut State<S, Req, R>| {
-        state.hedging = false;
+        if let Some(slow) = state.slow.as_mut() {
+            *slow.as_mut().project().hedging = false;
+        }
         Poll::Ready(false)
     };
     let template = &state.template;
@@ -724,13 +817,14 @@ where
     let core = state.template.policy.shared();
     let settings = core.settings.load();
     let s = &settings.retry;
-    if state.attempts >= s.max_attempts || state.next.is_none() {
+    let attempts = state.attempts();
+    if attempts >= s.max_attempts || state.next.is_none() {
         return None;
     }
     let last_wait = state.slow.as_ref().map_or(Duration::ZERO, |s| s.last_wait);
     let wait = match state.template.retry.verdict(result) {
         Verdict::Done => return None,
-        Verdict::Retry => backoff(s, state.attempts, last_wait),
+        Verdict::Retry => backoff(s, attempts, last_wait),
         Verdict::RetryAfter(after) if after <= Duration::from_millis(s.pushback_max_ms) => after,
         Verdict::RetryAfter(_) => return None,
     };
