@@ -826,6 +826,9 @@ const METRICS_EVERY: Duration = Duration::from_secs(1);
 async fn drive(run: Arc<Run>, table: Weak<Table>) {
     let push = |running_now: bool| run.metrics.push(run.counts(), running_now);
     let mut retry_at: Option<u64> = None;
+    // Failed writes are retried after 1 s, doubling to a minute (a store that refuses
+    // writes — a read-only user — is told about, not hammered).
+    let mut backoff_ms = 1_000u64;
     loop {
         if table.strong_count() == 0 || run.is_withdrawn() {
             push(false);
@@ -852,10 +855,12 @@ async fn drive(run: Arc<Run>, table: Weak<Table>) {
                         *p = Pending::Nothing;
                     }
                     retry_at = None;
+                    backoff_ms = 1_000;
                 }
                 Err(e) => {
-                    tracing::warn!(experiment = %run.name, error = %e, "substation: could not write the experiment's record; retrying in a second");
-                    retry_at = Some(run.clock.now_ms().saturating_add(1_000));
+                    tracing::warn!(experiment = %run.name, error = %e, retry_in_ms = backoff_ms, "substation: could not write the experiment's record; it stopped here all the same");
+                    retry_at = Some(run.clock.now_ms().saturating_add(backoff_ms));
+                    backoff_ms = (backoff_ms * 2).min(60_000);
                 }
             }
             continue;
