@@ -283,6 +283,20 @@ fn say_warnings(output: Output, warnings: &[String]) {
     }
 }
 
+/// What every write checks: the value as every registry would see it ([`check_all`]),
+/// then the warnings it deserves. Refused values return the refusal.
+fn vet(
+    key: &Key,
+    layer: Scope,
+    value: &[u8],
+    layers: &Layers,
+    fleet: &Instances,
+    skip_fleet: bool,
+) -> Result<Vec<String>, Failure> {
+    check_all(key, layer, value, layers, Some(fleet), skip_fleet)?;
+    Ok(value_warnings(key, layer, value, layers, fleet))
+}
+
 /// Checks `value` as every registry would: with the library defaults, and with each
 /// code default the fleet announces for the key (unless `skip_fleet`).
 fn check_all(
@@ -526,15 +540,7 @@ pub(crate) async fn set(
     let fleet = fleet::instances(&store).await?;
     check_known(&key, &fleet, new.new)?;
     let layers = store.layers(&key).await?;
-    check_all(
-        &key,
-        layer,
-        &value,
-        &layers,
-        Some(&fleet),
-        new.skip_fleet_check,
-    )?;
-    let warnings = value_warnings(&key, layer, &value, &layers, &fleet);
+    let warnings = vet(&key, layer, &value, &layers, &fleet, new.skip_fleet_check)?;
     say_warnings(g.output, &warnings);
     let current = layers.of(layer).map_or(0, |s| s.mod_revision);
     let expected = if_mod_revision.unwrap_or(current);
@@ -662,15 +668,7 @@ pub(crate) async fn patch_with(
         let bytes =
             serde_json::to_vec(&value).map_err(|e| Failure::new(Exit::Refused, e.to_string()))?;
         check_size(&bytes)?;
-        check_all(
-            key,
-            layer,
-            &bytes,
-            &layers,
-            Some(fleet),
-            new.skip_fleet_check,
-        )?;
-        let warnings = value_warnings(key, layer, &bytes, &layers, fleet);
+        let warnings = vet(key, layer, &bytes, &layers, fleet, new.skip_fleet_check)?;
         let expected = current.map_or(0, |s| s.mod_revision);
         let written = write(
             store,
@@ -1025,15 +1023,7 @@ pub(crate) async fn rollback(
         Some(value) => {
             let fleet = fleet::instances(&store).await?;
             check_known(&key, &fleet, new.new)?;
-            check_all(
-                &key,
-                layer,
-                &value,
-                &layers,
-                Some(&fleet),
-                new.skip_fleet_check,
-            )?;
-            let warnings = value_warnings(&key, layer, &value, &layers, &fleet);
+            let warnings = vet(&key, layer, &value, &layers, &fleet, new.skip_fleet_check)?;
             if current.as_ref().is_some_and(|c| c.value == value) {
                 return Ok(Report {
                     exit: Exit::Ok,
