@@ -1,4 +1,7 @@
 //! Shared ownership whose per-call cost is two plain stores: [`Shared`] and [`Lease`].
+//! (A `finished` count's stripe is found with one compare: thread indices without a
+//! stripe of their own, and every index once the value is retired, are at or above the
+//! home's `last`, and take the cold path, which also nudges the reaper.)
 //!
 //! Every response future must keep the state it reports to (a policy's breaker, a
 //! fallback's tiers) alive until it finishes. An `Arc` clone per call does that, but it
@@ -13,17 +16,21 @@
 //!   dropping one a `finished` counter, both in the calling thread's own stripe (see
 //!   [`crate::thread`]): one writer per stripe, so a plain load and store, no lock
 //!   prefix, no shared cache line. Threads beyond the exclusive stripes share one
-//!   stripe with `fetch_add`.
+//!   stripe with `fetch_add`. A holder with `&mut Shared` (a service's `call`) may
+//!   instead count the start in the handle itself ([`Shared::lease_mut`]: one increment
+//!   of a field, no thread-local look-up), added to the home's `handed` total when the
+//!   handle is dropped.
 //! - A retired value is freed as soon as every lease taken is finished: at once when
 //!   none is out, else by the **reaper**, a thread that exists only while retired values
 //!   wait for their last leases (it polls with backoff, and a lease finished on a
 //!   retired value wakes it), then exits.
 //!
 //! Why the counts can be trusted: a lease is only taken through a live `Shared`, so no
-//! lease starts after retirement, and every `started` store is ordered before the drop
-//! of the `Shared` it was taken through (same thread, or handed over by whatever moved
-//! the `Shared` to another thread), which the last `Arc` drop synchronizes with. So at
-//! retirement the started total is final and visible; `finished` only grows towards
+//! lease starts after retirement, and every `started` store (and every handle's
+//! `handed` addition, made in its drop) is ordered before the drop of the `Shared` it
+//! was taken through (same thread, or handed over by whatever moved the `Shared` to
+//! another thread), which the last `Arc` drop synchronizes with. So at retirement the
+//! started total is final and visible; `finished` only grows towards
 //! it, and a lease's `finished` store (`Release`) is the last thing it does with the
 //! value, so reading the totals equal (`Acquire`) means nobody uses the value any more.
 //!
@@ -35,7 +42,7 @@
 use std::fmt;
 use std::ops::Deref;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
@@ -53,6 +60,13 @@ struct Stripe {
 struct Home<T> {
     /// Set when the last `Shared` is gone.
     retired: AtomicBool,
+    /// Leases counted by the `Shared` they were taken through ([`Shared::lease_mut`]),
+    /// added here as each of those is dropped.
+    handed: AtomicU64,
+    /// The shared stripe's index (`stripes.len() - 1`: every thread index below it has
+    /// a stripe of its own) until the value is retired, then 0: a lease's end compares
+    /// the thread's index with it and, on the cold path only, looks at `retired`.
+    last: AtomicUsize,
     stripes: Box<[Stripe]>,
     value: T,
 }
@@ -79,9 +93,20 @@ impl<T> Home<T> {
         }
     }
 
-    /// Leases taken and not yet finished (a racy sum: for statistics).
+    /// `finished` for a thread beyond the exclusive stripes, or without an index yet, or
+    /// any once retired; and whether the value is retired (read before the finish).
+    #[cold]
+    #[inline(never)]
+    fn finished_cold(&self) -> (&AtomicU64, bool, bool) {
+        let retired = self.retired.load(Relaxed);
+        let (s, owned) = self.stripe();
+        (&s.finished, owned, retired)
+    }
+
+    /// Leases taken and not yet finished (a racy sum: for statistics; leases counted
+    /// by a live `Shared` are not in it, see [`Shared::lease_mut`]).
     fn outstanding(&self) -> u64 {
-        let mut n = 0u64;
+        let mut n = self.handed.load(Relaxed);
         for s in self.stripes.iter() {
             n = n.wrapping_add(s.started.load(Relaxed));
             n = n.wrapping_sub(s.finished.load(Relaxed));
@@ -92,7 +117,7 @@ impl<T> Home<T> {
     /// Whether every lease ever taken is finished. Only meaningful once retired (no
     /// lease can start any more).
     fn idle(&self) -> bool {
-        let mut started = 0u64;
+        let mut started = self.handed.load(Acquire);
         let mut finished = 0u64;
         for s in self.stripes.iter() {
             started = started.wrapping_add(s.started.load(Acquire));
@@ -140,6 +165,7 @@ impl<T: Send + Sync + 'static> Drop for Owner<T> {
         // SAFETY: the home is alive until retired and idle; this is the retirement.
         let home = unsafe { self.home.as_ref() };
         home.retired.store(true, SeqCst);
+        home.last.store(0, SeqCst);
         if home.idle() {
             // SAFETY: retired (no lease can start) and idle (none is out); `Owner` is
             // dropped once, and a home is handed to the reaper only when not idle here.
@@ -175,6 +201,9 @@ impl<T: Send + Sync> reaper::Retired for Zombie<T> {
 /// Shared ownership of a `T`; cloning is an `Arc` clone. See the [module docs](self).
 pub(crate) struct Shared<T: Send + Sync + 'static> {
     home: NonNull<Home<T>>,
+    /// Leases taken through [`Shared::lease_mut`], added to the home's `handed` when
+    /// this handle is dropped.
+    taken: u64,
     owner: Arc<Owner<T>>,
 }
 
@@ -188,13 +217,17 @@ impl<T: Send + Sync + 'static> Shared<T> {
         let stripes = (0..=thread::exclusive_stripes())
             .map(|_| Stripe::default())
             .collect();
+        let stripes: Box<[Stripe]> = stripes;
         let home = NonNull::from(Box::leak(Box::new(Home {
             retired: AtomicBool::new(false),
+            handed: AtomicU64::new(0),
+            last: AtomicUsize::new(stripes.len() - 1),
             stripes,
             value,
         })));
         Shared {
             home,
+            taken: 0,
             owner: Arc::new(Owner { home }),
         }
     }
@@ -204,6 +237,16 @@ impl<T: Send + Sync + 'static> Shared<T> {
     pub(crate) fn lease(&self) -> Lease<T> {
         // SAFETY: `self.owner` is alive, so the home is not retired.
         unsafe { self.home.as_ref() }.start();
+        Lease { home: self.home }
+    }
+
+    /// A lease counted by this handle itself: one increment of a field of `self`, no
+    /// thread-local look-up (the retry stage's per-call lease). The count joins the
+    /// home's when the handle is dropped, which is before retirement; so
+    /// [`Shared::in_flight`] does not see these leases while the handle lives.
+    #[inline(always)]
+    pub(crate) fn lease_mut(&mut self) -> Lease<T> {
+        self.taken = self.taken.wrapping_add(1);
         Lease { home: self.home }
     }
 
@@ -231,7 +274,21 @@ impl<T: Send + Sync + 'static> Clone for Shared<T> {
     fn clone(&self) -> Self {
         Shared {
             home: self.home,
+            taken: 0,
             owner: self.owner.clone(),
+        }
+    }
+}
+
+impl<T: Send + Sync + 'static> Drop for Shared<T> {
+    fn drop(&mut self) {
+        if self.taken != 0 {
+            // SAFETY: `self.owner` keeps the home alive. Ordered before the `owner`'s
+            // drop (after this), whose release the retiring drop acquires: the count
+            // is in `handed` before the home can be retired.
+            unsafe { self.home.as_ref() }
+                .handed
+                .fetch_add(self.taken, Relaxed);
         }
     }
 }
@@ -268,6 +325,7 @@ impl<T: Send + Sync + 'static> WeakShared<T> {
     pub(crate) fn upgrade(&self) -> Option<Shared<T>> {
         Some(Shared {
             home: self.home,
+            taken: 0,
             owner: self.owner.upgrade()?,
         })
     }
@@ -322,11 +380,20 @@ impl<T: Send + Sync + 'static> Drop for Lease<T> {
         // SAFETY: not finished yet, so alive. Nothing of the home is touched after
         // `finish`: it may be freed the moment the count is seen.
         let home = unsafe { self.home.as_ref() };
-        let retired = home.retired.load(Relaxed);
-        let (stripe, owned) = home.stripe();
-        finish(&stripe.finished, owned);
-        if retired {
-            reaper::nudge();
+        // One compare on the hot path: the markers of a thread without an index are
+        // above `last` too, and `last` is 0 once retired. (A lease that reads `last`
+        // just before retirement finishes without the nudge: the reaper's own polling
+        // finds it, as it finds any finish the retiring drop did not see.)
+        let i = thread::raw_index();
+        if i < home.last.load(Relaxed) {
+            // SAFETY: `i < last < stripes.len()` (`last` only ever decreases to 0).
+            finish(&unsafe { home.stripes.get_unchecked(i) }.finished, true);
+        } else {
+            let (finished, owned, retired) = home.finished_cold();
+            finish(finished, owned);
+            if retired {
+                reaper::nudge();
+            }
         }
     }
 }
@@ -520,6 +587,87 @@ mod tests {
             drop(lease);
             wait_until(|| drops.load(SeqCst) == 1);
         }
+    }
+
+    #[test]
+    fn leases_counted_by_their_handle_keep_the_value() {
+        // Leases taken through `lease_mut` are counted in the handle until it is dropped;
+        // the value lives until the last of them ends, whichever handle took them and
+        // in whatever order handles and leases go.
+        let drops = Arc::new(AtomicUsize::new(0));
+        let mut a = Shared::new(Counted(drops.clone()));
+        let mut b = a.clone();
+        let la: Vec<_> = (0..3).map(|_| a.lease_mut()).collect();
+        let lb = b.lease_mut();
+        let plain = a.lease();
+        drop(la);
+        drop(a); // its three, already finished, join the home's count
+        assert_eq!(drops.load(SeqCst), 0);
+        drop(plain);
+        drop(b); // retired: `lb` is still out
+        assert_eq!(drops.load(SeqCst), 0, "still leased");
+        assert_eq!(lb.0.load(SeqCst), 0, "readable through the lease");
+        drop(lb);
+        wait_until(|| drops.load(SeqCst) == 1);
+    }
+
+    #[test]
+    fn a_lease_ending_after_retirement_takes_the_cold_path() {
+        // Once retired, `last` is 0: every thread's finish goes through the cold path,
+        // which nudges the reaper (the value is freed at once, not at the next poll).
+        let drops = Arc::new(AtomicUsize::new(0));
+        let mut s = Shared::new(Counted(drops.clone()));
+        // SAFETY: `s` keeps the home alive.
+        let home = unsafe { s.home.as_ref() };
+        assert!(home.last.load(SeqCst) >= 8);
+        let leases: Vec<_> = (0..4).map(|_| s.lease_mut()).collect();
+        drop(s);
+        assert_eq!(home_last_after_retirement(&leases[0]), 0);
+        for l in leases {
+            drop(l);
+        }
+        wait_until(|| drops.load(SeqCst) == 1);
+    }
+
+    fn home_last_after_retirement<T: Send + Sync + 'static>(l: &Lease<T>) -> usize {
+        // SAFETY: an unfinished lease keeps its home alive.
+        unsafe { l.home.as_ref() }.last.load(SeqCst)
+    }
+
+    #[test]
+    fn handles_on_many_threads_each_counting_their_own() {
+        // Handles cloned to threads, each taking leases with `lease_mut` and sending them
+        // to a thread that ends them, the handles dropped while leases are out: freed
+        // exactly once, after the last lease.
+        for _ in 0..20 {
+            let drops = Arc::new(AtomicUsize::new(0));
+            let s = Shared::new(Counted(drops.clone()));
+            let (tx, rx) = std::sync::mpsc::channel::<Lease<Counted>>();
+            let ender = std::thread::spawn(move || {
+                for l in rx {
+                    drop(l);
+                }
+            });
+            let takers: Vec<_> = (0..4)
+                .map(|_| {
+                    let mut h = s.clone();
+                    let tx = tx.clone();
+                    std::thread::spawn(move || {
+                        for _ in 0..100 {
+                            tx.send(h.lease_mut()).unwrap();
+                        }
+                    })
+                })
+                .collect();
+            drop(s);
+            drop(tx);
+            for t in takers {
+                t.join().unwrap();
+            }
+            ender.join().unwrap();
+            wait_until(|| drops.load(SeqCst) == 1);
+        }
+        wait_until(|| reaper::waiting() == 0);
     }
 
     #[test]

@@ -61,6 +61,15 @@ pub(crate) fn index() -> usize {
     }
 }
 
+/// This thread's index if it has one; else a value above every index (no index yet,
+/// or exiting): callers compare it with their shared stripe's index and take
+/// [`index`]'s path when it is not below. One thread-local load.
+#[inline(always)]
+pub(crate) fn raw_index() -> usize {
+    // `UNSET` and `GONE` are both above any index.
+    INDEX.try_with(Cell::get).unwrap_or(GONE)
+}
+
 #[cold]
 fn acquire() -> usize {
     let free = FREE.lock().unwrap_or_else(PoisonError::into_inner).pop();

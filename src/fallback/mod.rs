@@ -387,7 +387,7 @@ where
         // Leased before the call: the call's pieces then go straight into the future
         // (taken after, the lease's work between them spilled the pieces to the stack
         // and copied them back with wider loads: a store-forwarding stall per call).
-        let tiers = self.tiers.lease();
+        let tiers = self.tiers.lease_mut();
         let (fut, timeout, hold) = self.guard.call_admitted(req);
         ResponseFuture::primary(
             tiers,

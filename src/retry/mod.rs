@@ -26,8 +26,9 @@
 //!
 //! Retries and refusals are counted in the policy's statistics and in
 //! `substation_retries_total`. The stage costs a call that succeeds at its first
-//! attempt a settings read, a copy of the request, and a lease on its state (two plain
-//! stores); it reads no clock unless the call waits (BENCHMARKS.md, `retry`).
+//! attempt a settings read, a copy of the request, and a lease on its state (an
+//! increment of the service's own count, and one plain store at the end); it reads no
+//! clock unless the call waits (BENCHMARKS.md, `retry`).
 //!
 //! ```
 //! use std::sync::atomic::{AtomicU32, Ordering};
@@ -309,7 +310,7 @@ where
         }
         let hedge = settings.hedge.enabled();
         let timed = settings.retry.deadline_ms.is_some();
-        let template = self.template.lease();
+        let template = self.template.lease_mut();
         let next = template.retry.clone_request(&req);
         // A call that hedges or has a deadline waits from its first poll: its slow part
         // now (it would be allocated then).

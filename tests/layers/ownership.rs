@@ -191,3 +191,62 @@ async fn each_life_of_a_name_records_with_the_recorder_of_its_creation() {
         );
     }
 }
+
+/// A dependency whose copies count as live; it never answers 4.
+#[derive(Clone)]
+struct Counted {
+    _live: Live,
+}
+
+impl Service<u32> for Counted {
+    type Response = u32;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<u32, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, value: u32) -> Self::Future {
+        Box::pin(async move {
+            if value == 4 {
+                std::future::pending::<()>().await;
+            }
+            Ok(value)
+        })
+    }
+}
+
+#[tokio::test]
+async fn the_retry_stage_state_is_dropped_with_the_last_service_and_future() {
+    // The retry stage's template (a copy of the inner service, the `Retryable`, the
+    // policy) is leased by each future through the service's own count (`lease_mut`):
+    // it must live while a future does, and go with the last of them.
+    use substation::retry::{Errors, RetryLayer};
+    let live = Arc::new(AtomicIsize::new(0));
+    let settings = PolicySettings::default().with(|s| s.retry.max_attempts = 3);
+    let policy = Policy::new("own-retry", settings).unwrap();
+    let layer = RetryLayer::new(&policy, Errors::cloning(|x: &u32| Some(*x)));
+    drop(policy);
+    let svc = layer.layer(Counted {
+        _live: Live::new(&live),
+    });
+    for x in 10..110 {
+        assert_eq!(svc.clone().oneshot(x).await.unwrap(), x);
+    }
+    let mut pending = svc.clone();
+    let mut in_flight = pending.ready().await.unwrap().call(4);
+    assert!(futures_poll(&mut in_flight).is_pending());
+    drop((layer, svc, pending));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(
+        live.load(Ordering::SeqCst),
+        1,
+        "a call in flight holds the template's copy of the service, and only that"
+    );
+    drop(in_flight);
+    eventually("the template dropped after the last future", || {
+        live.load(Ordering::SeqCst) == 0
+    })
+    .await;
+}
