@@ -103,8 +103,9 @@ impl<T> Home<T> {
         (&s.finished, owned, retired)
     }
 
-    /// Leases taken and not yet finished (a racy sum: for statistics; leases counted
-    /// by a live `Shared` are not in it, see [`Shared::lease_mut`]).
+    /// Leases taken and not yet finished (a racy sum: for statistics). Meaningless for a
+    /// value leased with [`Shared::lease_mut`]: those leases' ends are counted before
+    /// their starts are (clamped to 0, it undercounts the other leases too).
     fn outstanding(&self) -> u64 {
         let mut n = self.handed.load(Relaxed);
         for s in self.stripes.iter() {
@@ -243,7 +244,10 @@ impl<T: Send + Sync + 'static> Shared<T> {
     /// A lease counted by this handle itself: one increment of a field of `self`, no
     /// thread-local look-up (the retry stage's per-call lease). The count joins the
     /// home's when the handle is dropped, which is before retirement; so
-    /// [`Shared::in_flight`] does not see these leases while the handle lives.
+    /// [`Shared::in_flight`] is meaningless for a value leased this way (the policy
+    /// core, whose in-flight count the statistics report, is leased with [`lease`]).
+    ///
+    /// [`lease`]: Shared::lease
     #[inline(always)]
     pub(crate) fn lease_mut(&mut self) -> Lease<T> {
         self.taken = self.taken.wrapping_add(1);
@@ -381,17 +385,21 @@ impl<T: Send + Sync + 'static> Drop for Lease<T> {
         // `finish`: it may be freed the moment the count is seen.
         let home = unsafe { self.home.as_ref() };
         // One compare on the hot path: the markers of a thread without an index are
-        // above `last` too, and `last` is 0 once retired. (A lease that reads `last`
-        // just before retirement finishes without the nudge: the reaper's own polling
-        // finds it, as it finds any finish the retiring drop did not see.)
+        // above `last` too, and `last` is 0 once retired (it is at least 8 before). A
+        // `last` of 0 means retired even if the `retired` load (another location, not
+        // ordered with this one) still reads false. (A lease that reads `last` just
+        // before retirement finishes without the nudge: the reaper's polling — or,
+        // where no reaper thread could be started, the next nudge or retirement — finds
+        // it, as it finds any finish the retiring drop did not see.)
         let i = thread::raw_index();
-        if i < home.last.load(Relaxed) {
+        let last = home.last.load(Relaxed);
+        if i < last {
             // SAFETY: `i < last < stripes.len()` (`last` only ever decreases to 0).
             finish(&unsafe { home.stripes.get_unchecked(i) }.finished, true);
         } else {
             let (finished, owned, retired) = home.finished_cold();
             finish(finished, owned);
-            if retired {
+            if retired || last == 0 {
                 reaper::nudge();
             }
         }
