@@ -40,33 +40,39 @@ fi
 step "doc tests"
 cargo test -p substation --all-features --doc
 
+# Every example below runs with --all-features, as the tests were built: one build of
+# the library (and the examples, which `cargo nextest run` already compiled) serves
+# them all, instead of one more library, 1-2 minutes and hundreds of MB per feature set.
+
 step "the propagation example loses no write (quick mode: 5 watchers, 200 writes)"
-cargo run --quiet --example propagation -- --watchers 5 --writes 200
+cargo run --quiet --all-features --example propagation -- --watchers 5 --writes 200
 
 step "fleet presence at small scale: 50 instances announce, confirm every write, withdraw on drop"
-cargo run --quiet --example fleet_scale -- --instances 50 --steady 3 --writes 5
+cargo run --quiet --all-features --example fleet_scale -- --instances 50 --steady 3 --writes 5
 
 step "the substation CLI builds and answers (its integration tests ran above: tests/cli.rs)"
 cargo run --quiet --all-features --bin substation -- schema policy >/dev/null
 cargo run --quiet --all-features --bin substation -- validate --offline --for policies/payments - <<<'{"kill": true}'
 
 step "the hyper example tells its story (breaker opens, cache serves, breaker closes)"
-cargo run --quiet --example http_client --features http -- --quick
+cargo run --quiet --all-features --example http_client -- --quick
 
 step "retries recover a flaky hyper upstream, hedging cuts a slow tail (real server, real client)"
-cargo run --quiet --example retry_hedge --features http -- --quick
+cargo run --quiet --all-features --example retry_hedge -- --quick
 
 step "the experiment example tells its story (passed with a good fallback; aborted without one)"
-cargo run --quiet --example experiment --features http -- --quick
+cargo run --quiet --all-features --example experiment -- --quick
 
 step "the tonic example tells its story (server killed: breaker opens, fallback answers; server back: recovery)"
-cargo run --quiet --example grpc_client --features tonic -- --quick
+cargo run --quiet --all-features --example grpc_client -- --quick
 
 step "etcdctl put changes behaviour live (kill switch, rollout, injected fault)"
-cargo run --quiet --example etcd_switches
+cargo run --quiet --all-features --example etcd_switches
 
 step "the dashboard example tells its story through /status (breaker opens and closes, kill, outage, rejection, rollout)"
-cargo run --quiet --example dashboard --features dashboard -- --quick
+cargo run --quiet --all-features --example dashboard -- --quick
 
 step "the demo tells its story (it fails if the breaker does not open and close)"
-cargo run --quiet --example demo --features dashboard -- --duration 10
+cargo run --quiet --all-features --example demo -- --duration 10
+
+step "done; target/ holds $(du -sh target 2>/dev/null | cut -f1)"
