@@ -39,7 +39,8 @@ pub const BREAKER_STATE: &str = "substation_breaker_state";
 /// Counter of breaker transitions, labelled `policy` and `to` (`open`, `half_open`,
 /// `closed`).
 pub const BREAKER_TRANSITIONS: &str = "substation_breaker_transitions_total";
-/// Counter of settings values rejected by validation, labelled `key`.
+/// Counter of settings values rejected by validation, labelled `key` and `kind`
+/// ([`RejectionKind`](crate::live::RejectionKind): `malformed`, `invalid`, `conflict`).
 pub const SETTINGS_REJECTED: &str = "substation_settings_rejected_total";
 
 /// Counter of times a settings source listed its store again, labelled `reason`

@@ -515,6 +515,54 @@ async fn set_get_patch_del_with_compare_and_swap() {
         "{}",
         out.stdout
     );
+
+    // A shared write valid over what is below it, that puts the application's value in
+    // conflict: written (every registry accepts it), with a warning that says what of
+    // the application's value is left out.
+    let set = |args: &[&str]| {
+        let out = cli(&etcd, args);
+        assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+        out
+    };
+    set(&[
+        "set",
+        "--shared",
+        "policies/payments",
+        r#"{"breaker": {"window_ms": 7000}}"#,
+        "--no-wait",
+    ]);
+    let out = set(&[
+        "set",
+        "policies/payments",
+        r#"{"breaker": {"buckets": 7}}"#,
+        "--no-wait",
+        "-o",
+        "json",
+    ]);
+    assert!(out.json()["warnings"].is_null(), "{}", out.stdout);
+    let out = set(&[
+        "set",
+        "--shared",
+        "policies/payments",
+        r#"{"breaker": {"window_ms": 10000}}"#,
+        "--no-wait",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(
+        out.json()["warnings"][0],
+        "after this write, the application's value of policies/payments conflicts: breaker.buckets: 7 does not \
+         divide breaker.window_ms (10000) evenly, merged with the layers below it since they changed; its `breaker` \
+         is left out until a change makes it valid (with the code default of inst-a)",
+        "{}",
+        out.stdout
+    );
+    let out = set(&["get", "policies/payments", "-o", "json"]);
+    let effective = &out.json()["effective"][0]["value"]["breaker"];
+    assert_eq!(
+        (&effective["window_ms"], &effective["buckets"]),
+        (&json!(10000), &json!(10))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -126,6 +126,7 @@ async fn status_and_stream_show_the_registry() {
     assert_eq!(j["health"]["state"], "live");
     assert_eq!(j["revision"], 2);
     assert_eq!(j["rejected"][0]["key"], "policies/ads");
+    assert_eq!(j["rejected"][0]["kind"], "invalid", "in form, out of range");
     assert!(
         j["rejected"][0]["error"]
             .as_str()

@@ -36,8 +36,10 @@ pub struct Stored {
 /// Checks `value` for `key` (relative to its layer's prefix, e.g.
 /// `policies/payments`) as a registry holding `stored` would when the value arrives
 /// in `layer`: the key must be a known key with a valid name; the value must be JSON in
-/// exactly the documented form, every field in range, and valid merged with the key's
-/// other layers. The error is the one the registry would give.
+/// exactly the documented form, every field in range, and valid merged with the layers
+/// below it (code default, and the shared value for an application's value). The error
+/// is the one the registry would give. A value valid here can still put a layer above
+/// it in conflict: see [`conflicts`].
 pub fn check_value(
     layer: Scope,
     key: &str,
@@ -50,10 +52,41 @@ pub fn check_value(
 }
 
 /// The effective value of `key`, in full: library defaults ← `stored.code_default` ←
-/// `stored.shared` ← `stored.app`, merged field by field, decoded and validated.
+/// `stored.shared` ← `stored.app`, merged field by field, each layer over the ones below
+/// it as the registry does (the parts of a layer in conflict left out: [`conflicts`]),
+/// decoded and validated.
 pub fn effective_value(key: &str, stored: &Stored) -> Result<Value, SettingsError> {
     let parsed = Key::parse(key)?;
     writer(&parsed, stored).effective_of(&parsed)
+}
+
+/// The values in force for `key` that the layers below them make invalid (the registry
+/// leaves out the parts the broken rules name and lists a
+/// [`RejectionKind::Conflict`](super::RejectionKind::Conflict)): each with its layer and
+/// why. Empty when every layer is valid over the ones below it.
+///
+/// ```
+/// use serde_json::json;
+/// use substation::live::{Scope, check};
+///
+/// // The application's 7 buckets divide the shared 7-second window, not the default 10 s.
+/// let mut stored = check::Stored {
+///     shared: Some(json!({"breaker": {"window_ms": 7000}})),
+///     app: Some(json!({"kill": true, "breaker": {"buckets": 7}})),
+///     ..Default::default()
+/// };
+/// assert!(check::conflicts("policies/payments", &stored).unwrap().is_empty());
+/// stored.shared = None;
+/// let found = check::conflicts("policies/payments", &stored).unwrap();
+/// assert_eq!(found[0].0, Scope::App);
+/// assert!(found[0].1.to_string().starts_with("breaker.buckets: 7 does not divide"));
+/// // What is in force: the application's kill switch, not its breaker.
+/// let effective = check::effective_value("policies/payments", &stored).unwrap();
+/// assert_eq!((effective["kill"].clone(), effective["breaker"]["buckets"].clone()), (json!(true), json!(10)));
+/// ```
+pub fn conflicts(key: &str, stored: &Stored) -> Result<Vec<(Scope, SettingsError)>, SettingsError> {
+    let parsed = Key::parse(key)?;
+    Ok(writer(&parsed, stored).conflicts_of(&parsed))
 }
 
 /// Parses stored JSON bytes strictly (a field given twice is an error), as the registry

@@ -14,6 +14,12 @@
 //! [`Snapshot::rejected`]. A deleted key falls back to the next layer, and says so in the
 //! log.
 //!
+//! Each layer is validated merged with the layers below it, never the ones above, so the
+//! outcome does not depend on write order. A value in form but invalid over the layers
+//! below ([`RejectionKind::Invalid`]) is kept and takes effect by itself once a change
+//! below makes it valid; a value in force that a change below breaks
+//! ([`RejectionKind::Conflict`]) loses only the parts the broken rule names.
+//!
 //! ```
 //! use substation::{Substation, live::InMemorySource, settings::PolicySettings};
 //!
@@ -59,8 +65,8 @@ pub use self::error::{BuildError, NameKind};
 pub use self::memory::InMemorySource;
 pub use self::registry::{Builder, Changed, Snapshot, Substation};
 pub use self::source::{
-    Change, Closed, Entries, Health, Key, Rejection, Scope, Sink, Source, Store, Update, UpdateFn,
-    valid_name,
+    Change, Closed, Entries, Health, Key, Rejection, RejectionKind, Scope, Sink, Source, Store,
+    Update, UpdateFn, valid_name,
 };
 
 /// The default instance id: the host name and the process id, with any character

@@ -10,7 +10,7 @@ use imbl::OrdMap;
 use serde_json::Value;
 
 use super::error::{BuildError, NameKind};
-use super::source::{Health, Key, Rejection, Scope, Sink, Source, valid_name};
+use super::source::{Health, Key, Rejection, Sink, Source, valid_name};
 use super::writer::Writer;
 use crate::Policy;
 use crate::clock::Clock;
@@ -326,7 +326,7 @@ pub struct Snapshot {
     pub(super) policies: OrdMap<String, Arc<PolicySettings>>,
     pub(super) switches: OrdMap<String, Arc<SwitchSettings>>,
     pub(super) global: Arc<GlobalSettings>,
-    pub(super) rejected: OrdMap<(Scope, String), Rejection>,
+    pub(super) rejected: OrdMap<super::writer::Slot, Rejection>,
     pub(super) health: Health,
     pub(super) experiments: OrdMap<String, Arc<ExperimentSettings>>,
     pub(super) experiment_results: OrdMap<String, Arc<ExperimentResult>>,

@@ -227,20 +227,64 @@ impl serde::Serialize for Health {
     }
 }
 
-/// A value the registry refused; the key's last good value stays in force.
+/// What kind of refusal a [`Rejection`] is.
+///
+/// Each layer's value is validated merged with the layers *below* it (library defaults ←
+/// code default ← shared ← application), never with the ones above: whether a value is
+/// accepted does not depend on the order the layers were written in.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum RejectionKind {
+    /// Not JSON, not in the documented form (an unknown field, a wrong type, a field
+    /// given twice), or under no valid key: dropped. The layer keeps its last good value.
+    #[default]
+    Malformed,
+    /// In the documented form, but not valid merged with the layers below it (a range,
+    /// or a rule across fields, such as `breaker.buckets` dividing
+    /// `breaker.window_ms`). The layer keeps its last good value; the value is kept too,
+    /// tried again whenever a layer below it changes, and takes effect by itself once
+    /// it is valid. (A rule it breaks on its own, a range, holds it until it is
+    /// replaced.)
+    Invalid,
+    /// The layer's value in force was valid when it arrived, but a later change below
+    /// it (a write or a delete) makes it break a rule: the top-level parts the rule names
+    /// (e.g. its whole `breaker`) are left out of the effective settings, the rest of it
+    /// stays in force, until a change to either layer makes it valid again.
+    Conflict,
+}
+
+impl RejectionKind {
+    /// `"malformed"`, `"invalid"` or `"conflict"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectionKind::Malformed => "malformed",
+            RejectionKind::Invalid => "invalid",
+            RejectionKind::Conflict => "conflict",
+        }
+    }
+}
+
+/// A value the registry refused, or a value in force that a change below it put in
+/// conflict (see [`RejectionKind`]); what is in force is the key's last good value.
 ///
 /// Displayed as `"policies/recs" (App layer, revision 7): timeout.ms: 0 is not in
 /// 1..=3600000`: the key quoted and escaped, a long one cut, like the error.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct Rejection {
+    /// What kind of refusal it is.
+    pub kind: RejectionKind,
     /// The layer of the refused value.
     pub layer: Scope,
     /// The key of the refused value, relative to its layer's prefix, as the source
     /// sent it (it may be no valid key at all: quote it before showing it; `Display`
     /// does).
     pub key: String,
-    /// The source's revision of the refused value.
+    /// The source's revision of the refused value (of a `Conflict`: of the change below
+    /// that caused it).
     pub revision: u64,
     /// Why: the field and the rule it broke (serialized as its text).
     #[serde(serialize_with = "as_text")]
@@ -306,10 +350,19 @@ pub struct Sink {
 }
 
 impl Sink {
-    /// Applies one update as one atomic snapshot swap; returns the values it rejected
-    /// (each for its key alone), or `Err(Closed)` once the registry is gone — the
-    /// source should stop then.
+    /// Applies one update as one atomic snapshot swap; returns the values of the update
+    /// it rejected (each for its key alone; [`RejectionKind::Malformed`] or
+    /// [`RejectionKind::Invalid`], in no particular order — a `Conflict` the update
+    /// causes above it is listed in the snapshot, not returned), or `Err(Closed)` once
+    /// the registry is gone — the source should stop then.
     pub fn apply(&self, update: Update) -> Result<Vec<Rejection>, Closed> {
+        Ok(self.apply_full(update)?.rejections)
+    }
+
+    /// [`Sink::apply`], with the values that were waiting and became valid (the etcd
+    /// source mirrors them to its disk snapshot).
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+    pub(crate) fn apply_full(&self, update: Update) -> Result<super::writer::Applied, Closed> {
         let shared = self.shared()?;
         Ok(shared.apply(update))
     }

@@ -10,7 +10,7 @@ use serde_json::Value;
 use super::handles::Handles;
 use super::merge::merge;
 use super::registry::{Changed, Shared, Snapshot};
-use super::source::{Change, Health, Key, Rejection, Scope, Update};
+use super::source::{Change, Health, Key, Rejection, RejectionKind, Scope, Update};
 use crate::experiment::run::Table;
 use crate::policy::WeakPolicy;
 use crate::settings::decode::{self, Settings};
@@ -25,9 +25,17 @@ pub(crate) struct Writer {
     defaults: HashMap<Key, Value>,
     /// The last good value of every key, per layer.
     layers: [BTreeMap<Key, Value>; 2],
+    /// A layer's latest value when it is in form but not valid merged with the layers
+    /// below it: tried again whenever its key is refreshed (see [`Writer::fold`]).
+    waiting: BTreeMap<(Scope, Key), Waiting>,
     /// Each rejection with the raw value it refused (a listing that brings the same
-    /// value again is not rejected, logged and counted again).
-    rejected: BTreeMap<(Scope, String), (Rejection, Fingerprint)>,
+    /// value again is not rejected, logged and counted again). Slot: layer, key, and
+    /// whether it is a `Conflict` (of the value in force) or a refusal of the latest
+    /// write (both may stand at once).
+    rejected: BTreeMap<Slot, (Rejection, Fingerprint)>,
+    /// Values that became valid while waiting and are now in force, since the last
+    /// [`Shared::apply`] (the etcd source mirrors them to its disk snapshot).
+    promoted: Vec<(Scope, String, Value)>,
     /// The policies and switches in use, held weakly: the registry keeps none alive.
     pub(super) policies: Handles<WeakPolicy>,
     pub(super) switches: Handles<WeakSwitch>,
@@ -36,7 +44,7 @@ pub(crate) struct Writer {
     pub(super) effective: OrdMap<String, Arc<PolicySettings>>,
     pub(super) switch_values: OrdMap<String, Arc<SwitchSettings>>,
     pub(super) global: Arc<GlobalSettings>,
-    rejected_view: OrdMap<(Scope, String), Rejection>,
+    rejected_view: OrdMap<Slot, Rejection>,
     pub(super) health: Health,
     revision: u64,
     /// The experiments' runs (none in a writer made to check one value).
@@ -45,8 +53,31 @@ pub(crate) struct Writer {
     pub(super) experiment_results: OrdMap<String, Arc<ExperimentResult>>,
 }
 
+/// Where a rejection is kept: layer, key, and whether it is a `Conflict`.
+pub(super) type Slot = (Scope, String, bool);
+
+/// A layer's latest value, waiting to be valid merged with the layers below it.
+struct Waiting {
+    value: Value,
+    /// The revision it arrived at.
+    revision: u64,
+    print: Fingerprint,
+    /// Arrived in the update being applied: its rejection is returned to the source.
+    fresh: bool,
+}
+
+/// What [`Shared::apply`] did besides publishing.
+#[derive(Default)]
+pub(crate) struct Applied {
+    /// The values of the update it refused (`Malformed` or `Invalid`).
+    pub(crate) rejections: Vec<Rejection>,
+    /// Values that were waiting (refused as `Invalid` earlier, in any layer) and became
+    /// valid with this update, now in force: layer, key, value.
+    pub(crate) promoted: Vec<(Scope, String, Value)>,
+}
+
 impl Shared {
-    pub(crate) fn apply(&self, update: Update) -> Vec<Rejection> {
+    pub(crate) fn apply(&self, update: Update) -> Applied {
         let mut w = self.lock();
         let mut rejections = Vec::new();
         // A listing sets the revision (it may go down: a wiped or restored etcd); the
@@ -63,8 +94,8 @@ impl Shared {
                     let rejected = w
                         .rejected
                         .keys()
-                        .filter(|(l, _)| *l == layer)
-                        .map(|(_, k)| k.clone());
+                        .filter(|(l, _, _)| *l == layer)
+                        .map(|(_, k, _)| k.clone());
                     let gone: std::collections::BTreeSet<String> = stored
                         .chain(rejected)
                         .filter(|k| !listed.contains(k.as_str()))
@@ -93,7 +124,7 @@ impl Shared {
         touched.dedup();
         let mut changed = Vec::new();
         for key in &touched {
-            if w.refresh(key) {
+            if w.refresh(key, revision, &mut rejections) {
                 changed.push(key.to_string());
             }
         }
@@ -120,8 +151,12 @@ impl Shared {
                 keys: changed.into(),
             });
         }
+        let promoted = std::mem::take(&mut w.promoted);
         drop(w);
-        rejections
+        Applied {
+            rejections,
+            promoted,
+        }
     }
 }
 
@@ -131,7 +166,9 @@ impl Writer {
         let mut writer = Writer {
             defaults,
             layers: Default::default(),
+            waiting: BTreeMap::new(),
             rejected: BTreeMap::new(),
+            promoted: Vec::new(),
             policies: Handles::new(),
             switches: Handles::new(),
             effective: OrdMap::new(),
@@ -146,7 +183,7 @@ impl Writer {
         };
         let keys: Vec<Key> = writer.defaults.keys().cloned().collect();
         for key in keys {
-            writer.refresh(&key);
+            writer.refresh(&key, 0, &mut Vec::new());
         }
         writer
     }
@@ -168,10 +205,10 @@ impl Writer {
         self.defaults.contains_key(key) || self.layers.iter().any(|layer| layer.contains_key(key))
     }
 
-    /// Recomputes `key`'s effective value; updates its live handle and the published
-    /// maps. Returns whether it changed.
-    fn refresh(&mut self, key: &Key) -> bool {
-        let merged = self.merged(key, None);
+    /// Recomputes `key`'s effective value (settling its layers: [`Writer::settle`]);
+    /// updates its live handle and the published maps. Returns whether it changed.
+    fn refresh(&mut self, key: &Key, revision: u64, rejections: &mut Vec<Rejection>) -> bool {
+        let merged = self.settle(key, revision, rejections);
         match key {
             Key::Policy(name) => {
                 let settings = match decode::from_value::<PolicySettings>(&merged) {
@@ -226,12 +263,14 @@ impl Writer {
             Key::Experiment(name) => self.refresh_experiment::<ExperimentSettings>(
                 key,
                 name,
+                merged,
                 |w| &mut w.experiment_values,
                 |t, name, v, home| t.set_experiment(name, v.map(|v| (v, home))),
             ),
             Key::ExperimentResult(name) => self.refresh_experiment::<ExperimentResult>(
                 key,
                 name,
+                merged,
                 |w| &mut w.experiment_results,
                 |t, name, v, _| t.set_result(name, v),
             ),
@@ -273,21 +312,22 @@ impl Writer {
         &mut self,
         key: &Key,
         name: &str,
+        merged: Value,
         map: fn(&mut Writer) -> &mut OrdMap<String, Arc<T>>,
         give: fn(&Table, &str, Option<T>, Scope),
     ) -> bool {
         // A run's record is read from one layer (the application's if it has one), not
         // merged: a verdict must not lend its fields to another layer's record.
-        let value_of = |w: &Writer| match key {
-            Key::ExperimentResult(_) => w.layers[Scope::App.index()]
+        let value = match key {
+            Key::ExperimentResult(_) => self.layers[Scope::App.index()]
                 .get(key)
-                .or_else(|| w.layers[Scope::Shared.index()].get(key))
+                .or_else(|| self.layers[Scope::Shared.index()].get(key))
                 .cloned()
                 .unwrap_or_default(),
-            _ => w.merged(key, None),
+            _ => merged,
         };
         let value = if self.stored(key) {
-            match decode::from_value::<T>(&value_of(self)) {
+            match decode::from_value::<T>(&value) {
                 Ok(v) => Some(v),
                 Err(e) => return self.invalid_combination(key, &e),
             }
@@ -315,53 +355,163 @@ impl Writer {
     }
 
     fn invalid_combination(&self, key: &Key, e: &SettingsError) -> bool {
-        // Every stored value was validated with the layers below it when it was
-        // accepted; a later change below can still break a cross-field rule. Keep what
-        // is in force.
+        // Cannot happen: the fold merges only layers valid over the ones below them, and
+        // code defaults are validated when the registry is built. Keep what is in force.
         tracing::error!(%key, error = %e, "substation: effective settings invalid; keeping the previous ones");
         false
     }
 
-    /// `key`'s layers merged field by field (code default ← shared ← app), with
-    /// `candidate` in place of one layer's value.
-    fn merged(&self, key: &Key, candidate: Option<(Scope, &Value)>) -> Value {
-        let mut merged = match self.defaults.get(key) {
-            Some(v) => v.clone(),
-            None => Value::Object(Default::default()),
-        };
+    /// `key`'s layers folded bottom-up: library defaults ← code default ← shared ← app,
+    /// each layer merged field by field over the ones below it when the merge is valid.
+    /// Per layer: a waiting value (or `candidate`, for a check) valid over the layers
+    /// below takes the layer's place; else the layer's last good value is merged, and if
+    /// a change below made it invalid, the top-level parts its broken rules name are
+    /// left out (the whole value if a rule names none). A run's record
+    /// (`ExperimentResult`) is never merged: each layer's is checked on its own.
+    ///
+    /// Returns the effective value (valid, if the code default is) and what was found
+    /// per layer. Pure: [`Writer::settle`] applies the findings.
+    fn fold(&self, key: &Key, candidate: Option<(Scope, &Value)>) -> (Value, [LayerFold; 2]) {
+        let merges = !matches!(key, Key::ExperimentResult(_));
+        let empty = Value::Object(Default::default());
+        let mut acc = self.defaults.get(key).unwrap_or(&empty).clone();
+        let mut found: [LayerFold; 2] = Default::default();
         for layer in [Scope::Shared, Scope::App] {
-            let value = match candidate {
+            let i = layer.index();
+            let base = if merges { &acc } else { &empty };
+            let waiting = match candidate {
                 Some((l, v)) if l == layer => Some(v),
-                _ => self.layers[layer.index()].get(key),
+                _ if self.waiting.is_empty() => None,
+                _ => self.waiting.get(&(layer, key.clone())).map(|w| &w.value),
             };
-            if let Some(value) = value {
-                merge(&mut merged, value);
+            if let Some(value) = waiting {
+                match valid_over(key, base, value) {
+                    Ok(merged) => {
+                        found[i].promote = true;
+                        if merges {
+                            acc = merged;
+                        }
+                        continue;
+                    }
+                    Err(e) => found[i].invalid = Some(e),
+                }
+            }
+            let Some(good) = self.layers[i].get(key) else {
+                continue;
+            };
+            let mut value = std::borrow::Cow::Borrowed(good);
+            let mut left_out: Vec<String> = Vec::new();
+            let mut first = None;
+            let whole = loop {
+                match valid_over(key, base, &value) {
+                    Ok(merged) => {
+                        if merges {
+                            acc = merged;
+                        }
+                        break false;
+                    }
+                    Err(e) => {
+                        let part = e.field().split('.').next().unwrap_or_default().to_owned();
+                        first.get_or_insert(e);
+                        let removed = value
+                            .to_mut()
+                            .as_object_mut()
+                            .and_then(|o| o.remove(&part))
+                            .is_some();
+                        if !removed {
+                            break true;
+                        }
+                        left_out.push(part);
+                    }
+                }
+            };
+            if let Some(e) = first {
+                let what = if whole {
+                    "the whole value is left out".to_owned()
+                } else {
+                    let parts: Vec<String> = left_out.iter().map(|p| format!("`{p}`")).collect();
+                    format!(
+                        "its {} left out",
+                        parts.join(", ") + if parts.len() == 1 { " is" } else { " are" }
+                    )
+                };
+                let message = format!(
+                    "{}, merged with the layers below it since they changed; {what} until a change makes it valid",
+                    e.message()
+                );
+                found[i].conflict = Some(SettingsError::new(e.field(), message));
             }
         }
-        merged
+        (acc, found)
     }
 
-    /// Checks a stored value: on its own, it must be in exactly the documented form
-    /// (its ranges may depend on the layers below it); merged with `key`'s other
-    /// layers, it must be valid. Every part of a value that no layer above hides is in
-    /// the merged value, whose strict decoding checks its form; so only a value under
-    /// another layer's is decoded on its own too.
-    fn validate(&self, key: &Key, layer: Scope, value: &Value) -> Result<(), SettingsError> {
-        fn check<T: Settings>(alone: Option<&Value>, merged: &Value) -> Result<(), SettingsError> {
-            if let Some(value) = alone {
-                decode::decode::<T>(value)?;
+    /// Folds `key` ([`Writer::fold`]) and applies what it found: a waiting value now
+    /// valid becomes the layer's value (and its rejection goes); one still invalid keeps
+    /// its `Invalid` rejection (returned in `rejections` if it arrived in this update);
+    /// a value in force in conflict gets a `Conflict` rejection at `revision`, one no
+    /// longer in conflict loses it. Returns the effective value.
+    fn settle(&mut self, key: &Key, revision: u64, rejections: &mut Vec<Rejection>) -> Value {
+        let (effective, found) = self.fold(key, None);
+        let raw = key.to_string();
+        for (layer, found) in [Scope::Shared, Scope::App].into_iter().zip(found) {
+            let slot = (layer, key.clone());
+            if found.promote {
+                let Some(w) = self.waiting.remove(&slot) else {
+                    continue; // cannot happen: only a waiting value is promoted
+                };
+                let refused = self.clear_rejection(layer, &raw, false);
+                if !w.fresh {
+                    if refused {
+                        tracing::info!(%key, ?layer, revision = w.revision, "substation: a settings value refused earlier is valid now and in force");
+                    }
+                    self.promoted.push((layer, raw.clone(), w.value.clone()));
+                }
+                self.layers[layer.index()].insert(key.clone(), w.value);
+            } else if let Some(error) = found.invalid
+                && let Some(w) = self.waiting.get_mut(&slot)
+            {
+                let (at, print, fresh) = (w.revision, w.print, std::mem::take(&mut w.fresh));
+                // Not in form on its own: malformed, dropped (checked only here, on
+                // the failure path; a value in force passed the merged decoding, which
+                // checks the form of every field it has).
+                let (error, kind) = match Writer::form(key, &w.value) {
+                    Err(e) => {
+                        self.waiting.remove(&slot);
+                        (e, RejectionKind::Malformed)
+                    }
+                    Ok(()) => (error, RejectionKind::Invalid),
+                };
+                let r = self.reject(layer, raw.clone(), at, error, print, kind);
+                if fresh {
+                    rejections.push(r);
+                }
             }
-            decode::from_value::<T>(merged).map(drop)
+            match found.conflict {
+                Some(error) => {
+                    let print = self.layers[layer.index()]
+                        .get(key)
+                        .map(|v| Fingerprint::of(v.to_string().as_bytes()))
+                        .unwrap_or(Fingerprint { len: 0, hash: 0 });
+                    let kind = RejectionKind::Conflict;
+                    self.reject(layer, raw.clone(), revision, error, print, kind);
+                }
+                None => {
+                    self.clear_rejection(layer, &raw, true);
+                }
+            }
         }
-        let hidden = layer == Scope::Shared && self.layers[Scope::App.index()].contains_key(key);
-        let alone = hidden.then_some(value);
-        let merged = self.merged(key, Some((layer, value)));
+        effective
+    }
+
+    /// Checks a value's form on its own: the documented form, every field known and of
+    /// its kind (ranges and rules are checked merged, by the fold).
+    fn form(key: &Key, value: &Value) -> Result<(), SettingsError> {
         match key {
-            Key::Policy(_) => check::<PolicySettings>(alone, &merged),
-            Key::Switch(_) => check::<SwitchSettings>(alone, &merged),
-            Key::Global => check::<GlobalSettings>(alone, &merged),
-            Key::Experiment(_) => check::<ExperimentSettings>(alone, &merged),
-            Key::ExperimentResult(_) => check::<ExperimentResult>(alone, &merged),
+            Key::Policy(_) => decode::decode::<PolicySettings>(value).map(drop),
+            Key::Switch(_) => decode::decode::<SwitchSettings>(value).map(drop),
+            Key::Global => decode::decode::<GlobalSettings>(value).map(drop),
+            Key::Experiment(_) => decode::decode::<ExperimentSettings>(value).map(drop),
+            Key::ExperimentResult(_) => decode::decode::<ExperimentResult>(value).map(drop),
         }
     }
 
@@ -371,39 +521,60 @@ impl Writer {
         key: String,
         revision: u64,
         error: SettingsError,
-        bytes: Vec<u8>,
+        print: Fingerprint,
+        kind: RejectionKind,
     ) -> Rejection {
-        let print = Fingerprint::of(&bytes);
-        if let Some((old, refused)) = self.rejected.get(&(layer, key.clone()))
+        let slot = (layer, key.clone(), kind == RejectionKind::Conflict);
+        if let Some((old, refused)) = self.rejected.get(&slot)
             && *refused == print
+            && old.kind == kind
             && old.error.to_string() == error.to_string()
         {
             return old.clone(); // the same value refused again (a listing): said once
         }
         // Both come from outside: the key quoted, escaped and cut if long; the error
         // (escaped and cut already) quoted, so that neither can pass for another field.
-        tracing::warn!(key = %Bounded::key(&key), ?layer, revision, error = ?error.to_string(), "settings value rejected; keeping the last good value");
+        let (k, e) = (Bounded::key(&key), error.to_string());
+        match kind {
+            RejectionKind::Malformed => {
+                tracing::warn!(key = %k, ?layer, revision, error = ?e, "settings value rejected; keeping the last good value")
+            }
+            RejectionKind::Invalid => {
+                tracing::warn!(key = %k, ?layer, revision, error = ?e, "settings value invalid over the layers below it; keeping the last good value, and the value to try again when they change")
+            }
+            RejectionKind::Conflict => {
+                tracing::error!(key = %k, ?layer, revision, error = ?e, "settings value in force conflicts with a change below it; the parts its rules name are left out")
+            }
+        }
         let label = Bounded::new(&key, 96, 32).to_string();
-        metrics::counter!(crate::metrics::SETTINGS_REJECTED, "key" => label).increment(1);
+        metrics::counter!(crate::metrics::SETTINGS_REJECTED, "key" => label, "kind" => kind.as_str()).increment(1);
         let r = Rejection {
+            kind,
             layer,
-            key: key.clone(),
+            key,
             revision,
             error,
         };
-        self.rejected
-            .insert((layer, key.clone()), (r.clone(), print));
-        self.rejected_view.insert((layer, key), r.clone());
+        self.rejected.insert(slot.clone(), (r.clone(), print));
+        self.rejected_view.insert(slot, r.clone());
         r
     }
 
-    fn clear_rejection(&mut self, layer: Scope, key: &str) {
-        let slot = (layer, key.to_owned());
-        if self.rejected.remove(&slot).is_some() {
+    /// Drops the rejection in `layer`'s slot for `key` (the conflict, or the refusal of
+    /// the latest write); whether there was one.
+    fn clear_rejection(&mut self, layer: Scope, key: &str, conflict: bool) -> bool {
+        let slot = (layer, key.to_owned(), conflict);
+        let had = self.rejected.remove(&slot).is_some();
+        if had {
             self.rejected_view.remove(&slot);
         }
+        had
     }
 
+    /// Takes one change into the layers. A value is parsed here (JSON, no field twice)
+    /// and waits; whether it is valid over the layers below it, and if not whether it is
+    /// malformed or invalid, is for [`Writer::settle`] to say when `key` is refreshed (it
+    /// is pushed on `touched`).
     fn change(
         &mut self,
         change: Change,
@@ -419,17 +590,23 @@ impl Writer {
             Ok(key) => key,
             Err(error) => {
                 return match value {
-                    Some(bytes) => Some(self.reject(layer, raw, revision, error, bytes)),
+                    Some(bytes) => {
+                        let print = Fingerprint::of(&bytes);
+                        let kind = RejectionKind::Malformed;
+                        Some(self.reject(layer, raw, revision, error, print, kind))
+                    }
                     None => {
-                        self.clear_rejection(layer, &raw);
+                        self.clear_rejection(layer, &raw, false);
                         None
                     }
                 };
             }
         };
+        let slot = (layer, key.clone());
         match value {
             None => {
-                self.clear_rejection(layer, &raw);
+                let refused = self.clear_rejection(layer, &raw, false);
+                let waiting = self.waiting.remove(&slot).is_some();
                 if self.layers[layer.index()].remove(&key).is_some() {
                     let next = match layer {
                         Scope::App if self.layers[Scope::Shared.index()].contains_key(&key) => {
@@ -440,28 +617,77 @@ impl Writer {
                     };
                     tracing::info!(%key, ?layer, revision, "settings key deleted; falling back to {next}");
                     touched.push(key);
+                } else if refused || waiting {
+                    touched.push(key);
                 }
                 None
             }
             Some(bytes) => {
-                let parsed = decode::parse(&bytes).and_then(|v| {
-                    self.validate(&key, layer, &v)?;
-                    Ok(v)
-                });
-                match parsed {
-                    Ok(value) => {
-                        self.clear_rejection(layer, &raw);
-                        let old = self.layers[layer.index()].insert(key.clone(), value.clone());
-                        if old.as_ref() != Some(&value) {
-                            touched.push(key);
-                        }
+                let print = Fingerprint::of(&bytes);
+                match decode::parse(&bytes) {
+                    // The value in force again (a listing, a repeated write), with
+                    // nothing waiting or refused in its slot: nothing changes.
+                    Ok(value)
+                        if self.layers[layer.index()].get(&key) == Some(&value)
+                            && !self.waiting.contains_key(&slot)
+                            && !self.rejected.contains_key(&(layer, raw.clone(), false)) =>
+                    {
                         None
                     }
-                    Err(error) => Some(self.reject(layer, raw, revision, error, bytes)),
+                    Ok(value) => {
+                        let fresh = true;
+                        let w = Waiting {
+                            value,
+                            revision,
+                            print,
+                            fresh,
+                        };
+                        self.waiting.insert(slot, w);
+                        touched.push(key);
+                        None
+                    }
+                    Err(error) => {
+                        // The latest write of this layer: an older one waiting is gone.
+                        if self.waiting.remove(&slot).is_some() {
+                            touched.push(key);
+                        }
+                        let kind = RejectionKind::Malformed;
+                        Some(self.reject(layer, raw, revision, error, print, kind))
+                    }
                 }
             }
         }
     }
+}
+
+/// What [`Writer::fold`] found in one layer of a key.
+#[derive(Default)]
+struct LayerFold {
+    /// The layer's waiting value is valid over the layers below: it takes the layer's
+    /// place.
+    promote: bool,
+    /// Why the waiting value is not valid over the layers below.
+    invalid: Option<SettingsError>,
+    /// Why the layer's value in force is not valid whole over the layers below, and
+    /// what of it is left out.
+    conflict: Option<SettingsError>,
+}
+
+/// `base` with `value` merged over it, if the result is valid for `key`.
+fn valid_over(key: &Key, base: &Value, value: &Value) -> Result<Value, SettingsError> {
+    fn check<T: Settings>(merged: &Value) -> Result<(), SettingsError> {
+        decode::from_value::<T>(merged).map(drop)
+    }
+    let mut merged = base.clone();
+    merge(&mut merged, value);
+    match key {
+        Key::Policy(_) => check::<PolicySettings>(&merged),
+        Key::Switch(_) => check::<SwitchSettings>(&merged),
+        Key::Global => check::<GlobalSettings>(&merged),
+        Key::Experiment(_) => check::<ExperimentSettings>(&merged),
+        Key::ExperimentResult(_) => check::<ExperimentResult>(&merged),
+    }?;
+    Ok(merged)
 }
 
 /// What the fleet presence of one instance reports about its code: each known name
@@ -524,14 +750,34 @@ impl Writer {
         w
     }
 
-    /// Checks `value` for `key` in `layer` as [`Writer::change`] would.
+    /// Checks `value` for `key` in `layer` as the registry would: its form on its own,
+    /// then valid over the layers below it.
     pub(super) fn check(
         &self,
         key: &Key,
         layer: Scope,
         value: &Value,
     ) -> Result<(), SettingsError> {
-        self.validate(key, layer, value)
+        Writer::form(key, value)?;
+        let (_, found) = self.fold(key, Some((layer, value)));
+        match &found[layer.index()] {
+            LayerFold { promote: true, .. } => Ok(()),
+            LayerFold {
+                invalid: Some(e), ..
+            } => Err(e.clone()),
+            _ => Err(SettingsError::new("", "not valid over the layers below it")),
+        }
+    }
+
+    /// The values in force that the layers below them put in conflict: layer and why
+    /// (see [`RejectionKind::Conflict`]).
+    pub(super) fn conflicts_of(&self, key: &Key) -> Vec<(Scope, SettingsError)> {
+        let (_, found) = self.fold(key, None);
+        [Scope::Shared, Scope::App]
+            .into_iter()
+            .zip(found)
+            .filter_map(|(layer, f)| Some((layer, f.conflict?)))
+            .collect()
     }
 
     /// `key`'s layers merged, decoded and checked: its effective value in full.
@@ -540,7 +786,15 @@ impl Writer {
             let settings = decode::from_value::<T>(merged)?;
             serde_json::to_value(&settings).map_err(|e| SettingsError::new("", e.to_string()))
         }
-        let merged = self.merged(key, None);
+        let merged = match key {
+            // A run's record is one layer's (the application's if it has one).
+            Key::ExperimentResult(_) => self.layers[Scope::App.index()]
+                .get(key)
+                .or_else(|| self.layers[Scope::Shared.index()].get(key))
+                .cloned()
+                .unwrap_or_default(),
+            _ => self.fold(key, None).0,
+        };
         match key {
             Key::Policy(_) => full::<PolicySettings>(&merged),
             Key::Switch(_) => full::<SwitchSettings>(&merged),

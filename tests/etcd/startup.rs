@@ -3,8 +3,8 @@
 use std::time::{Duration, Instant};
 
 use substation::Substation;
-use substation::live::Health;
 use substation::live::etcd::EtcdSource;
+use substation::live::{Health, RejectionKind};
 
 use crate::common::{self, put, registry_state};
 use crate::logs;
@@ -244,5 +244,65 @@ async fn a_fifo_at_the_snapshot_path_blocks_nothing() {
         "{}",
         logs::show(&logs::lines(&prefix))
     );
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
+}
+
+/// A value refused for the layers below it (`Invalid`, so not mirrored then) that a later
+/// change below puts in force, with no write of its own, reaches the disk snapshot too: a
+/// cold start from disk serves what was in force.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_a_change_below_puts_in_force_reaches_the_disk_snapshot() {
+    crate::skip_without_etcd!();
+    let path = snapshot_path("promoted");
+    let mut etcd = Etcd::start().await;
+    let mut client = etcd.client().await;
+    let start = |endpoint: String| {
+        let source = common::source(vec![endpoint])
+            .shared_prefix(common::SHARED)
+            .snapshot_file(&path);
+        Substation::builder().source(source).build().unwrap()
+    };
+    let buckets = |sub: &Substation| {
+        let b = sub.policy("p").settings().breaker.clone();
+        (b.window_ms, b.buckets)
+    };
+    {
+        let sub = start(etcd.endpoint());
+        sub.initialized().await;
+        // 7 buckets do not divide the default 10 s window: refused, kept waiting.
+        put(&mut client, "policies/p", r#"{"breaker": {"buckets": 7}}"#).await;
+        eventually("refused as invalid", WAIT, || {
+            let snap = sub.snapshot();
+            async move {
+                snap.rejected()
+                    .any(|r| r.kind == RejectionKind::Invalid && r.key == "policies/p")
+            }
+        })
+        .await;
+        assert_eq!(buckets(&sub), (10_000, 10));
+        let shared = format!("{}policies/p", common::SHARED);
+        let rev = client
+            .put(shared, r#"{"breaker": {"window_ms": 7000}}"#, None)
+            .await
+            .unwrap()
+            .header()
+            .unwrap()
+            .revision() as u64;
+        let path = path.clone();
+        eventually("in force and written to disk", WAIT, || {
+            let on_disk = std::fs::read_to_string(&path)
+                .is_ok_and(|s| s.contains(&format!("\"revision\":{rev}")));
+            let in_force = buckets(&sub) == (7_000, 7);
+            async move { on_disk && in_force }
+        })
+        .await;
+        assert_eq!(sub.snapshot().rejected().count(), 0);
+    }
+    etcd.kill();
+    let sub = start(etcd.endpoint());
+    sub.initialized().await;
+    assert!(matches!(sub.snapshot().health(), Health::FromDisk { .. }));
+    assert_eq!(buckets(&sub), (7_000, 7), "from disk: what was in force");
+    assert_eq!(sub.snapshot().rejected().count(), 0);
     let _ = std::fs::remove_dir_all(path.parent().unwrap());
 }

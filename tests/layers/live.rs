@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use substation::breaker::error::OpenCircuit;
 use substation::breaker::{BreakerState, CircuitBreakerLayer};
 use substation::clock::Clock;
-use substation::live::{Change, Health, InMemorySource, Scope, Source, Update};
+use substation::live::{Change, Health, InMemorySource, RejectionKind, Scope, Source, Update};
 use substation::settings::PolicySettings;
 use substation::{BoxError, Substation};
 use tower::Layer as _;
@@ -248,7 +248,19 @@ fn an_update_is_one_atomic_snapshot_and_replace_diffs() {
         })
         .unwrap();
     assert_eq!(rejected.len(), 2, "{rejected:?}");
-    assert!(rejected[1].error.to_string().contains("not a known key"));
+    let of = |key: &str| rejected.iter().find(|r| r.key == key).unwrap();
+    assert!(
+        of("stray/key")
+            .error
+            .to_string()
+            .contains("not a known key")
+    );
+    assert_eq!(of("stray/key").kind, RejectionKind::Malformed);
+    assert_eq!(
+        of("policies/b").kind,
+        RejectionKind::Invalid,
+        "in form, out of range"
+    );
     let snap = sub.snapshot();
     assert_eq!(snap.revision(), 7);
     assert_eq!(*snap.health(), Health::Live { revision: 7 });
@@ -825,4 +837,278 @@ fn a_subscriber_that_lags_is_told_so() {
     }
     assert_eq!(last, sub.snapshot().revision());
     assert_eq!(sub.policy("recs").settings().timeout.ms, Some(1_100));
+}
+
+/// One change in `layer`: a value (`Some`) or a delete.
+fn at(layer: Scope, key: &str, json: Option<&str>) -> Change {
+    Change {
+        layer,
+        key: key.into(),
+        value: json.map(|j| j.as_bytes().to_vec()),
+    }
+}
+
+/// `(window_ms, buckets)` of policy `name` in force, as the snapshot and as the live
+/// handle see it.
+fn window(sub: &Substation, name: &str) -> (u64, u32) {
+    let snap = sub.snapshot();
+    let b = &snap.policy(name).unwrap().breaker;
+    let live = sub.policy(name).settings();
+    assert_eq!(
+        (live.breaker.window_ms, live.breaker.buckets),
+        (b.window_ms, b.buckets)
+    );
+    (b.window_ms, b.buckets)
+}
+
+/// A layer's value is validated over the layers below it only, so what is in force does
+/// not depend on the order the layers were written in; a value invalid over them is
+/// kept and takes effect by itself once a change below makes it valid (no write lost).
+#[test]
+fn a_value_invalid_over_the_layers_below_takes_effect_when_they_change() {
+    let app = |_rev: u64| {
+        at(
+            Scope::App,
+            "policies/p",
+            Some(r#"{"breaker": {"buckets": 7}}"#),
+        )
+    };
+    let shared = at(
+        Scope::Shared,
+        "policies/p",
+        Some(r#"{"breaker": {"window_ms": 7000}}"#),
+    );
+    // The application's value first: 7 buckets do not divide the default 10 s window.
+    let (sub, sink) = Manual::registry();
+    let p = sub.policy("p");
+    let rejected = sink
+        .apply(Update::Changes {
+            revision: 2,
+            changes: vec![app(2)],
+        })
+        .unwrap();
+    assert_eq!(rejected.len(), 1);
+    let r = &rejected[0];
+    assert_eq!(
+        (r.kind, r.layer, r.revision),
+        (RejectionKind::Invalid, Scope::App, 2)
+    );
+    assert_eq!(
+        r.error.to_string(),
+        "breaker.buckets: 7 does not divide breaker.window_ms (10000) evenly"
+    );
+    assert_eq!(sub.snapshot().rejected().count(), 1, "listed");
+    assert_eq!(
+        (p.settings().breaker.window_ms, p.settings().breaker.buckets),
+        (10_000, 10)
+    );
+    // The shared window that 7 divides: the waiting value is now in force, unasked.
+    let mut changes = sub.subscribe();
+    let rejected = sink
+        .apply(Update::Changes {
+            revision: 3,
+            changes: vec![shared.clone()],
+        })
+        .unwrap();
+    assert!(rejected.is_empty(), "{rejected:?}");
+    assert_eq!(window(&sub, "p"), (7_000, 7));
+    assert_eq!(
+        (p.settings().breaker.window_ms, p.settings().breaker.buckets),
+        (7_000, 7)
+    );
+    assert_eq!(sub.snapshot().rejected().count(), 0, "no longer refused");
+    assert_eq!(&changes.try_recv().unwrap().keys[..], ["policies/p"]);
+
+    // The same writes in the other order: the same settings, nothing refused.
+    let (other, sink) = Manual::registry();
+    sink.apply(Update::Changes {
+        revision: 2,
+        changes: vec![shared],
+    })
+    .unwrap();
+    let rejected = sink
+        .apply(Update::Changes {
+            revision: 3,
+            changes: vec![app(3)],
+        })
+        .unwrap();
+    assert!(rejected.is_empty(), "{rejected:?}");
+    assert_eq!(window(&other, "p"), (7_000, 7));
+
+    // A waiting value replaced by a malformed one is gone: the layer's latest write
+    // is the malformed one, and nothing of the waiting one comes back later.
+    let (sub, sink) = Manual::registry();
+    sink.apply(Update::Changes {
+        revision: 2,
+        changes: vec![app(2)],
+    })
+    .unwrap();
+    let bad = at(
+        Scope::App,
+        "policies/p",
+        Some(r#"{"breaker": {"bukets": 7}}"#),
+    );
+    let rejected = sink
+        .apply(Update::Changes {
+            revision: 3,
+            changes: vec![bad],
+        })
+        .unwrap();
+    assert_eq!(rejected[0].kind, RejectionKind::Malformed);
+    let shared = at(
+        Scope::Shared,
+        "policies/p",
+        Some(r#"{"breaker": {"window_ms": 7000}}"#),
+    );
+    sink.apply(Update::Changes {
+        revision: 4,
+        changes: vec![shared],
+    })
+    .unwrap();
+    assert_eq!(window(&sub, "p"), (7_000, 10));
+    let listed: Vec<_> = sub
+        .snapshot()
+        .rejected()
+        .map(|r| (r.kind, r.revision))
+        .collect();
+    assert_eq!(listed, [(RejectionKind::Malformed, 3)]);
+    // ... and deleting the key clears what the layer held.
+    sink.apply(Update::Changes {
+        revision: 5,
+        changes: vec![at(Scope::App, "policies/p", None)],
+    })
+    .unwrap();
+    assert_eq!(sub.snapshot().rejected().count(), 0);
+
+    // The value in force written again over a waiting one: the latest write wins, the
+    // waiting one is gone (a later change below does not bring it back).
+    let (sub, sink) = Manual::registry();
+    let apply = |revision, change| {
+        sink.apply(Update::Changes {
+            revision,
+            changes: vec![change],
+        })
+        .unwrap()
+    };
+    let good = || at(Scope::App, "policies/p", Some(r#"{"timeout": {"ms": 5}}"#));
+    assert!(apply(2, good()).is_empty());
+    assert_eq!(apply(3, app(3))[0].kind, RejectionKind::Invalid);
+    assert!(apply(4, good()).is_empty());
+    assert_eq!(sub.snapshot().rejected().count(), 0);
+    apply(
+        5,
+        at(
+            Scope::Shared,
+            "policies/p",
+            Some(r#"{"breaker": {"window_ms": 7000}}"#),
+        ),
+    );
+    assert_eq!(window(&sub, "p"), (7_000, 10));
+    assert_eq!(sub.policy("p").settings().timeout.ms, Some(5));
+}
+
+/// A change below a value in force (a write or a delete) that makes it break a rule is
+/// not refused for it: the value above keeps what the rule does not name (here its
+/// kill switch), leaves out the part it names (its `breaker`), and says so as a
+/// `Conflict`; a later change that makes it valid puts it back whole.
+#[test]
+fn a_change_below_that_breaks_a_value_in_force_leaves_out_only_the_part_the_rule_names() {
+    let (sub, sink) = Manual::registry();
+    let p = sub.policy("p");
+    let apply = |revision, changes| sink.apply(Update::Changes { revision, changes }).unwrap();
+    let shared = |json| at(Scope::Shared, "policies/p", json);
+    let none = apply(
+        2,
+        vec![
+            shared(Some(r#"{"breaker": {"window_ms": 7000}}"#)),
+            at(
+                Scope::App,
+                "policies/p",
+                Some(r#"{"kill": true, "breaker": {"buckets": 7, "min_calls": 3}}"#),
+            ),
+        ],
+    );
+    assert!(none.is_empty(), "{none:?}");
+    assert_eq!(window(&sub, "p"), (7_000, 7));
+    assert!(p.settings().kill);
+
+    // The shared value is deleted: the default 10 s window, which 7 does not divide.
+    let none = apply(3, vec![shared(None)]);
+    assert!(
+        none.is_empty(),
+        "a conflict is not a refusal of the update: {none:?}"
+    );
+    assert_eq!(
+        window(&sub, "p"),
+        (10_000, 10),
+        "the application's breaker is left out"
+    );
+    assert_eq!(p.settings().breaker.min_calls, 20, "all of it");
+    assert!(
+        p.settings().kill,
+        "the rest of the application's value stays in force"
+    );
+    let snap = sub.snapshot();
+    let listed: Vec<_> = snap.rejected().collect();
+    assert_eq!(listed.len(), 1);
+    let r = listed[0];
+    assert_eq!(
+        (r.kind, r.layer, r.revision),
+        (RejectionKind::Conflict, Scope::App, 3)
+    );
+    assert_eq!(
+        r.error.to_string(),
+        "breaker.buckets: 7 does not divide breaker.window_ms (10000) evenly, merged with the layers below it \
+         since they changed; its `breaker` is left out until a change makes it valid"
+    );
+
+    // A shared write that breaks it is accepted too (it is valid over what is below it).
+    apply(
+        4,
+        vec![shared(Some(r#"{"breaker": {"window_ms": 14000}}"#))],
+    );
+    assert_eq!(window(&sub, "p"), (14_000, 7), "valid again: back whole");
+    assert_eq!(p.settings().breaker.min_calls, 3);
+    assert_eq!(sub.snapshot().rejected().count(), 0);
+    apply(
+        5,
+        vec![shared(Some(r#"{"breaker": {"window_ms": 15000}}"#))],
+    );
+    assert_eq!(window(&sub, "p"), (15_000, 10));
+    assert_eq!(sub.snapshot().rejected().next().unwrap().revision, 5);
+
+    // The application's value replaced: the conflict goes with it.
+    apply(
+        6,
+        vec![at(
+            Scope::App,
+            "policies/p",
+            Some(r#"{"kill": true, "breaker": {"buckets": 5}}"#),
+        )],
+    );
+    assert_eq!(window(&sub, "p"), (15_000, 5));
+    assert_eq!(sub.snapshot().rejected().count(), 0);
+
+    // A code default below that a shared value breaks: the shared value's part goes.
+    let source = InMemorySource::new();
+    let mut default = PolicySettings::default();
+    default.breaker.window_ms = 9_000;
+    default.breaker.buckets = 9;
+    let sub = Substation::builder()
+        .policy("q", default)
+        .source(source.clone())
+        .build()
+        .unwrap();
+    source
+        .put(
+            "policies/q",
+            r#"{"breaker": {"buckets": 3}, "timeout": {"ms": 50}}"#,
+        )
+        .unwrap();
+    assert_eq!(window(&sub, "q"), (9_000, 3));
+    let err = source
+        .put("policies/q", r#"{"breaker": {"buckets": 7}}"#)
+        .unwrap_err();
+    assert!(err.to_string().contains("7 does not divide"), "{err}");
+    assert_eq!(window(&sub, "q"), (9_000, 3), "the last good value stays");
 }

@@ -294,7 +294,51 @@ fn vet(
     skip_fleet: bool,
 ) -> Result<Vec<String>, Failure> {
     check_all(key, layer, value, layers, Some(fleet), skip_fleet)?;
-    Ok(value_warnings(key, layer, value, layers, fleet))
+    let mut warnings = value_warnings(key, layer, value, layers, fleet);
+    warnings.extend(conflict_warnings(key, layer, value, layers, fleet));
+    Ok(warnings)
+}
+
+/// A valid value can still make a value above it (the application's, over a shared
+/// write; either, over a code default) break a rule: the registries then leave the
+/// parts of it the rule names out, and list a conflict. Said before the write, once per
+/// distinct message, with the instances whose code default leads to it.
+fn conflict_warnings(
+    key: &Key,
+    layer: Scope,
+    value: &[u8],
+    layers: &Layers,
+    fleet: &Instances,
+) -> Vec<String> {
+    let after = with_value(layers, layer, value);
+    let mut defaults = code_defaults(key, &fleet.all);
+    if defaults.is_empty() {
+        defaults.push((None, Vec::new())); // no instance announces: the library defaults
+    }
+    let mut said: Vec<String> = Vec::new();
+    for (default, ids) in defaults {
+        let Ok(found) = check::conflicts(&key.to_string(), &stored_for(&after, default)) else {
+            continue;
+        };
+        for (above, error) in found {
+            let who = if ids.is_empty() {
+                String::new()
+            } else {
+                format!(" (with the code default of {})", ids.join(", "))
+            };
+            let text = format!(
+                "after this write, the {} value of {key} conflicts: {error}{who}",
+                match above {
+                    Scope::App => "application's",
+                    _ => "shared",
+                }
+            );
+            if !said.contains(&text) {
+                said.push(text);
+            }
+        }
+    }
+    said
 }
 
 /// Checks `value` as every registry would: with the library defaults, and with each

@@ -7,7 +7,7 @@ use std::time::Duration;
 use etcd_client::{EventType, WatchOptions, WatchResponse};
 use serde_json::{Value, json};
 use substation::live::etcd::{Presence, presence_prefix};
-use substation::live::{Key, Scope};
+use substation::live::{Key, RejectionKind, Scope};
 use tokio::time::{Instant, timeout};
 
 use crate::commands::show;
@@ -43,11 +43,13 @@ enum Standing {
 }
 
 fn standing(p: &Presence, key: &str, layer: Scope, revision: u64) -> Standing {
-    if let Some(r) = p
-        .rejected
-        .iter()
-        .find(|r| r.key == key && r.layer == layer && r.revision == revision)
-    {
+    if let Some(r) = p.rejected.iter().find(|r| {
+        // A conflict is about a value in force since earlier, not about this write.
+        r.kind != RejectionKind::Conflict
+            && r.key == key
+            && r.layer == layer
+            && r.revision == revision
+    }) {
         return Standing::Rejected(r.error.clone());
     }
     if p.revision >= revision {

@@ -273,9 +273,10 @@ impl Driver {
                 map.insert(k.clone(), String::from_utf8_lossy(v).into_owned());
             }
         }
-        let Ok(rejected) = self.sink.apply(Update::Replace { revision, layers }) else {
+        let Ok(applied) = self.sink.apply_full(Update::Replace { revision, layers }) else {
             return Ok(()); // closed: `run` notices
         };
+        let rejected = applied.rejections;
         {
             // The disk keeps the last good values: a rejected one is replaced by the
             // value it failed to replace (if any).
@@ -288,6 +289,7 @@ impl Driver {
                     None => map.remove(&r.key),
                 };
             }
+            mirror_promoted(&mut fresh, applied.promoted);
             *m = fresh;
         }
         self.last = [revision; 2];
@@ -528,10 +530,11 @@ impl Driver {
                 (c.key.clone(), value)
             })
             .collect();
-        let rejected = self
+        let applied = self
             .sink
-            .apply(Update::Changes { revision, changes })
+            .apply_full(Update::Changes { revision, changes })
             .map_err(|_| ())?;
+        let rejected = applied.rejections;
         {
             // The disk keeps the last good values: a rejected value is not mirrored.
             let mut m = self.mirror.lock().unwrap_or_else(PoisonError::into_inner);
@@ -546,6 +549,7 @@ impl Driver {
                     None => map.remove(&key),
                 };
             }
+            mirror_promoted(&mut m, applied.promoted);
         }
         self.last[layer.index()] = revision;
         self.high = self.high.max(revision);
@@ -637,6 +641,14 @@ async fn first<A: Future, B: Future>(a: A, b: B) -> Either<A::Output, B::Output>
         b.as_mut().poll(cx).map(Either::Right)
     })
     .await
+}
+
+/// Values refused earlier (`Invalid`, not mirrored then) that a change below made valid
+/// and put in force: the disk keeps them now, as their canonical JSON.
+fn mirror_promoted(m: &mut Mirror, promoted: Vec<(Scope, String, serde_json::Value)>) {
+    for (layer, key, value) in promoted {
+        mirror_layer(m, layer).insert(key, value.to_string());
+    }
 }
 
 fn mirror_layer(m: &mut Mirror, layer: Scope) -> &mut std::collections::BTreeMap<String, String> {

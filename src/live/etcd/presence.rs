@@ -89,6 +89,9 @@ pub struct Presence {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct Rejected {
+    /// What kind of refusal it is (`malformed` when an older instance did not say).
+    #[serde(default)]
+    pub kind: crate::live::RejectionKind,
     /// The layer of the refused value.
     pub layer: Scope,
     /// The key, relative to the layer's prefix.
@@ -286,6 +289,7 @@ fn document(cfg: &EtcdSource, sink: &Sink, me: &Me) -> Option<Presence> {
             break;
         }
         rejected.push(Rejected {
+            kind: r.kind,
             layer: r.layer,
             key: r.key.chars().take(256).collect(),
             revision: r.revision,
