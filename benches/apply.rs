@@ -110,7 +110,33 @@ fn apply(c: &mut Criterion) {
                 changes: vec![Change {
                     layer: Scope::App,
                     key: format!("policies/p{i}"),
-                    value: Some(value(i, 1 + revision % 2)),
+                    // Key i comes back every 10,000 revisions: a new value each time.
+                    value: Some(value(i, 1 + (revision / POLICIES as u64) % 2)),
+                }],
+            };
+            black_box(sink.apply(update).unwrap());
+        })
+    });
+    // The value each key already holds (a listing after a reconnect sends every key
+    // again): nothing changes, nothing is refreshed.
+    g.bench_function("unchanged_key_of_10000", |b| {
+        let mut n = 0usize;
+        b.iter(|| {
+            n += 1;
+            let i = (n * 7919) % POLICIES;
+            let stored = sub
+                .snapshot()
+                .policy(&format!("p{i}"))
+                .unwrap()
+                .timeout
+                .ms
+                .unwrap();
+            let update = Update::Changes {
+                revision,
+                changes: vec![Change {
+                    layer: Scope::App,
+                    key: format!("policies/p{i}"),
+                    value: Some(value(i, stored)),
                 }],
             };
             black_box(sink.apply(update).unwrap());
