@@ -316,14 +316,8 @@ impl Writer {
         map: fn(&mut Writer) -> &mut OrdMap<String, Arc<T>>,
         give: fn(&Table, &str, Option<T>, Scope),
     ) -> bool {
-        // A run's record is read from one layer (the application's if it has one), not
-        // merged: a verdict must not lend its fields to another layer's record.
         let value = match key {
-            Key::ExperimentResult(_) => self.layers[Scope::App.index()]
-                .get(key)
-                .or_else(|| self.layers[Scope::Shared.index()].get(key))
-                .cloned()
-                .unwrap_or_default(),
+            Key::ExperimentResult(_) => self.record_of(key),
             _ => merged,
         };
         let value = if self.stored(key) {
@@ -501,6 +495,17 @@ impl Writer {
             }
         }
         effective
+    }
+
+    /// A run's record (`ExperimentResult`): one layer's value, the application's if it
+    /// has one, never merged — a verdict must not lend its fields to another layer's
+    /// record.
+    fn record_of(&self, key: &Key) -> Value {
+        self.layers[Scope::App.index()]
+            .get(key)
+            .or_else(|| self.layers[Scope::Shared.index()].get(key))
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Checks a value's form on its own: the documented form, every field known and of
@@ -787,12 +792,7 @@ impl Writer {
             serde_json::to_value(&settings).map_err(|e| SettingsError::new("", e.to_string()))
         }
         let merged = match key {
-            // A run's record is one layer's (the application's if it has one).
-            Key::ExperimentResult(_) => self.layers[Scope::App.index()]
-                .get(key)
-                .or_else(|| self.layers[Scope::Shared.index()].get(key))
-                .cloned()
-                .unwrap_or_default(),
+            Key::ExperimentResult(_) => self.record_of(key),
             _ => self.fold(key, None).0,
         };
         match key {
