@@ -552,8 +552,8 @@ async fn set_get_patch_del_with_compare_and_swap() {
     assert_eq!(
         out.json()["warnings"][0],
         "after this write, the application's value of policies/payments conflicts: breaker.buckets: 7 does not \
-         divide breaker.window_ms (10000) evenly, merged with the layers below it since they changed; its `breaker` \
-         is left out until a change makes it valid (with the code default of inst-a)",
+         divide breaker.window_ms (10000) evenly, merged with the layers below it since they changed; the value is \
+         left out until a change makes it valid (with the code default of inst-a)",
         "{}",
         out.stdout
     );
@@ -563,6 +563,17 @@ async fn set_get_patch_del_with_compare_and_swap() {
         (&effective["window_ms"], &effective["buckets"]),
         (&json!(10000), &json!(10))
     );
+    // A later shared write that leaves the conflict as it was: nothing new to say.
+    let out = set(&[
+        "set",
+        "--shared",
+        "policies/payments",
+        r#"{"breaker": {"window_ms": 10000}, "timeout": {"ms": 300}}"#,
+        "--no-wait",
+        "-o",
+        "json",
+    ]);
+    assert!(out.json()["warnings"].is_null(), "{}", out.stdout);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -53,15 +53,15 @@ pub fn check_value(
 
 /// The effective value of `key`, in full: library defaults ← `stored.code_default` ←
 /// `stored.shared` ← `stored.app`, merged field by field, each layer over the ones below
-/// it as the registry does (the parts of a layer in conflict left out: [`conflicts`]),
+/// it as the registry does (a layer in conflict left out: [`conflicts`]),
 /// decoded and validated.
 pub fn effective_value(key: &str, stored: &Stored) -> Result<Value, SettingsError> {
     let parsed = Key::parse(key)?;
     writer(&parsed, stored).effective_of(&parsed)
 }
 
-/// The values in force for `key` that the layers below them make invalid (the registry
-/// leaves out the parts the broken rules name and lists a
+/// The stored values of `key` that the layers below them make invalid (the registry
+/// leaves such a value out and lists a
 /// [`RejectionKind::Conflict`](super::RejectionKind::Conflict)): each with its layer and
 /// why. Empty when every layer is valid over the ones below it.
 ///
@@ -80,9 +80,9 @@ pub fn effective_value(key: &str, stored: &Stored) -> Result<Value, SettingsErro
 /// let found = check::conflicts("policies/payments", &stored).unwrap();
 /// assert_eq!(found[0].0, Scope::App);
 /// assert!(found[0].1.to_string().starts_with("breaker.buckets: 7 does not divide"));
-/// // What is in force: the application's kill switch, not its breaker.
+/// // What is in force: the library defaults; the application's value is left out whole.
 /// let effective = check::effective_value("policies/payments", &stored).unwrap();
-/// assert_eq!((effective["kill"].clone(), effective["breaker"]["buckets"].clone()), (json!(true), json!(10)));
+/// assert_eq!((effective["kill"].clone(), effective["breaker"]["buckets"].clone()), (json!(false), json!(10)));
 /// ```
 pub fn conflicts(key: &str, stored: &Stored) -> Result<Vec<(Scope, SettingsError)>, SettingsError> {
     let parsed = Key::parse(key)?;

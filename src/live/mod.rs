@@ -18,7 +18,7 @@
 //! outcome does not depend on write order. A value in form but invalid over the layers
 //! below ([`RejectionKind::Invalid`]) is kept and takes effect by itself once a change
 //! below makes it valid; a value in force that a change below breaks
-//! ([`RejectionKind::Conflict`]) loses only the parts the broken rule names.
+//! ([`RejectionKind::Conflict`]) is left out until a change makes it valid again.
 //!
 //! ```
 //! use substation::{Substation, live::InMemorySource, settings::PolicySettings};

@@ -250,9 +250,10 @@ pub enum RejectionKind {
     /// replaced.)
     Invalid,
     /// The layer's value in force was valid when it arrived, but a later change below
-    /// it (a write or a delete) makes it break a rule: the top-level parts the rule names
-    /// (e.g. its whole `breaker`) are left out of the effective settings, the rest of it
-    /// stays in force, until a change to either layer makes it valid again.
+    /// it (a write or a delete) makes it break a rule: it is left out of the effective
+    /// settings — whole, as the same value would be if it arrived now, so that a
+    /// running and a restarted process reading the same store agree — until a change to
+    /// either layer makes it valid again, when it is back by itself.
     Conflict,
 }
 

@@ -36,6 +36,9 @@ pub(crate) struct Writer {
     /// Values that became valid while waiting and are now in force, since the last
     /// [`Shared::apply`] (the etcd source mirrors them to its disk snapshot).
     promoted: Vec<(Scope, String, Value)>,
+    /// The update being applied is a listing (values sent again, at the listing's
+    /// revision), not new writes.
+    listing: bool,
     /// The policies and switches in use, held weakly: the registry keeps none alive.
     pub(super) policies: Handles<WeakPolicy>,
     pub(super) switches: Handles<WeakSwitch>,
@@ -114,6 +117,7 @@ impl Shared {
                 (revision, changes)
             }
         };
+        w.listing = listing;
         let mut touched = Vec::new();
         for change in changes {
             if let Some(r) = w.change(change, revision, &mut touched) {
@@ -169,6 +173,7 @@ impl Writer {
             waiting: BTreeMap::new(),
             rejected: BTreeMap::new(),
             promoted: Vec::new(),
+            listing: false,
             policies: Handles::new(),
             switches: Handles::new(),
             effective: OrdMap::new(),
@@ -323,6 +328,10 @@ impl Writer {
         let value = if self.stored(key) {
             match decode::from_value::<T>(&value) {
                 Ok(v) => Some(v),
+                // No layer valid over the ones below it is left, and an experiment has
+                // no defaults for its required fields: none is in force (each layer's
+                // refusal or conflict is listed).
+                Err(_) if matches!(key, Key::Experiment(_)) => None,
                 Err(e) => return self.invalid_combination(key, &e),
             }
         } else {
@@ -358,9 +367,9 @@ impl Writer {
     /// `key`'s layers folded bottom-up: library defaults ← code default ← shared ← app,
     /// each layer merged field by field over the ones below it when the merge is valid.
     /// Per layer: a waiting value (or `candidate`, for a check) valid over the layers
-    /// below takes the layer's place; else the layer's last good value is merged, and if
-    /// a change below made it invalid, the top-level parts its broken rules name are
-    /// left out (the whole value if a rule names none). A run's record
+    /// below takes the layer's place; else the layer's last good value is merged if it
+    /// is valid there, and left out whole if a change below made it invalid (a
+    /// `Conflict`). A run's record
     /// (`ExperimentResult`) is never merged: each layer's is checked on its own.
     ///
     /// Returns the effective value (valid, if the code default is) and what was found
@@ -393,47 +402,23 @@ impl Writer {
             let Some(good) = self.layers[i].get(key) else {
                 continue;
             };
-            let mut value = std::borrow::Cow::Borrowed(good);
-            let mut left_out: Vec<String> = Vec::new();
-            let mut first = None;
-            let whole = loop {
-                match valid_over(key, base, &value) {
-                    Ok(merged) => {
-                        if merges {
-                            acc = merged;
-                        }
-                        break false;
-                    }
-                    Err(e) => {
-                        let part = e.field().split('.').next().unwrap_or_default().to_owned();
-                        first.get_or_insert(e);
-                        let removed = value
-                            .to_mut()
-                            .as_object_mut()
-                            .and_then(|o| o.remove(&part))
-                            .is_some();
-                        if !removed {
-                            break true;
-                        }
-                        left_out.push(part);
+            match valid_over(key, base, good) {
+                Ok(merged) => {
+                    if merges {
+                        acc = merged;
                     }
                 }
-            };
-            if let Some(e) = first {
-                let what = if whole {
-                    "the whole value is left out".to_owned()
-                } else {
-                    let parts: Vec<String> = left_out.iter().map(|p| format!("`{p}`")).collect();
-                    format!(
-                        "its {} left out",
-                        parts.join(", ") + if parts.len() == 1 { " is" } else { " are" }
-                    )
-                };
-                let message = format!(
-                    "{}, merged with the layers below it since they changed; {what} until a change makes it valid",
-                    e.message()
-                );
-                found[i].conflict = Some(SettingsError::new(e.field(), message));
+                Err(e) => {
+                    // Left out whole, as the same value would be if it arrived now
+                    // (a listing after a restart): a running and a restarted process
+                    // reading the same store agree.
+                    let message = format!(
+                        "{}, merged with the layers below it since they changed; the value is left out \
+                         until a change makes it valid",
+                        e.message()
+                    );
+                    found[i].conflict = Some(SettingsError::new(e.field(), message));
+                }
             }
         }
         (acc, found)
@@ -530,12 +515,19 @@ impl Writer {
         kind: RejectionKind,
     ) -> Rejection {
         let slot = (layer, key.clone(), kind == RejectionKind::Conflict);
-        if let Some((old, refused)) = self.rejected.get(&slot)
+        if let Some((old, refused)) = self.rejected.get_mut(&slot)
             && *refused == print
             && old.kind == kind
             && old.error.to_string() == error.to_string()
         {
-            return old.clone(); // the same value refused again (a listing): said once
+            // The same value refused again: said once. A new write of it (not a
+            // listing, which sends it again at its own revision) is refused at its own
+            // revision, which is what a tool waiting on that write looks for.
+            if !self.listing && kind != RejectionKind::Conflict && old.revision != revision {
+                old.revision = revision;
+                self.rejected_view.insert(slot, old.clone());
+            }
+            return old.clone();
         }
         // Both come from outside: the key quoted, escaped and cut if long; the error
         // (escaped and cut already) quoted, so that neither can pass for another field.
@@ -548,7 +540,7 @@ impl Writer {
                 tracing::warn!(key = %k, ?layer, revision, error = ?e, "settings value invalid over the layers below it; keeping the last good value, and the value to try again when they change")
             }
             RejectionKind::Conflict => {
-                tracing::error!(key = %k, ?layer, revision, error = ?e, "settings value in force conflicts with a change below it; the parts its rules name are left out")
+                tracing::error!(key = %k, ?layer, revision, error = ?e, "settings value in force conflicts with a change below it; left out until a change makes it valid")
             }
         }
         let label = Bounded::new(&key, 96, 32).to_string();
@@ -673,8 +665,8 @@ struct LayerFold {
     promote: bool,
     /// Why the waiting value is not valid over the layers below.
     invalid: Option<SettingsError>,
-    /// Why the layer's value in force is not valid whole over the layers below, and
-    /// what of it is left out.
+    /// Why the layer's value in force is not valid over the layers below (it is left
+    /// out).
     conflict: Option<SettingsError>,
 }
 

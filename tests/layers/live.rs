@@ -1005,27 +1005,48 @@ fn a_value_invalid_over_the_layers_below_takes_effect_when_they_change() {
     );
     assert_eq!(window(&sub, "p"), (7_000, 10));
     assert_eq!(sub.policy("p").settings().timeout.ms, Some(5));
+
+    // The same refused value written again is refused at its new revision (what `set
+    // --wait` looks for); a listing that sends it again keeps the write's revision.
+    let (sub, sink) = Manual::registry();
+    let apply = |revision, change| {
+        sink.apply(Update::Changes {
+            revision,
+            changes: vec![change],
+        })
+        .unwrap()
+    };
+    assert_eq!(apply(2, app(2))[0].revision, 2);
+    assert_eq!(apply(3, app(3))[0].revision, 3);
+    assert_eq!(sub.snapshot().rejected().next().unwrap().revision, 3);
+    let listed = vec![(
+        "policies/p".into(),
+        br#"{"breaker": {"buckets": 7}}"#.to_vec(),
+    )];
+    sink.apply(Update::Replace {
+        revision: 9,
+        layers: vec![(Scope::App, listed)],
+    })
+    .unwrap();
+    assert_eq!(sub.snapshot().rejected().next().unwrap().revision, 3);
 }
 
 /// A change below a value in force (a write or a delete) that makes it break a rule is
-/// not refused for it: the value above keeps what the rule does not name (here its
-/// kill switch), leaves out the part it names (its `breaker`), and says so as a
-/// `Conflict`; a later change that makes it valid puts it back whole.
+/// not refused for it: the value above is left out — whole, as it would be if it arrived
+/// now, so a process restarted on the same store agrees — and listed as a `Conflict`; a
+/// later change that makes it valid puts it back by itself.
 #[test]
-fn a_change_below_that_breaks_a_value_in_force_leaves_out_only_the_part_the_rule_names() {
+fn a_change_below_that_breaks_a_value_in_force_leaves_it_out_as_a_restart_would() {
     let (sub, sink) = Manual::registry();
     let p = sub.policy("p");
     let apply = |revision, changes| sink.apply(Update::Changes { revision, changes }).unwrap();
     let shared = |json| at(Scope::Shared, "policies/p", json);
+    let app_json = r#"{"kill": true, "breaker": {"buckets": 7, "min_calls": 3}}"#;
     let none = apply(
         2,
         vec![
             shared(Some(r#"{"breaker": {"window_ms": 7000}}"#)),
-            at(
-                Scope::App,
-                "policies/p",
-                Some(r#"{"kill": true, "breaker": {"buckets": 7, "min_calls": 3}}"#),
-            ),
+            at(Scope::App, "policies/p", Some(app_json)),
         ],
     );
     assert!(none.is_empty(), "{none:?}");
@@ -1041,13 +1062,10 @@ fn a_change_below_that_breaks_a_value_in_force_leaves_out_only_the_part_the_rule
     assert_eq!(
         window(&sub, "p"),
         (10_000, 10),
-        "the application's breaker is left out"
+        "the application's value is left out"
     );
-    assert_eq!(p.settings().breaker.min_calls, 20, "all of it");
-    assert!(
-        p.settings().kill,
-        "the rest of the application's value stays in force"
-    );
+    assert_eq!(p.settings().breaker.min_calls, 20);
+    assert!(!p.settings().kill, "whole");
     let snap = sub.snapshot();
     let listed: Vec<_> = snap.rejected().collect();
     assert_eq!(listed.len(), 1);
@@ -1059,17 +1077,34 @@ fn a_change_below_that_breaks_a_value_in_force_leaves_out_only_the_part_the_rule
     assert_eq!(
         r.error.to_string(),
         "breaker.buckets: 7 does not divide breaker.window_ms (10000) evenly, merged with the layers below it \
-         since they changed; its `breaker` is left out until a change makes it valid"
+         since they changed; the value is left out until a change makes it valid"
     );
+    // A process started on the same store (a listing) has the same settings in force.
+    let (restarted, sink2) = Manual::registry();
+    sink2
+        .apply(Update::Replace {
+            revision: 3,
+            layers: vec![
+                (
+                    Scope::App,
+                    vec![("policies/p".into(), app_json.as_bytes().to_vec())],
+                ),
+                (Scope::Shared, vec![]),
+            ],
+        })
+        .unwrap();
+    assert_eq!(*restarted.policy("p").settings(), *p.settings());
 
-    // A shared write that breaks it is accepted too (it is valid over what is below it).
+    // A shared write that makes it valid again: back, by itself.
     apply(
         4,
         vec![shared(Some(r#"{"breaker": {"window_ms": 14000}}"#))],
     );
-    assert_eq!(window(&sub, "p"), (14_000, 7), "valid again: back whole");
+    assert_eq!(window(&sub, "p"), (14_000, 7), "valid again: back");
     assert_eq!(p.settings().breaker.min_calls, 3);
+    assert!(p.settings().kill);
     assert_eq!(sub.snapshot().rejected().count(), 0);
+    // A shared write that breaks it is accepted too (it is valid over what is below it).
     apply(
         5,
         vec![shared(Some(r#"{"breaker": {"window_ms": 15000}}"#))],
@@ -1089,7 +1124,30 @@ fn a_change_below_that_breaks_a_value_in_force_leaves_out_only_the_part_the_rule
     assert_eq!(window(&sub, "p"), (15_000, 5));
     assert_eq!(sub.snapshot().rejected().count(), 0);
 
-    // A code default below that a shared value breaks: the shared value's part goes.
+    // An experiment whose application value needs the shared one (its `policy`): with
+    // the shared value deleted nothing valid is left, and no experiment is in force.
+    let e = |layer, json| at(layer, "experiments/e", json);
+    assert!(apply(7, vec![e(Scope::Shared, Some(r#"{"policy": "p"}"#))]).is_empty());
+    assert!(apply(8, vec![e(Scope::App, Some(r#"{"abort_percent": 50}"#))]).is_empty());
+    assert_eq!(sub.snapshot().experiment("e").unwrap().abort_percent, 50.0);
+    apply(9, vec![e(Scope::Shared, None)]);
+    let snap = sub.snapshot();
+    assert!(snap.experiment("e").is_none(), "{:?}", snap.experiment("e"));
+    let running = |x: &substation::experiment::ExperimentStatus| {
+        x.name == "e" && x.state == substation::settings::RunState::Running
+    };
+    assert!(
+        !sub.experiments().iter().any(running),
+        "{:?}",
+        sub.experiments()
+    );
+    let r = snap.rejected().next().unwrap();
+    assert_eq!(
+        (r.kind, r.layer, r.key.as_str()),
+        (RejectionKind::Conflict, Scope::App, "experiments/e")
+    );
+
+    // A code default below: a value invalid over it is refused, the last good one stays.
     let source = InMemorySource::new();
     let mut default = PolicySettings::default();
     default.breaker.window_ms = 9_000;

@@ -300,9 +300,9 @@ fn vet(
 }
 
 /// A valid value can still make a value above it (the application's, over a shared
-/// write; either, over a code default) break a rule: the registries then leave the
-/// parts of it the rule names out, and list a conflict. Said before the write, once per
-/// distinct message, with the instances whose code default leads to it.
+/// write) break a rule: the registries then leave that value out and list a conflict.
+/// Said before the write, once per distinct message, with the instances whose code
+/// default leads to it.
 fn conflict_warnings(
     key: &Key,
     layer: Scope,
@@ -316,11 +316,19 @@ fn conflict_warnings(
         defaults.push((None, Vec::new())); // no instance announces: the library defaults
     }
     let mut said: Vec<String> = Vec::new();
+    let raw = key.to_string();
     for (default, ids) in defaults {
-        let Ok(found) = check::conflicts(&key.to_string(), &stored_for(&after, default)) else {
+        let Ok(found) = check::conflicts(&raw, &stored_for(&after, default.clone())) else {
             continue;
         };
+        // Only what this write causes: a value already invalid over the layers below it
+        // (in conflict, or waiting: the store holds it, the registries refuse it) is
+        // not news.
+        let before = check::conflicts(&raw, &stored_for(layers, default)).unwrap_or_default();
         for (above, error) in found {
+            if before.iter().any(|(l, e)| *l == above && e == &error) {
+                continue;
+            }
             let who = if ids.is_empty() {
                 String::new()
             } else {
