@@ -545,10 +545,29 @@ async fn set_get_patch_del_with_compare_and_swap() {
         "--shared",
         "policies/payments",
         r#"{"breaker": {"window_ms": 10000}}"#,
-        "--no-wait",
+        "--wait",
+        "--timeout",
+        "10",
         "-o",
         "json",
     ]);
+    // Waited for: applied by the instance, which says what it left out.
+    let fleet = &out.json()["fleet"];
+    assert_eq!(fleet["converged"], true, "{}", out.stdout);
+    let conflict = &fleet["conflicts"][0];
+    assert_eq!(
+        (&conflict["id"], &conflict["layer"]),
+        (&json!("inst-a"), &json!("app")),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        conflict["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("breaker.buckets: 7 does not divide")),
+        "{}",
+        out.stdout
+    );
     assert_eq!(
         out.json()["warnings"][0],
         "after this write, the application's value of policies/payments conflicts: breaker.buckets: 7 does not \

@@ -148,6 +148,15 @@ pub(crate) async fn wait(
     }
     let took = started.elapsed();
     let (mut applied, mut rejected, mut pending, mut gone) = (vec![], vec![], vec![], vec![]);
+    // Applied, and so put a stored value above it in conflict (left out there).
+    let mut conflicts = vec![];
+    for (id, p) in seen.iter().filter_map(|(id, p)| Some((id, p.as_ref()?))) {
+        for r in &p.rejected {
+            if r.kind == RejectionKind::Conflict && r.key == raw && r.revision == target {
+                conflicts.push(json!({"id": id, "layer": r.layer, "error": r.error}));
+            }
+        }
+    }
     for (id, p) in &seen {
         let s = match p {
             Some(p) => standing(p, &raw, layer, target),
@@ -182,6 +191,14 @@ pub(crate) async fn wait(
             r["error"].as_str().unwrap_or("")
         );
     }
+    for c in &conflicts {
+        text += &format!(
+            "  conflict   {}: the {} value of {raw} is left out: {}\n",
+            c["id"].as_str().unwrap_or(""),
+            c["layer"].as_str().unwrap_or(""),
+            c["error"].as_str().unwrap_or("")
+        );
+    }
     for p in &pending {
         text += &format!(
             "  no answer  {}: still at revision {} ({}) after {secs} s — frozen, partitioned or overloaded?\n",
@@ -209,7 +226,8 @@ pub(crate) async fn wait(
         },
         text,
         json: json!({"instances": seen.len(), "applied": applied, "rejected": rejected,
-            "pending": pending, "gone": gone, "converged": converged, "took_ms": took.as_millis() as u64}),
+            "pending": pending, "gone": gone, "conflicts": conflicts, "converged": converged,
+            "took_ms": took.as_millis() as u64}),
     })
 }
 
