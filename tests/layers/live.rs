@@ -848,6 +848,19 @@ fn at(layer: Scope, key: &str, json: Option<&str>) -> Change {
     }
 }
 
+/// Applies one change as its own update; the refusals it returns.
+fn apply_one(
+    sink: &substation::live::Sink,
+    revision: u64,
+    change: Change,
+) -> Vec<substation::live::Rejection> {
+    sink.apply(Update::Changes {
+        revision,
+        changes: vec![change],
+    })
+    .unwrap()
+}
+
 /// `(window_ms, buckets)` of policy `name` in force, as the snapshot and as the live
 /// handle see it.
 fn window(sub: &Substation, name: &str) -> (u64, u32) {
@@ -983,13 +996,7 @@ fn a_value_invalid_over_the_layers_below_takes_effect_when_they_change() {
     // The value in force written again over a waiting one: the latest write wins, the
     // waiting one is gone (a later change below does not bring it back).
     let (sub, sink) = Manual::registry();
-    let apply = |revision, change| {
-        sink.apply(Update::Changes {
-            revision,
-            changes: vec![change],
-        })
-        .unwrap()
-    };
+    let apply = |revision, change| apply_one(&sink, revision, change);
     let good = || at(Scope::App, "policies/p", Some(r#"{"timeout": {"ms": 5}}"#));
     assert!(apply(2, good()).is_empty());
     assert_eq!(apply(3, app(3))[0].kind, RejectionKind::Invalid);
@@ -1009,13 +1016,7 @@ fn a_value_invalid_over_the_layers_below_takes_effect_when_they_change() {
     // The same refused value written again is refused at its new revision (what `set
     // --wait` looks for); a listing that sends it again keeps the write's revision.
     let (sub, sink) = Manual::registry();
-    let apply = |revision, change| {
-        sink.apply(Update::Changes {
-            revision,
-            changes: vec![change],
-        })
-        .unwrap()
-    };
+    let apply = |revision, change| apply_one(&sink, revision, change);
     assert_eq!(apply(2, app(2))[0].revision, 2);
     assert_eq!(apply(3, app(3))[0].revision, 3);
     assert_eq!(sub.snapshot().rejected().next().unwrap().revision, 3);
